@@ -1,0 +1,1 @@
+"""rsvl_runtime: torch-free tiled GeoTIFF inference against a cached vocabulary."""

@@ -1,0 +1,85 @@
+"""ONNX Runtime sessions: CPU here; CUDA and TensorRT execution providers with onnxruntime-gpu."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .base import BackendError
+
+log = logging.getLogger(__name__)
+
+#: Preference order when a GPU build of onnxruntime is installed.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def available_providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendError("onnxruntime is not installed: pip install onnxruntime "
+                           "(or onnxruntime-gpu on an NVIDIA machine)") from e
+    return list(ort.get_available_providers())
+
+
+def default_providers(device: str = "auto") -> list[str]:
+    """Providers for ``device`` in ("auto", "cpu", "cuda", "tensorrt")."""
+    have = available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        want = ["CUDAExecutionProvider"]
+    elif device == "tensorrt":
+        want = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    else:
+        want = [p for p in GPU_PROVIDERS if p in have]
+    missing = [p for p in want if p not in have]
+    if device in ("cuda", "tensorrt") and missing:
+        raise BackendError(f"onnxruntime has no {', '.join(missing)} here (available: {have}); "
+                           "install onnxruntime-gpu matching your CUDA version")
+    return [p for p in want if p in have] + ["CPUExecutionProvider"]
+
+
+class OrtSession:
+    """An ONNX graph in an ``onnxruntime.InferenceSession``."""
+
+    def __init__(self, path: str | os.PathLike[str], providers: list[str] | None = None,
+                 threads: int | None = None, cache_dir: str | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.name = f"onnxruntime:{self.path.name}"
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        providers = providers or default_providers()
+        provider_options = []
+        for p in providers:
+            if p == "TensorrtExecutionProvider":
+                cache = cache_dir or str(self.path.parent / ".trt_cache")
+                provider_options.append({"trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                                         "trt_engine_cache_path": cache, "trt_timing_cache_enable": True})
+            else:
+                provider_options.append({})
+        try:
+            self._sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers,
+                                              provider_options=provider_options)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise BackendError(f"{self.path}: onnxruntime cannot load this graph ({e}); "
+                               "the file may be corrupt — re-export the bundle") from e
+        self.providers = self._sess.get_providers()
+        self.input_names = [i.name for i in self._sess.get_inputs()]
+        self.output_names = [o.name for o in self._sess.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        unknown = set(feeds) - set(self.input_names)
+        missing = set(self.input_names) - set(feeds)
+        if unknown or missing:
+            raise BackendError(f"{self.path.name}: inputs {sorted(missing)} missing, {sorted(unknown)} "
+                               f"not in the graph (expects {self.input_names})")
+        outs = self._sess.run(self.output_names, feeds)
+        return dict(zip(self.output_names, outs))

@@ -1,0 +1,1 @@
+"""CADFormer (being written)."""

@@ -1,0 +1,1 @@
+"""TSMNet (being written)."""
