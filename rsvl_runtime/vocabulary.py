@@ -119,10 +119,15 @@ def average_per_class(emb: np.ndarray, owner: np.ndarray, n_classes: int) -> np.
     return out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
 
 
+def text_signature(classes: Sequence[VocabClass], templates: Sequence[str]) -> str:
+    """The exact text that gets encoded (names, synonyms, templates) as canonical JSON."""
+    return json.dumps({"templates": list(templates), "classes": [[c.name, *c.synonyms] for c in classes]},
+                      sort_keys=True)
+
+
 def vocabulary_key(bundle_digest: str, classes: Sequence[VocabClass], templates: Sequence[str]) -> str:
     """Cache key: bundle manifest hash + the exact text that gets encoded."""
-    payload = json.dumps({"bundle": bundle_digest, "templates": list(templates),
-                          "classes": [[c.name, *c.synonyms] for c in classes]}, sort_keys=True)
+    payload = bundle_digest + "\n" + text_signature(classes, templates)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -179,4 +184,4 @@ def vocabulary_to_json(classes: Sequence[VocabClass]) -> list[dict[str, Any]]:
 
 
 __all__ = ["VocabClass", "VocabularyError", "VocabularyCache", "parse_vocabulary", "load_vocabulary_file",
-           "prompts_for", "average_per_class", "vocabulary_key", "vocabulary_to_json"]
+           "prompts_for", "average_per_class", "text_signature", "vocabulary_key", "vocabulary_to_json"]

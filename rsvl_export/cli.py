@@ -1,0 +1,118 @@
+"""``rsvl-export``: split a model into text and image graphs, export ONNX (+FP16), build TensorRT
+engines where possible, check parity and write a bundle.
+
+    rsvl-export --model tsmnet --precision fp16 [--checkpoint runs/x/best.safetensors] [--out DIR]
+    rsvl-export inspect DIR                 # print and verify a bundle's manifest
+    rsvl-export rebuild-engine DIR          # (re)build the TensorRT engine on this GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+PRECISIONS = ("fp32", "fp16")
+ENGINES = ("auto", "tensorrt", "none")
+
+
+def _model_names() -> list[str]:
+    from rsvl_train.factory import list_models
+
+    return list_models()
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rsvl-export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tsmnet-tiny", help="registry model: " + ", ".join(_model_names()))
+    p.add_argument("--checkpoint", help="rsvl-train checkpoint (.safetensors with its .json); default: the "
+                                        "registry's shipped weights, or random with a warning")
+    p.add_argument("--out", help="bundle folder (default bundles/MODEL-PRECISION)")
+    p.add_argument("--tile", type=int, help="tile size H=W of the image graph (default: the model's)")
+    p.add_argument("--overlap", type=float, default=0.25, help="default tile overlap recorded in the bundle")
+    p.add_argument("--max-batch", type=int, default=32, help="largest batch (TensorRT profile, dynamic axis)")
+    p.add_argument("--max-vocab", type=int, default=256, help="largest vocabulary K (TensorRT profile)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp16")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="auto: build when tensorrt imports and a GPU is present; tensorrt: require it; none")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--modalities", default="optical,sar",
+                   help="image graph inputs: optical,sar (default) or optical (optical-only export)")
+    p.add_argument("--allow-parity-failure", action="store_true", help="write the bundle even if a gate fails")
+    p.add_argument("--no-weights", action="store_true",
+                   help="leave the safetensors weights (torch reference backend) out of the bundle")
+    p.add_argument("--timing-cache", help="TensorRT timing cache file (default ~/.cache/rsvl/trt_timing.cache)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _inspect(argv: list[str]) -> int:
+    from rsvl_runtime.bundle import BundleError
+    from rsvl_runtime.inspect import print_bundle
+
+    p = argparse.ArgumentParser(prog="rsvl-export inspect", description="print and verify a bundle")
+    p.add_argument("bundle")
+    args = p.parse_args(argv)
+    try:
+        print_bundle(args.bundle)
+    except BundleError as e:
+        print(f"rsvl-export inspect: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _rebuild(argv: list[str]) -> int:
+    from .rebuild import rebuild_engine
+
+    p = argparse.ArgumentParser(prog="rsvl-export rebuild-engine",
+                                description="build the bundle's TensorRT engine on this GPU machine")
+    p.add_argument("bundle")
+    p.add_argument("--precision", choices=PRECISIONS, default=None)
+    args = p.parse_args(argv)
+    rebuild_engine(Path(args.bundle), args.precision)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if argv and argv[0] == "inspect":
+        return _inspect(argv[1:])
+    if argv and argv[0] == "rebuild-engine":
+        return _rebuild(argv[1:])
+    args = export_parser().parse_args(argv)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    if args.model not in _model_names():
+        import difflib
+
+        close = difflib.get_close_matches(args.model, _model_names(), n=1)
+        print(f"rsvl-export: error: unknown model {args.model!r}"
+              + (f" (did you mean {close[0]!r}?)" if close else "")
+              + f"; available: {', '.join(_model_names())}", file=sys.stderr)
+        return 2
+    mods = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    if not mods or set(mods) - {"optical", "sar"} or "optical" not in mods:
+        print("rsvl-export: error: --modalities must be 'optical,sar' or 'optical'", file=sys.stderr)
+        return 2
+    from .pipeline import ExportOptions, ParityFailure, export_bundle
+    from .tensorrt_build import TensorRTUnavailable
+
+    opts = ExportOptions(model=args.model, checkpoint=args.checkpoint, out=args.out, tile=args.tile,
+                         overlap=args.overlap, max_batch=args.max_batch, max_vocab=args.max_vocab,
+                         precision=args.precision, engine=args.engine, opset=args.opset, modalities=mods,
+                         allow_parity_failure=args.allow_parity_failure, include_weights=not args.no_weights,
+                         timing_cache=args.timing_cache)
+    try:
+        out = export_bundle(opts)
+    except (ParityFailure, TensorRTUnavailable, FileNotFoundError, ValueError) as e:
+        print(f"rsvl-export: error: {e}", file=sys.stderr)
+        return 1
+    print(f"bundle: {out}\ninspect it with: rsvl-export inspect {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Parity between a reference (PyTorch eager, FP32) and a candidate (ONNX/TensorRT, FP32/FP16).
+
+Numbers against tolerances, never "it ran". Pure numpy, so the runtime and the benchmarks can
+reuse it (ONNX Runtime is imported only inside :func:`ort_session`).
+
+* :func:`compare` measures max-abs, max-abs relative to the reference's range, flattened
+  cosine, mean per-vector cosine (embeddings: one vector per row) and argmax agreement over
+  the class axis (axis 1 of logits ``[B, K, H, W]``).
+* :class:`Gate` says which of those must hold for a (graph, precision) pair;
+  :data:`GATES` holds ours: FP32 logits max_abs_rel <= 1e-4, text embeddings cosine >= 0.9999,
+  FP16 cosine >= 0.999 and argmax agreement >= 0.995.
+* :class:`ParityReport` collects cases (graph, precision, batch, vocabulary size, output,
+  metrics, pass/fail, the failed gate), round-trips through JSON (it is ``parity.json`` in the
+  bundle), names what diverged in :meth:`ParityReport.failures` and raises :class:`ParityError`
+  from :meth:`ParityReport.raise_on_failure` unless allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Kinds of outputs :func:`compare` understands.
+KINDS = ("logits", "embeddings", "generic")
+
+
+class ParityError(AssertionError):
+    """A candidate graph's outputs diverge from the reference beyond its gate.
+
+    (An ``AssertionError`` subclass so that pytest shows it as a failed check.)"""
+
+
+def _f64(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, kind: str = "generic",
+            class_axis: int = 1) -> dict[str, float]:
+    """Metrics of ``candidate`` against ``reference`` (same shape).
+
+    Returns a dict with ``max_abs``, ``max_abs_rel_to_range`` (max-abs / (max - min of the
+    reference)), ``cosine`` (flattened), ``mean_vector_cosine`` / ``min_vector_cosine``
+    (``kind="embeddings"``: rows of the last axis) and ``argmax_agreement`` (``kind="logits"``:
+    fraction of positions whose argmax over ``class_axis`` agrees). Non-finite candidate
+    values are counted in ``nonfinite`` and make every metric fail its gate.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}; expected one of {KINDS}")
+    ref, cand = np.asarray(reference), np.asarray(candidate)
+    if ref.shape != cand.shape:
+        raise ValueError(f"shape mismatch: reference {ref.shape} vs candidate {cand.shape}")
+    r, c = _f64(ref), _f64(cand)
+    nonfinite = int(np.size(c) - np.count_nonzero(np.isfinite(c)))
+    out: dict[str, float] = {"nonfinite": float(nonfinite), "size": float(r.size)}
+    if r.size == 0:
+        out.update(max_abs=0.0, max_abs_rel_to_range=0.0, cosine=1.0)
+        return out
+    if nonfinite:
+        out.update(max_abs=math.inf, max_abs_rel_to_range=math.inf, cosine=0.0)
+        if kind == "embeddings":
+            out.update(mean_vector_cosine=0.0, min_vector_cosine=0.0)
+        if kind == "logits":
+            out["argmax_agreement"] = 0.0
+        return out
+    diff = np.abs(r - c)
+    max_abs = float(diff.max())
+    rng = float(r.max() - r.min())
+    out["max_abs"] = max_abs
+    out["ref_range"] = rng
+    out["max_abs_rel_to_range"] = max_abs / rng if rng > 0 else (0.0 if max_abs == 0 else math.inf)
+    out["cosine"] = _cosine(r.ravel(), c.ravel())
+    if kind == "embeddings":
+        rv = r.reshape(-1, r.shape[-1]) if r.ndim > 1 else r.reshape(1, -1)
+        cv = c.reshape(-1, c.shape[-1]) if c.ndim > 1 else c.reshape(1, -1)
+        cos = np.array([_cosine(a, b) for a, b in zip(rv, cv)])
+        out["mean_vector_cosine"] = float(cos.mean())
+        out["min_vector_cosine"] = float(cos.min())
+    if kind == "logits":
+        if r.ndim <= class_axis:
+            raise ValueError(f"logits of shape {r.shape} have no class axis {class_axis}")
+        if r.shape[class_axis] > 1:
+            out["argmax_agreement"] = float(np.mean(np.argmax(r, axis=class_axis) == np.argmax(c, axis=class_axis)))
+        else:  # one class (referring masks): agreement of the sign, i.e. of the thresholded mask
+            out["argmax_agreement"] = float(np.mean((r > 0) == (c > 0)))
+    return out
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Thresholds a case must meet. ``None`` = not checked.
+
+    ``max_abs_rel`` and ``max_abs`` are upper bounds; the others lower bounds."""
+
+    name: str
+    max_abs_rel: float | None = None
+    max_abs: float | None = None
+    cosine: float | None = None
+    mean_vector_cosine: float | None = None
+    argmax_agreement: float | None = None
+
+    def check(self, metrics: dict[str, float]) -> list[str]:
+        """Human-readable reasons this gate fails on ``metrics`` (empty list = pass)."""
+        fails: list[str] = []
+        if metrics.get("nonfinite", 0):
+            fails.append(f"{int(metrics['nonfinite'])} non-finite values in the candidate")
+        upper = {"max_abs_rel_to_range": self.max_abs_rel, "max_abs": self.max_abs}
+        lower = {"cosine": self.cosine, "mean_vector_cosine": self.mean_vector_cosine,
+                 "argmax_agreement": self.argmax_agreement}
+        for key, lim in upper.items():
+            if lim is not None:
+                v = metrics.get(key)
+                if v is None or not (v <= lim):
+                    fails.append(f"{key}={_fmt(v)} > {lim:g}")
+        for key, lim in lower.items():
+            if lim is not None:
+                v = metrics.get(key)
+                if v is None:
+                    fails.append(f"{key} not measured (needs kind="
+                                 f"{'embeddings' if key == 'mean_vector_cosine' else 'logits'})")
+                elif not (v >= lim):
+                    fails.append(f"{key}={_fmt(v)} < {lim:g}")
+        return fails
+
+
+def _fmt(v: float | None) -> str:
+    return "missing" if v is None else f"{v:.6g}"
+
+
+#: Our gates, by name. ``gate_for(graph, precision, kind)`` picks one.
+GATES: dict[str, Gate] = {
+    "fp32_logits": Gate("fp32_logits", max_abs_rel=1e-4),
+    "fp32_embeddings": Gate("fp32_embeddings", cosine=0.9999, mean_vector_cosine=0.9999),
+    "fp32_generic": Gate("fp32_generic", max_abs_rel=1e-4),
+    "fp16_logits": Gate("fp16_logits", cosine=0.999, argmax_agreement=0.995),
+    "fp16_embeddings": Gate("fp16_embeddings", cosine=0.999, mean_vector_cosine=0.999),
+    "fp16_generic": Gate("fp16_generic", cosine=0.999),
+}
+
+
+def gate_for(precision: str, kind: str) -> Gate:
+    """The gate of a (precision, output kind) pair, e.g. ("fp16", "logits")."""
+    key = f"{precision}_{kind}"
+    if key not in GATES:
+        raise KeyError(f"no parity gate {key!r}; have {sorted(GATES)}")
+    return GATES[key]
+
+
+@dataclass
+class ParityCase:
+    """One compared output at one (graph, precision, batch, vocabulary size)."""
+
+    graph: str
+    precision: str
+    output: str
+    kind: str
+    gate: str
+    metrics: dict[str, float]
+    passed: bool
+    failed_checks: list[str] = field(default_factory=list)
+    batch: int | None = None
+    vocab_size: int | None = None
+    backend: str = "onnxruntime"
+
+    def describe(self) -> str:
+        where = f"{self.graph}/{self.precision}/{self.backend} output {self.output!r}"
+        dims = ", ".join(f"{k}={v}" for k, v in (("B", self.batch), ("K", self.vocab_size)) if v is not None)
+        state = "ok" if self.passed else "FAILED " + "; ".join(self.failed_checks)
+        return f"{where}{f' ({dims})' if dims else ''}: {state} [gate {self.gate}]"
+
+
+@dataclass
+class ParityReport:
+    """All parity cases of an export; stored in the bundle as ``parity.json``."""
+
+    cases: list[ParityCase] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, graph: str, precision: str, output: str, reference: np.ndarray, candidate: np.ndarray,
+            kind: str = "generic", batch: int | None = None, vocab_size: int | None = None,
+            gate: Gate | None = None, backend: str = "onnxruntime") -> ParityCase:
+        """Compare and record one output; returns the case (``case.passed``)."""
+        gate = gate or gate_for(precision, kind)
+        metrics = compare(reference, candidate, kind=kind)
+        fails = gate.check(metrics)
+        case = ParityCase(graph=graph, precision=precision, output=output, kind=kind, gate=gate.name,
+                          metrics=metrics, passed=not fails, failed_checks=fails, batch=batch,
+                          vocab_size=vocab_size, backend=backend)
+        self.cases.append(case)
+        return case
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.cases)
+
+    def failures(self) -> list[str]:
+        """One line per failed case, naming the graph, precision, output and the broken threshold."""
+        return [c.describe() for c in self.cases if not c.passed]
+
+    def summary(self) -> str:
+        ok = sum(c.passed for c in self.cases)
+        lines = [f"parity: {ok}/{len(self.cases)} cases pass"]
+        lines += ["  " + c.describe() for c in self.cases]
+        return "\n".join(lines)
+
+    def raise_on_failure(self, allow: bool = False) -> None:
+        """Raise :class:`ParityError` listing every failed case, unless ``allow`` (then do nothing)."""
+        if allow or self.passed:
+            return
+        fails = self.failures()
+        raise ParityError(f"{len(fails)} of {len(self.cases)} parity cases diverge from the PyTorch reference:\n  "
+                          + "\n  ".join(fails)
+                          + "\nFix the export (or pass --allow-parity-failure to keep the bundle anyway, "
+                            "with this report inside it).")
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "meta": self.meta,
+                "cases": [_jsonable(asdict(c)) for c in self.cases]}
+
+    def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
+        """JSON text (non-finite numbers as strings "inf"/"nan"); written to ``path`` if given."""
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | os.PathLike[str]) -> "ParityReport":
+        """Inverse of :meth:`to_json`: accepts the JSON text or a path to it."""
+        s = str(text_or_path)
+        if not s.lstrip().startswith("{"):
+            s = Path(s).read_text(encoding="utf-8")
+        d = json.loads(s)
+        cases = []
+        for c in d.get("cases", []):
+            c = dict(c)
+            c["metrics"] = {k: _unjson(v) for k, v in c["metrics"].items()}
+            cases.append(ParityCase(**c))
+        return cls(cases=cases, meta=d.get("meta", {}))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else ("nan" if math.isnan(f) else ("inf" if f > 0 else "-inf"))
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _unjson(v: Any) -> Any:
+    return float(v) if v in ("inf", "-inf", "nan") else v
+
+
+def ort_session(path: str | os.PathLike[str], providers: Sequence[str] | None = None,
+                optimization: str = "all", threads: int | None = None) -> Any:
+    """An ONNX Runtime session for parity runs.
+
+    ``providers=None`` picks CUDA when onnxruntime-gpu sees a GPU, else CPU (never the
+    TensorRT execution provider: parity of TensorRT engines goes through our own backend).
+    ``optimization``: "all" | "extended" | "basic" | "disabled"."""
+    import onnxruntime as ort
+
+    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    if optimization not in levels:
+        raise ValueError(f"optimization={optimization!r}; expected one of {sorted(levels)}")
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider",) if p in available] + ["CPUExecutionProvider"]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = levels[optimization]
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(path), so, providers=list(providers))

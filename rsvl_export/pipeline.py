@@ -1,0 +1,369 @@
+"""``rsvl-export``'s pipeline: model -> text/image ONNX graphs -> FP16 variant -> parity ->
+TensorRT engines -> bundle. Each step logs its time; the bundle is assembled in a temporary
+folder beside ``--out`` and renamed into place only when complete (an interrupted export never
+leaves a bundle that looks valid).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from rsvl_runtime.bundle import FORMAT_VERSION, write_manifest
+from rsvl_runtime.vocabulary import average_per_class, parse_vocabulary, prompts_for, text_signature
+
+from .wrappers import GraphSpec, graph_specs
+
+log = logging.getLogger("rsvl.export")
+
+#: Extra class names for parity at a vocabulary larger than the default one.
+EXTRA_NAMES = ["river", "lake", "forest", "grassland", "parking lot", "bridge", "railway", "greenhouse",
+               "harbor", "airport runway", "sand", "wetland", "snow", "cloud", "shadow", "orchard",
+               "industrial area", "residential area", "highway", "pond"]
+
+
+@dataclass
+class ExportOptions:
+    model: str = "tsmnet-tiny"
+    checkpoint: str | None = None
+    out: str | None = None
+    tile: int | None = None
+    overlap: float = 0.25
+    max_batch: int = 32
+    max_vocab: int = 256
+    precision: str = "fp16"  # "fp32" | "fp16"
+    engine: str = "auto"  # "auto" | "tensorrt" | "none"
+    opset: int = 18
+    modalities: tuple[str, ...] = ("optical", "sar")
+    allow_parity_failure: bool = False
+    include_weights: bool = True
+    parity_batches: tuple[int, int] = (1, 3)
+    parity_vocabs: tuple[int, int] = (3, 20)
+    timing_cache: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+class StepTimer:
+    """Logs ``[n/N] step ... seconds`` for every step and keeps the timings for the manifest."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.n = 0
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str, what: str) -> Iterator[None]:
+        self.n += 1
+        log.info("[%d/%d] %s: %s", self.n, self.total, name, what)
+        t0 = time.perf_counter()
+        yield
+        dt = time.perf_counter() - t0
+        self.timings[name] = round(self.timings.get(name, 0.0) + dt, 3)
+        log.info("[%d/%d] %s done in %.1f s", self.n, self.total, name, dt)
+
+
+def load_model(opts: ExportOptions) -> tuple[nn.Module, dict[str, Any]]:
+    """The model to export and a description of its weights."""
+    from rsvl_train.checkpoint import load_checkpoint, load_default, read_checkpoint_config
+
+    if opts.checkpoint:
+        model = load_checkpoint(opts.checkpoint)
+        if model.config.get("name") not in (None, opts.model) and opts.model:
+            log.info("checkpoint holds %s (not %s): exporting the checkpoint's model",
+                     model.config.get("name"), opts.model)
+        meta = read_checkpoint_config(opts.checkpoint).get("info", {})
+        return model, {"source": str(opts.checkpoint), "trained": True, "metrics": meta.get("metrics", {})}
+    model, trained = load_default(opts.model, **opts.overrides)
+    return model, {"source": "registry-default" if trained else "random-init", "trained": trained}
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("rsvl", "torch", "onnx", "onnxruntime", "onnxscript", "onnxconverter-common", "timm",
+                "open_clip_torch", "transformers", "tokenizers", "tensorrt"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def parity_vocabulary(model: nn.Module, k: int) -> list[str]:
+    names = [c["name"] for c in model.config.get("classes", [])]
+    names += [n for n in EXTRA_NAMES if n not in names]
+    return names[:k]
+
+
+def synthetic_tiles(model: nn.Module, batch: int, tile: int, seed: int) -> dict[str, np.ndarray]:
+    """Normalised synthetic optical/SAR tiles (the demo generator's appearance when available)."""
+    from rsvl_runtime.normalization import normalize_optical, normalize_sar
+
+    pre = model.config["preprocess"]
+    try:
+        from rsvl_train.data.synthetic import synthesize_tile
+
+        tiles = [synthesize_tile(tile, seed + i) for i in range(batch)]
+        opt = np.stack([t["optical"] for t in tiles])
+        sar = np.stack([t["sar"] for t in tiles])
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        opt = rng.integers(0, 256, size=(batch, 3, tile, tile), dtype=np.uint8)
+        sar = rng.normal(-12, 5, size=(batch, 1, tile, tile)).astype(np.float32)
+    out = {"optical": normalize_optical(opt, pre["optical"])}
+    if "sar" in pre:
+        out["sar"] = normalize_sar(sar, pre["sar"])
+    return out
+
+
+class Exporter:
+    """Runs the steps of one export."""
+
+    def __init__(self, opts: ExportOptions) -> None:
+        self.opts = opts
+        self.timer = StepTimer(total=7)
+
+    # ---------------------------------------------------------------- steps
+    def run(self) -> Path:
+        from . import onnx_export
+
+        o = self.opts
+        with self.timer.step("load", f"model {o.model}" + (f" from {o.checkpoint}" if o.checkpoint else "")):
+            model, weights = load_model(o)
+        cfg = model.config
+        task = cfg.get("task", "semantic")
+        tile = int(o.tile or cfg.get("tile_size", 256))
+        modalities = o.modalities if task == "semantic" else ("optical",)
+        out = Path(o.out or f"bundles/{cfg.get('name', o.model)}-{o.precision}")
+        work = out.parent / f".{out.name}.partial"
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+
+        with self.timer.step("trace", "building export wrappers and example inputs"):
+            specs = graph_specs(model, tile, modalities)
+        graphs: dict[str, dict[str, Any]] = {}
+        with self.timer.step("export", f"ONNX opset {o.opset} (dynamo exporter)"):
+            for spec in specs:
+                res = onnx_export.export_onnx(
+                    spec.module, spec.example_inputs, spec.output_names, spec.dynamic_axes,
+                    work / f"{spec.name}.onnx", opset=o.opset, dim_ranges=self._ranges(),
+                    metadata={"rsvl_model": cfg.get("name", o.model), "rsvl_task": task, "rsvl_graph": spec.name})
+                graphs[spec.name] = {"fp32": f"{spec.name}.onnx", "exporter": res.exporter,
+                                     "inputs": res.inputs, "outputs": res.outputs,
+                                     "export_seconds": round(res.seconds, 2), "bytes": res.bytes}
+                log.info("  %s.onnx: %s exporter, %.1f MB, %.1f s", spec.name, res.exporter,
+                         res.bytes / 2**20, res.seconds)
+        with self.timer.step("fp16", "FP16 image graph (LayerNorm/Softmax/reductions kept FP32)"
+                             if o.precision == "fp16" else "skipped (--precision fp32)"):
+            if o.precision == "fp16":
+                from .fp16 import convert_fp16
+
+                kept = convert_fp16(work / "image.onnx", work / "image.fp16.onnx")
+                graphs["image"]["fp16"] = "image.fp16.onnx"
+                graphs["image"]["fp32_ops"] = sorted(set(kept))
+        with self.timer.step("parity", "ONNX Runtime vs PyTorch eager on synthetic tiles"):
+            report = self._parity(model, specs, work, graphs)
+            (work / "parity.json").write_text(report.to_json(), encoding="utf-8")
+            failures = report.failures()
+            if failures:
+                msg = "parity gate failed: " + "; ".join(failures)
+                if not o.allow_parity_failure:
+                    raise ParityFailure(msg + f" (report kept in {work / 'parity.json'}; "
+                                        "pass --allow-parity-failure to write the bundle anyway)")
+                log.warning("%s (continuing: --allow-parity-failure)", msg)
+            else:
+                log.info("  parity: all %d checks pass", len(report.cases))
+        engines: list[dict[str, Any]] = []
+        with self.timer.step("build", f"TensorRT engines (--engine {o.engine})"):
+            engines = self._engines(work, graphs, tile, task)
+        with self.timer.step("bundle", f"tokenizer, vocabulary cache, manifest -> {out}"):
+            manifest = self._bundle(model, work, graphs, engines, tile, task, weights)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(work, out)
+        log.info("bundle written: %s (%d files, %.1f MB)", out, len(manifest["files"]),
+                 sum(f["bytes"] for f in manifest["files"].values()) / 2**20)
+        return out
+
+    def _ranges(self) -> dict[str, tuple[int, int]]:
+        return {"B": (1, self.opts.max_batch), "K": (1, self.opts.max_vocab)}
+
+    def _profiles(self, graphs: dict[str, Any], tile: int) -> dict[str, tuple[list[int], list[int], list[int]]]:
+        """TensorRT optimisation profile of the image graph: B in 1..max_batch, K in 1..max_vocab."""
+        o = self.opts
+        sizes = {"B": (1, max(1, min(8, o.max_batch)), o.max_batch),
+                 "K": (1, max(1, min(16, o.max_vocab)), o.max_vocab)}
+        profiles = {}
+        for name, meta in graphs["image"]["inputs"].items():
+            shape = meta["shape"]
+            mins, opts_, maxs = [], [], []
+            for d in shape:
+                if isinstance(d, str):
+                    lo, mid, hi = sizes.get(d, (1, 1, 1))
+                    mins.append(lo), opts_.append(mid), maxs.append(hi)
+                else:
+                    mins.append(d), opts_.append(d), maxs.append(d)
+            profiles[name] = (mins, opts_, maxs)
+        return profiles
+
+    def _engines(self, work: Path, graphs: dict[str, Any], tile: int, task: str) -> list[dict[str, Any]]:
+        from .tensorrt_build import TensorRTUnavailable, build_engine, tensorrt_available, trtexec_command
+
+        o = self.opts
+        src = work / graphs["image"].get("fp16" if o.precision == "fp16" else "fp32")
+        profiles = self._profiles(graphs, tile)
+        if o.engine == "none":
+            return []
+        ok, reason = tensorrt_available()
+        if not ok:
+            if o.engine == "tensorrt":
+                raise TensorRTUnavailable(f"--engine tensorrt: {reason}. Build on the target GPU machine with:\n  "
+                                          + trtexec_command(src, profiles, o.precision == "fp16"))
+            log.info("  no engine built (%s). On the target GPU machine run:\n    %s", reason,
+                     trtexec_command(Path("BUNDLE") / src.name, profiles, o.precision == "fp16"))
+            return []
+        cache = Path(o.timing_cache) if o.timing_cache else Path.home() / ".cache" / "rsvl" / "trt_timing.cache"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        info = build_engine(src, work / f"image.{o.precision}.engine", profiles, fp16=o.precision == "fp16",
+                            timing_cache_path=cache)
+        meta = info.to_dict() if hasattr(info, "to_dict") else dict(info.__dict__)
+        meta.update({"graph": "image", "file": f"image.{o.precision}.engine", "precision": o.precision})
+        meta["engine_path"] = meta["file"]
+        return [meta]
+
+    # ---------------------------------------------------------------- parity
+    def _parity(self, model: nn.Module, specs: list[GraphSpec], work: Path, graphs: dict[str, Any]):
+        from .parity import ParityReport, compare, ort_session
+
+        o = self.opts
+        report = ParityReport()
+        text_spec, image_spec = specs
+        text_sess = ort_session(work / graphs["text"]["fp32"])
+        image_sessions = {"fp32": ort_session(work / graphs["image"]["fp32"])}
+        if "fp16" in graphs["image"]:
+            image_sessions["fp16"] = ort_session(work / graphs["image"]["fp16"])
+        image_inputs = list(graphs["image"]["inputs"])
+        task = model.config.get("task", "semantic")
+        tile = next(iter(image_spec.example_inputs.values())).shape[-1]
+        for k in o.parity_vocabs:
+            if task == "semantic":
+                ids, mask = model.tokenize(parity_vocabulary(model, k))
+            else:
+                ids, mask = model.tokenize(REFERRING_EXAMPLES[:k] if k <= len(REFERRING_EXAMPLES) else
+                                           [REFERRING_EXAMPLES[i % len(REFERRING_EXAMPLES)] for i in range(k)])
+            with torch.no_grad():
+                ref_text = text_spec.module(torch.from_numpy(ids), torch.from_numpy(mask))
+            ref_text = [ref_text] if torch.is_tensor(ref_text) else list(ref_text)
+            got_text = text_sess.run(None, {"input_ids": ids, "attention_mask": mask})
+            for name, r, g in zip(graphs["text"]["outputs"], ref_text, got_text):
+                report.add(compare(r.numpy(), g, kind="embedding"), graph="text", precision="fp32",
+                           batch=k, vocab=k, output=name)
+            for b in o.parity_batches:
+                tiles = synthetic_tiles(model, b, tile, seed=100 + b)
+                if task == "semantic":
+                    feeds = {"text_emb": ref_text[0].numpy(), **{n: tiles[n] for n in ("optical", "sar")
+                                                                 if n in image_inputs}}
+                else:
+                    # one expression per tile: repeat the first b (text batch = image batch)
+                    sel = [i % k for i in range(b)]
+                    feeds = {"optical": tiles["optical"], "word_feats": ref_text[0].numpy()[sel],
+                             "sentence_emb": ref_text[1].numpy()[sel], "attention_mask": mask[sel]}
+                with torch.no_grad():
+                    ref = image_spec.module(*[torch.from_numpy(feeds[n]) for n in image_inputs]).numpy()
+                for prec, sess in image_sessions.items():
+                    got = sess.run(None, {n: feeds[n] for n in image_inputs})[0]
+                    report.add(compare(ref, got, kind="logits", precision=prec), graph="image", precision=prec,
+                               batch=b, vocab=k, output="logits")
+        return report
+
+    # ---------------------------------------------------------------- bundle
+    def _bundle(self, model: nn.Module, work: Path, graphs: dict[str, Any], engines: list[dict[str, Any]],
+                tile: int, task: str, weights: dict[str, Any]) -> dict[str, Any]:
+        cfg = model.config
+        o = self.opts
+        (work / "tokenizer.json").write_text(model.tokenizer_json(), encoding="utf-8")
+        text_cfg = cfg.get("text", {})
+        templates = list(text_cfg.get("templates", ["{}"])) if task == "semantic" else []
+        classes = cfg.get("classes", [])
+        vocab_cache = None
+        if task == "semantic" and classes:
+            vocab_cache = "vocab_cache.npz"
+            write_vocab_cache(work / vocab_cache, work / graphs["text"]["fp32"], model, classes, templates)
+        if o.include_weights:
+            from rsvl_train.checkpoint import save_checkpoint
+
+            save_checkpoint(model, work / "weights", {"model": cfg.get("name", o.model), **weights})
+        pre = cfg["preprocess"]
+        modalities = {m: pre[m] for m in (o.modalities if task == "semantic" else ("optical",)) if m in pre}
+        modes = ["optical+sar", "optical", "sar"] if set(modalities) == {"optical", "sar"} else ["optical"]
+        modes = [m for m in modes if m in cfg.get("modes", modes)]
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "model": cfg.get("name", o.model),
+            "architecture": cfg.get("architecture"),
+            "task": task,
+            "head": cfg.get("head", "open"),
+            "fixed_vocabulary_size": cfg.get("num_classes") if cfg.get("head") == "paper" else None,
+            "modalities": modalities,
+            "modes": modes,
+            "tile": {"size": tile, "overlap": o.overlap},
+            "embedding_dim": int(cfg.get("embed_dim", 0)),
+            "text": {"tokenizer": "tokenizer.json", "max_length": int(text_cfg.get("max_length", 16)),
+                     "pad_id": int(text_cfg.get("pad_id", 0)), "templates": templates,
+                     "encoder": text_cfg.get("encoder")},
+            "default_vocabulary": classes,
+            "graphs": graphs,
+            "precision": o.precision,
+            "opset": o.opset,
+            "engines": engines,
+            "vocab_cache": vocab_cache,
+            "parity": "parity.json",
+            "weights": {"file": "weights.safetensors" if o.include_weights else None, **weights},
+            "limits": {"max_batch": o.max_batch, "max_vocab": o.max_vocab},
+            "export_timings": self.timer.timings,
+            "versions": _versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        return write_manifest(work, manifest)
+
+
+class ParityFailure(RuntimeError):
+    """A parity gate failed and --allow-parity-failure was not given."""
+
+
+REFERRING_EXAMPLES = [
+    "the largest water body in the north-east", "the building closest to the road",
+    "the road crossing the image from west to east", "the farmland in the south-west",
+    "the small pond near the centre", "the bare soil patch at the bottom",
+]
+
+
+def write_vocab_cache(path: Path, text_onnx: Path, model: nn.Module, classes: list[dict[str, Any]],
+                      templates: list[str]) -> None:
+    """Default-vocabulary embeddings computed by the exported text graph, exactly as the runtime
+    would compute them (same tokenizer, same prompt averaging)."""
+    from .parity import ort_session
+
+    vocab = parse_vocabulary(classes)
+    texts, owner = prompts_for(vocab, templates)
+    ids, mask = model.tokenize(texts)
+    emb = ort_session(text_onnx).run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    text_emb = average_per_class(emb, owner, len(vocab))
+    np.savez(path, text_emb=text_emb, signature=np.asarray(text_signature(vocab, templates)))
+
+
+def export_bundle(opts: ExportOptions) -> Path:
+    return Exporter(opts).run()

@@ -1,0 +1,301 @@
+"""Opening and checking the input rasters: clear errors, band selection, nodata, co-registration.
+
+Every refusal is a :class:`RasterInputError` (a ``ValueError``) whose message names the file,
+what was expected, what was found and the fix (``--bands``, ``--nodata``, ``--align``).
+
+:func:`align_to` reprojects a raster (typically SAR) onto the grid of a reference raster
+(typically the optical scene) block by block through a ``WarpedVRT``, so memory stays bounded.
+:func:`pixel_area_m2` gives the ground area of the pixels of each row, in m², for projected and
+geographic CRS alike.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+PathLike = str | os.PathLike[str]
+
+#: Authalic (equal-area) radius of the WGS84 ellipsoid, metres: a sphere of the same area.
+EARTH_AUTHALIC_RADIUS_M = 6371007.181
+
+OPTICAL_DTYPES = ("uint8", "uint16")
+SAR_DTYPES = ("float32", "float64")
+
+#: Origin/resolution tolerance of the co-registration check, as a fraction of a pixel.
+GRID_TOLERANCE_PX = 1e-3
+
+
+class RasterInputError(ValueError):
+    """An input raster cannot be used. The message names the file, the problem and the fix."""
+
+
+# ----------------------------------------------------------------------------- opening
+def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
+    """Open a raster for reading; missing or unreadable files raise :class:`RasterInputError`."""
+    p = Path(path)
+    if not p.exists():
+        raise RasterInputError(f"input raster not found: {p}")
+    if p.is_dir():
+        raise RasterInputError(f"input raster {p} is a directory, not a raster file")
+    try:
+        return rasterio.open(p)
+    except RasterioIOError as e:
+        raise RasterInputError(f"cannot read raster {p}: {e}. The file is corrupt, truncated or not "
+                               "a raster GDAL can read (expected a GeoTIFF)") from e
+
+
+def read_check(ds: rasterio.io.DatasetReader) -> None:
+    """Read one small block of every band so that a corrupt body fails early and clearly."""
+    try:
+        ds.read(window=Window(0, 0, min(ds.width, 16), min(ds.height, 16)))
+    except RasterioError as e:
+        raise RasterInputError(f"cannot read pixels of raster {ds.name}: {e}. The file is corrupt or "
+                               "truncated; re-create or re-download it") from e
+
+
+# ----------------------------------------------------------------------------- bands / dtype / nodata
+def select_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None,
+                 spec: Mapping[str, Any], modality: str) -> list[int]:
+    """1-based band indexes to read from ``ds`` for a modality whose spec lists its bands.
+
+    ``bands=None`` takes bands ``1..n`` when the raster has exactly ``n`` bands; otherwise the
+    caller must say which (``--bands 3,2,1``, in the bundle's band order).
+    """
+    names = list(spec.get("bands", []))
+    n = len(names)
+    flag = "--bands" if modality == "optical" else "--sar-bands"
+    if bands is None:
+        if ds.count != n:
+            example = ",".join(str(i) for i in range(n, 0, -1)) if ds.count > n else ""
+            hint = (f"pick them with {flag} (1-based, in that order), e.g. {flag} {example}"
+                    if ds.count > n else f"the raster has too few bands for this bundle's {modality} input")
+            raise RasterInputError(
+                f"{modality} raster {ds.name} has {ds.count} band(s) but the bundle expects {n} "
+                f"({', '.join(names)}); {hint}")
+        return list(range(1, n + 1))
+    idx = [int(b) for b in bands]
+    if len(idx) != n:
+        raise RasterInputError(f"{flag} lists {len(idx)} band(s) {idx} but the bundle's {modality} input "
+                               f"expects {n} ({', '.join(names)}); give one raster band per bundle band")
+    bad = [b for b in idx if not 1 <= b <= ds.count]
+    if bad:
+        raise RasterInputError(f"{flag} {idx}: band(s) {bad} do not exist in {modality} raster {ds.name}, "
+                               f"which has bands 1..{ds.count} (indexes are 1-based)")
+    return idx
+
+
+def check_dtype(ds: rasterio.io.DatasetReader, bands: Sequence[int], spec: Mapping[str, Any],
+                modality: str) -> str:
+    """Refuse a data type the bundle cannot scale; returns the raster's dtype name.
+
+    Optical: uint8 or uint16, and the one the spec declares (its ``scale`` depends on it).
+    SAR: float32/float64 (dB or linear intensity, see ``units``).
+    """
+    dtypes = {ds.dtypes[b - 1] for b in bands}
+    if len(dtypes) != 1:
+        raise RasterInputError(f"{modality} raster {ds.name}: the selected bands {list(bands)} have mixed "
+                               f"data types {sorted(dtypes)}; convert them to one type")
+    dtype = dtypes.pop()
+    if modality == "optical":
+        want = str(spec.get("dtype", "uint8"))
+        if dtype not in OPTICAL_DTYPES or dtype != want:
+            raise RasterInputError(
+                f"optical raster {ds.name} is {dtype} but the bundle expects {want} digital numbers "
+                f"(scaled by {spec.get('scale', 255.0)}); supply a {want} optical raster "
+                f"(e.g. `gdal_translate -ot {want.capitalize()} -scale ...`)")
+    else:
+        if dtype not in SAR_DTYPES:
+            raise RasterInputError(
+                f"SAR raster {ds.name} is {dtype} but the bundle expects floating-point backscatter "
+                "(dB, or linear intensity with --sar-units linear); calibrate/convert it to float32")
+    return dtype
+
+
+def resolve_nodata(ds: rasterio.io.DatasetReader, override: float | None) -> float | None:
+    """Nodata value for ``ds``: the declared one, else ``override`` (for rasters that declare none)."""
+    if ds.nodata is not None:
+        return float(ds.nodata)
+    return None if override is None else float(override)
+
+
+def valid_mask(values: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``[C, H, W]`` values -> ``[H, W]`` bool, False where nodata.
+
+    A pixel is nodata when all its bands equal ``nodata`` (GDAL's dataset-mask rule) or, for
+    floating-point data, when any band is NaN/inf.
+    """
+    valid = np.ones(values.shape[-2:], dtype=bool)
+    if np.issubdtype(values.dtype, np.floating):
+        valid &= np.isfinite(values).all(axis=0)
+    if nodata is not None and not math.isnan(nodata) and _representable(nodata, values.dtype):
+        valid &= ~(values == values.dtype.type(nodata)).all(axis=0)
+    return valid
+
+
+def _representable(value: float, dtype: np.dtype) -> bool:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return float(value).is_integer() and info.min <= value <= info.max
+    return True
+
+
+@dataclass(frozen=True)
+class ModalityInput:
+    """A checked input raster: path, 1-based bands to read, nodata and dtype."""
+
+    modality: str  # "optical" | "sar"
+    path: Path
+    bands: tuple[int, ...]
+    nodata: float | None
+    dtype: str
+    width: int
+    height: int
+
+
+def prepare_input(path: PathLike, modality: str, spec: Mapping[str, Any], *,
+                  bands: Sequence[int] | None = None,
+                  nodata: float | None = None) -> ModalityInput:
+    """Open and check one input raster (readability, band count, dtype); returns its reading plan."""
+    if modality not in ("optical", "sar"):
+        raise ValueError(f"unknown modality {modality!r}; expected 'optical' or 'sar'")
+    with open_raster(path) as ds:
+        idx = select_bands(ds, bands, spec, modality)
+        dtype = check_dtype(ds, idx, spec, modality)
+        read_check(ds)
+        return ModalityInput(modality, Path(path), tuple(idx), resolve_nodata(ds, nodata), dtype,
+                             ds.width, ds.height)
+
+
+# ----------------------------------------------------------------------------- co-registration
+def _grid(ds: rasterio.io.DatasetReader) -> dict[str, Any]:
+    t = ds.transform
+    return {"crs": ds.crs, "res": (t.a, t.e), "size": (ds.width, ds.height), "origin": (t.c, t.f)}
+
+
+def check_coregistered(optical_ds: rasterio.io.DatasetReader, sar_ds: rasterio.io.DatasetReader) -> None:
+    """Refuse an optical/SAR pair that is not on the same pixel grid.
+
+    Compares CRS, pixel size, raster size and grid origin (to :data:`GRID_TOLERANCE_PX` of a pixel);
+    the message names both files and both values and points at ``--align``.
+    """
+    a, b = _grid(optical_ds), _grid(sar_ds)
+    fix = ("re-run with --align to reproject the SAR onto the optical grid (bilinear), or "
+           "co-register the pair beforehand")
+    problems = []
+    if (a["crs"] is None) != (b["crs"] is None) or (a["crs"] is not None and a["crs"] != b["crs"]):
+        problems.append(("CRS", _crs_str(a["crs"]), _crs_str(b["crs"])))
+    px = max(abs(a["res"][0]), abs(a["res"][1]))
+    tol = GRID_TOLERANCE_PX * px
+    # a pixel-size difference is tolerated while it drifts less than the tolerance over the scene
+    res_tol = tol / max(a["size"] + b["size"])
+    if any(abs(x - y) > res_tol for x, y in zip(a["res"], b["res"])):
+        problems.append(("resolution", _fmt_pair(a["res"]), _fmt_pair(b["res"])))
+    if a["size"] != b["size"]:
+        problems.append(("size", f"{a['size'][0]}x{a['size'][1]} px", f"{b['size'][0]}x{b['size'][1]} px"))
+    if any(abs(x - y) > tol for x, y in zip(a["origin"], b["origin"])):
+        problems.append(("grid origin", _fmt_pair(a["origin"]), _fmt_pair(b["origin"])))
+    if problems:
+        details = "; ".join(f"{what}: optical {va} vs SAR {vb}" for what, va, vb in problems)
+        raise RasterInputError(f"optical raster {optical_ds.name} and SAR raster {sar_ds.name} are not "
+                               f"co-registered ({details}); {fix}")
+
+
+def _crs_str(crs: Any) -> str:
+    if crs is None:
+        return "none"
+    return crs.to_string() if hasattr(crs, "to_string") else str(crs)
+
+
+def _fmt_pair(p: tuple[float, float]) -> str:
+    return f"({p[0]:.10g}, {p[1]:.10g})"
+
+
+def align_to(src_path: PathLike, ref_path: PathLike, out_path: PathLike, *,
+             resampling: Resampling = Resampling.bilinear, block_rows: int = 512,
+             src_nodata: float | None = None) -> Path:
+    """Reproject ``src_path`` onto the grid of ``ref_path`` (CRS, transform, size), write a GeoTIFF.
+
+    Reads through a ``WarpedVRT`` one window of ``block_rows`` rows at a time, so memory stays
+    bounded. Areas outside the source footprint become nodata: the source's nodata (or
+    ``src_nodata``), else NaN for float data, else 0. Written atomically to ``out_path``.
+    """
+    out = Path(out_path)
+    with open_raster(ref_path) as ref, open_raster(src_path) as src:
+        nodata = src.nodata if src.nodata is not None else src_nodata
+        dst_nodata = nodata if nodata is not None else (
+            float("nan") if np.issubdtype(np.dtype(src.dtypes[0]), np.floating) else 0)
+        vrt_opts: dict[str, Any] = {"crs": ref.crs, "transform": ref.transform, "width": ref.width,
+                                    "height": ref.height, "resampling": resampling, "nodata": dst_nodata}
+        if nodata is not None:
+            vrt_opts["src_nodata"] = nodata
+        profile = {"driver": "GTiff", "width": ref.width, "height": ref.height, "count": src.count,
+                   "dtype": src.dtypes[0], "crs": ref.crs, "transform": ref.transform,
+                   "nodata": dst_nodata, "tiled": True, "blockxsize": 256, "blockysize": 256,
+                   "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            with WarpedVRT(src, **vrt_opts) as vrt, rasterio.open(tmp, "w", **profile) as dst:
+                for i in range(1, src.count + 1):
+                    if src.descriptions[i - 1]:
+                        dst.set_band_description(i, src.descriptions[i - 1])
+                for y0 in range(0, ref.height, block_rows):
+                    win = Window(0, y0, ref.width, min(block_rows, ref.height - y0))
+                    dst.write(vrt.read(window=win), window=win)
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return out
+
+
+# ----------------------------------------------------------------------------- area
+def pixel_area_m2(ds: Any) -> np.ndarray:
+    """Ground area in m² of the pixels of each row, ``[height]`` float64.
+
+    ``ds`` is anything with ``crs``, ``transform`` and ``height`` (an open dataset).
+    Projected CRS: ``|det(transform)|`` in CRS units², converted to m² with the CRS linear unit
+    factor (constant over rows). Geographic CRS (degrees): each row is a band of latitude
+    ``[lat0, lat1]`` on a sphere of the WGS84 authalic radius ``R``; a pixel of ``dlon`` degrees
+    covers ``R² · dlon_rad · |sin(lat1) − sin(lat0)|`` (the spherical approximation is within
+    ~0.5 % of the ellipsoid). Rotated/sheared geographic transforms use the row-centre latitude.
+    No CRS: map units are assumed to be metres.
+    """
+    t = ds.transform
+    height = int(ds.height)
+    crs = ds.crs
+    if crs is not None and crs.is_geographic:
+        return _geographic_row_areas(t, height)
+    factor = 1.0
+    if crs is not None:
+        try:
+            factor = float(crs.linear_units_factor[1])
+        except (RasterioError, ValueError, TypeError, AttributeError):
+            factor = 1.0
+    area = abs(t.a * t.e - t.b * t.d) * factor * factor
+    return np.full(height, area, dtype=np.float64)
+
+
+def _geographic_row_areas(t: Any, height: int) -> np.ndarray:
+    r = EARTH_AUTHALIC_RADIUS_M
+    rows = np.arange(height, dtype=np.float64)
+    if t.b == 0 and t.d == 0:
+        lat0 = np.radians(np.clip(t.f + t.e * rows, -90.0, 90.0))
+        lat1 = np.radians(np.clip(t.f + t.e * (rows + 1), -90.0, 90.0))
+        return r * r * math.radians(abs(t.a)) * np.abs(np.sin(lat1) - np.sin(lat0))
+    # rotated grid: parallelogram area in degrees², scaled at the row-centre latitude
+    lat_c = np.radians(t.f + t.e * (rows + 0.5) + t.d * 0.5)
+    deg2 = abs(t.a * t.e - t.b * t.d)
+    return (r * r) * math.radians(1.0) ** 2 * deg2 * np.cos(lat_c)

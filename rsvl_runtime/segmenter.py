@@ -1,0 +1,298 @@
+"""The Python API: :class:`Segmenter` (open-vocabulary semantic segmentation, TSMNet bundles)
+and :class:`Referrer` (referring segmentation, CADFormer bundles).
+
+    seg = Segmenter.load("bundles/tsmnet-tiny-fp16")           # backend="auto"
+    seg.set_vocabulary(["water, lake, river", "building", "vegetation"])
+    labels, probs = seg.predict(optical_uint8_chw, sar_db_chw)   # numpy in, numpy out
+    seg.predict_raster("optical.tif", "sar.tif", out_dir="out/") # tiled GeoTIFF -> outputs
+
+No torch is imported unless ``backend="torch"`` is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .backends import Sessions, load_sessions
+from .bundle import Bundle, BundleError
+from .normalization import normalize_optical, normalize_sar
+from .text import BundleTokenizer
+from .tiling import TileGrid, blend_tiles, pad_to_tile
+from .vocabulary import (VocabClass, VocabularyCache, VocabularyError, average_per_class, parse_vocabulary,
+                         prompts_for, text_signature, vocabulary_key)
+
+log = logging.getLogger("rsvl.runtime")
+
+#: Prompts encoded per text-graph call (bounded memory for big vocabularies).
+TEXT_CHUNK = 256
+
+
+def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    z = logits - logits.max(axis=axis, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=axis, keepdims=True)
+    return z
+
+
+def _as_chw(arr: np.ndarray, bands: int, what: str) -> np.ndarray:
+    if arr.ndim == 2 and bands == 1:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"{what} must be [C, H, W] (or [H, W] for one band), got shape {arr.shape}")
+    if arr.shape[0] != bands and arr.shape[-1] == bands:
+        arr = np.moveaxis(arr, -1, 0)
+    if arr.shape[0] != bands:
+        raise ValueError(f"{what} has {arr.shape[0]} bands, the bundle expects {bands}; "
+                         "reorder or select bands (e.g. --bands 3,2,1)")
+    return arr
+
+
+class _BundleModel:
+    """What Segmenter and Referrer share: the bundle, its sessions, tokenizer and batching."""
+
+    task = "semantic"
+
+    def __init__(self, bundle: Bundle, sessions: Sessions, batch: int | None = None) -> None:
+        if bundle.task != self.task:
+            other = "Referrer" if bundle.task == "referring" else "Segmenter"
+            raise BundleError(f"{bundle.root} is a {bundle.task} bundle; load it with {other}.load")
+        self.bundle = bundle
+        self.sessions = sessions
+        m = bundle.manifest
+        self.tokenizer = BundleTokenizer(bundle.path(m["text"]["tokenizer"]), m["text"]["max_length"],
+                                         m["text"].get("pad_id", 0))
+        self.tile = bundle.tile_size
+        self.overlap = bundle.overlap
+        self.batch = int(batch or min(8, m.get("limits", {}).get("max_batch", 8)))
+        self.timings: dict[str, float] = {}
+
+    @classmethod
+    def load(cls, bundle: str | os.PathLike[str] | Bundle, backend: str = "auto", precision: str = "auto",
+             batch: int | None = None, threads: int | None = None, **kwargs: Any):
+        """Open (and verify) a bundle and load its graphs on ``backend``."""
+        b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        return cls(b, load_sessions(b, backend, precision, threads), batch=batch, **kwargs)
+
+    @property
+    def backend(self) -> str:
+        return self.sessions.backend
+
+    def info(self) -> dict[str, Any]:
+        m = self.bundle.manifest
+        return {"bundle": str(self.bundle.root), "model": m["model"], "task": m["task"], "backend": self.backend,
+                "precision": self.sessions.precision, "tile": self.tile, "overlap": self.overlap,
+                "bundle_sha256": self.bundle.digest[:16], "created": m.get("created")}
+
+
+class Segmenter(_BundleModel):
+    """Open-vocabulary semantic segmentation with a cached vocabulary."""
+
+    task = "semantic"
+
+    def __init__(self, bundle: Bundle, sessions: Sessions, batch: int | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(bundle, sessions, batch)
+        self.cache = VocabularyCache(cache_dir)
+        self.templates: list[str] = list(bundle.manifest["text"].get("templates") or ["{}"])
+        self.classes: list[VocabClass] = []
+        self.text_emb: np.ndarray | None = None
+        self.modalities = bundle.manifest["modalities"]
+        self._image_inputs = list(bundle.manifest["graphs"]["image"]["inputs"])
+        default = bundle.manifest.get("default_vocabulary")
+        if default:
+            self.set_vocabulary(default)
+
+    # ---------------------------------------------------------------- vocabulary
+    def set_vocabulary(self, classes: Iterable[Any] | str, templates: Sequence[str] | None = None
+                       ) -> list[VocabClass]:
+        """Set the classes (names with synonyms, see :func:`parse_vocabulary`); encodes them once
+        with the text graph unless cached. Never needs a re-export."""
+        vocab = parse_vocabulary(classes)
+        fixed = self.bundle.manifest.get("fixed_vocabulary_size")
+        if fixed and len(vocab) != fixed:
+            raise VocabularyError(f"this bundle has a fixed-K 'paper' head with {fixed} classes; got {len(vocab)}. "
+                                  "Export the open head to change the vocabulary")
+        max_k = self.bundle.manifest.get("limits", {}).get("max_vocab")
+        if self.backend == "tensorrt" and max_k and len(vocab) > max_k:
+            raise VocabularyError(f"{len(vocab)} classes exceed the engine profile's K ≤ {max_k}; re-export with "
+                                  f"--max-vocab {len(vocab)}")
+        if templates is not None:
+            self.templates = list(templates)
+        t0 = time.perf_counter()
+        emb = self._bundle_cache(vocab)
+        if emb is None:
+            key = vocabulary_key(self.bundle.digest, vocab, self.templates)
+            emb = self.cache.get_or_encode(key, vocab, lambda: self.encode(vocab))
+        self.timings["vocabulary_s"] = time.perf_counter() - t0
+        self.classes, self.text_emb = vocab, emb.astype(np.float32)
+        return vocab
+
+    def _bundle_cache(self, vocab: list[VocabClass]) -> np.ndarray | None:
+        rel = self.bundle.manifest.get("vocab_cache")
+        if not rel:
+            return None
+        with np.load(self.bundle.path(rel), allow_pickle=False) as z:
+            if str(z["signature"]) == text_signature(vocab, self.templates):
+                return z["text_emb"]
+        return None
+
+    def encode(self, vocab: Sequence[VocabClass]) -> np.ndarray:
+        """Encode the vocabulary with the text graph: ``[K, D]`` L2-normalised class embeddings."""
+        texts, owner = prompts_for(vocab, self.templates)
+        parts = []
+        for i in range(0, len(texts), TEXT_CHUNK):
+            ids, mask = self.tokenizer(texts[i:i + TEXT_CHUNK])
+            parts.append(self.sessions.text.run({"input_ids": ids, "attention_mask": mask})["text_emb"])
+        return average_per_class(np.concatenate(parts), owner, len(vocab))
+
+    # ---------------------------------------------------------------- engine
+    def predict_logits(self, optical: np.ndarray | None, sar: np.ndarray | None) -> np.ndarray:
+        """Normalised tiles ``[B,3,t,t]`` / ``[B,1,t,t]`` (either may be None) -> logits ``[B,K,t,t]``.
+
+        This is the ``predict_fn`` the tiled scene runner calls. A missing modality is fed as zeros
+        (the models were trained with modality dropout to zeros)."""
+        if self.text_emb is None:
+            raise VocabularyError("no vocabulary set: call set_vocabulary([...]) first")
+        ref = optical if optical is not None else sar
+        if ref is None:
+            raise ValueError("predict needs at least one of optical or sar")
+        b, _, h, w = ref.shape
+        feeds: dict[str, np.ndarray] = {"text_emb": self.text_emb}
+        for name, bands in (("optical", 3), ("sar", 1)):
+            if name in self._image_inputs:
+                x = optical if name == "optical" else sar
+                feeds[name] = x.astype(np.float32) if x is not None else np.zeros((b, bands, h, w), np.float32)
+        out = []
+        for i in range(0, b, self.batch):  # the engine's batch limit
+            sl = {k: (v[i:i + self.batch] if k != "text_emb" else v) for k, v in feeds.items()}
+            out.append(self.sessions.image.run(sl)["logits"])
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def _check_mode(self, has_optical: bool, has_sar: bool) -> None:
+        mode = "optical+sar" if has_optical and has_sar else ("optical" if has_optical else "sar")
+        if mode not in self.bundle.modes:
+            raise ValueError(f"this bundle supports {self.bundle.modes}, not {mode!r} input; "
+                             + ("pass the SAR image (--sar)" if not has_sar else "pass the optical image"))
+
+    # ---------------------------------------------------------------- numpy API
+    def predict(self, optical: np.ndarray | None, sar: np.ndarray | None = None, sar_units: str | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Tiled prediction on in-memory arrays.
+
+        ``optical``: ``[3, H, W]`` (or ``[H, W, 3]``) uint8/uint16 digital numbers; ``sar``: ``[1, H, W]``
+        or ``[H, W]`` in dB (or linear with ``sar_units="linear"``). Returns ``labels [H, W]`` uint8 class
+        ids and ``probabilities [K, H, W]`` float32.
+        """
+        self._check_mode(optical is not None, sar is not None)
+        norm = {}
+        if optical is not None:
+            norm["optical"] = normalize_optical(_as_chw(np.asarray(optical), 3, "optical"), self.modalities["optical"])
+        if sar is not None:
+            norm["sar"] = normalize_sar(_as_chw(np.asarray(sar), 1, "sar"), self.modalities["sar"], units=sar_units)
+        shapes = {v.shape[1:] for v in norm.values()}
+        if len(shapes) != 1:
+            raise ValueError(f"optical and SAR differ in size {sorted(shapes)}; co-register them first")
+        h, w = shapes.pop()
+        grid = TileGrid(h, w, self.tile, self.overlap)
+        logits = blend_tiles(grid, len(self.classes), self._tile_logits(grid, norm))
+        probs = softmax(logits, axis=0)
+        return probs.argmax(0).astype(np.uint8), probs
+
+    def _tile_logits(self, grid: TileGrid, norm: dict[str, np.ndarray]):
+        tiles = list(grid.tiles())
+        for i in range(0, len(tiles), self.batch):
+            chunk = tiles[i:i + self.batch]
+            batch = {k: np.stack([pad_to_tile(v[:, t.y:t.y + t.height, t.x:t.x + t.width], self.tile)
+                                  for t in chunk]) for k, v in norm.items()}
+            logits = self.predict_logits(batch.get("optical"), batch.get("sar"))
+            yield from zip(chunk, logits)
+
+    # ---------------------------------------------------------------- rasters
+    def predict_raster(self, optical_path: str | os.PathLike[str] | None, sar_path: str | os.PathLike[str] | None = None,
+                       out_dir: str | os.PathLike[str] = "rsvl_out", **options: Any):
+        """Tiled inference over GeoTIFFs, streamed window by window; writes labels.tif, scores.tif,
+        classes.json, preview.png and report.html atomically into ``out_dir``."""
+        from .scene import run_scene
+
+        self._check_mode(optical_path is not None, sar_path is not None)
+        tile = int(options.pop("tile", None) or self.tile)
+        overlap = options.pop("overlap", None)
+        overlap = self.overlap if overlap is None else float(overlap)
+        if tile != self.tile:
+            raise ValueError(f"the bundle's image graph is fixed to {self.tile}px tiles; --tile {tile} needs a "
+                             f"re-export with --tile {tile}")
+        return run_scene(
+            self.predict_logits, str(optical_path) if optical_path else None, str(sar_path) if sar_path else None,
+            Path(out_dir), class_names=[c.name for c in self.classes], colors=[c.color for c in self.classes],
+            optical_spec=self.modalities.get("optical"), sar_spec=self.modalities.get("sar"), tile=tile,
+            overlap=overlap, batch=self.batch, bundle_info=self.info(), **options)
+
+
+class Referrer(_BundleModel):
+    """Referring segmentation: one expression -> a binary mask."""
+
+    task = "referring"
+
+    def __init__(self, bundle: Bundle, sessions: Sessions, batch: int | None = None) -> None:
+        super().__init__(bundle, sessions, batch)
+        self.modalities = bundle.manifest["modalities"]
+        self._expr: str | None = None
+        self._text: dict[str, np.ndarray] = {}
+
+    def set_expression(self, expression: str) -> None:
+        if not expression or not expression.strip():
+            raise VocabularyError("the referring expression is empty: pass --refer \"the largest lake\"")
+        if expression == self._expr:
+            return
+        ids, mask = self.tokenizer([expression.strip()])
+        out = self.sessions.text.run({"input_ids": ids, "attention_mask": mask})
+        self._text = {"word_feats": out["word_feats"], "sentence_emb": out["sentence_emb"], "attention_mask": mask}
+        self._expr = expression
+
+    def predict_logits(self, optical: np.ndarray | None, sar: np.ndarray | None = None) -> np.ndarray:
+        if optical is None:
+            raise ValueError("referring segmentation needs the optical image")
+        if not self._text:
+            raise VocabularyError("no expression set: call set_expression(...) or predict(image, expression)")
+        out = []
+        for i in range(0, optical.shape[0], self.batch):
+            x = optical[i:i + self.batch].astype(np.float32)
+            feeds = {"optical": x, **{k: np.repeat(v, x.shape[0], axis=0) for k, v in self._text.items()}}
+            out.append(self.sessions.image.run(feeds)["logits"])
+        return np.concatenate(out)
+
+    def predict(self, image: np.ndarray, expression: str) -> tuple[np.ndarray, np.ndarray]:
+        """``image [3,H,W]`` uint8 + expression -> (mask ``[H,W]`` uint8 0/1, probability ``[H,W]``)."""
+        self.set_expression(expression)
+        x = normalize_optical(_as_chw(np.asarray(image), 3, "image"), self.modalities["optical"])
+        grid = TileGrid(x.shape[1], x.shape[2], self.tile, self.overlap)
+
+        def tiles():
+            all_tiles = list(grid.tiles())
+            for i in range(0, len(all_tiles), self.batch):
+                chunk = all_tiles[i:i + self.batch]
+                batch = np.stack([pad_to_tile(x[:, t.y:t.y + t.height, t.x:t.x + t.width], self.tile) for t in chunk])
+                yield from zip(chunk, self.predict_logits(batch))
+
+        probs = softmax(blend_tiles(grid, 2, tiles()), axis=0)
+        return (probs[1] > 0.5).astype(np.uint8), probs[1]
+
+    def predict_raster(self, optical_path: str | os.PathLike[str], expression: str,
+                       out_dir: str | os.PathLike[str] = "rsvl_out", **options: Any):
+        """Referring segmentation over a GeoTIFF; writes mask.tif and the report."""
+        from .scene import run_scene
+
+        self.set_expression(expression)
+        options.pop("tile", None)
+        overlap = options.pop("overlap", None)
+        return run_scene(self.predict_logits, str(optical_path), None, Path(out_dir),
+                         class_names=["background", expression], colors=[(0, 0, 0), (255, 64, 64)],
+                         optical_spec=self.modalities["optical"], sar_spec=None, tile=self.tile,
+                         overlap=self.overlap if overlap is None else float(overlap), batch=self.batch,
+                         task="referring", bundle_info={**self.info(), "expression": expression}, **options)

@@ -1,0 +1,273 @@
+"""Tile grid, blending window and streaming accumulation of tiled logits (pure numpy).
+
+A scene of ``height x width`` pixels is covered by square tiles of ``tile`` pixels whose
+offsets advance by ``stride = round(tile * (1 - overlap))``. The last tile of a row/column is
+shifted back so that it ends on the scene edge (ragged edges never produce a tile that hangs
+outside the scene). A scene dimension smaller than a tile gets a single tile at offset 0; the
+caller pads the data (:func:`pad_to_tile`, reflect) and the logits are cropped back.
+
+Overlapping tiles are blended with a smooth separable window (Hann, or triangular) whose
+values never drop below ``floor``: a pixel covered by a single tile (scene borders) still gets
+a positive weight, and since the blended value is ``sum(w * logits) / sum(w)`` a per-pixel
+function is reproduced exactly everywhere, with no seams.
+
+:class:`RowAccumulator` keeps only the rows of the scene that tiles can still touch
+(``[K, min(tile, height), width]`` float32) and hands back finished rows as soon as the next
+row of tiles starts, so memory does not grow with the scene height.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+#: Default smallest window weight (relative to the window's peak of 1).
+WINDOW_FLOOR = 1e-3
+WINDOW_KINDS = ("hann", "triangular", "flat")
+
+
+def tile_stride(tile: int, overlap: float) -> int:
+    """Offset between consecutive tiles: ``round(tile * (1 - overlap))``, at least 1."""
+    _check_tile(tile, overlap)
+    return max(1, int(round(tile * (1.0 - overlap))))
+
+
+def _check_tile(tile: int, overlap: float) -> None:
+    if int(tile) != tile or tile < 1:
+        raise ValueError(f"tile size must be a positive integer, got {tile!r}")
+    if not 0.0 <= float(overlap) < 1.0:
+        raise ValueError(f"tile overlap must be a fraction in [0, 1), got {overlap!r}")
+
+
+def tile_offsets(length: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of the tiles along one axis of ``length`` pixels.
+
+    Tiles advance by :func:`tile_stride`; the last one is shifted back to end on the edge.
+    ``length <= tile`` gives ``[0]`` (one padded tile).
+    """
+    if length < 1:
+        raise ValueError(f"cannot tile an axis of length {length}")
+    stride = tile_stride(tile, overlap)
+    if length <= tile:
+        return [0]
+    offsets = list(range(0, length - tile, stride))
+    offsets.append(length - tile)
+    return offsets
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its row/column index in the grid, its offset and its extent inside the scene."""
+
+    row: int
+    col: int
+    y: int
+    x: int
+    height: int  # rows of the tile that lie inside the scene (< tile only for small scenes)
+    width: int
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles that cover a ``height x width`` scene."""
+
+    height: int
+    width: int
+    tile: int
+    overlap: float = 0.25
+
+    def __post_init__(self) -> None:
+        _check_tile(self.tile, self.overlap)
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"cannot tile an empty scene ({self.height}x{self.width})")
+
+    @property
+    def stride(self) -> int:
+        """Offset between consecutive tiles."""
+        return tile_stride(self.tile, self.overlap)
+
+    @property
+    def row_offsets(self) -> list[int]:
+        """Row offsets (y) of the rows of tiles."""
+        return tile_offsets(self.height, self.tile, self.overlap)
+
+    @property
+    def col_offsets(self) -> list[int]:
+        """Column offsets (x) of the columns of tiles."""
+        return tile_offsets(self.width, self.tile, self.overlap)
+
+    @property
+    def strip_height(self) -> int:
+        """Rows of scene covered by one row of tiles: ``min(tile, height)``."""
+        return min(self.tile, self.height)
+
+    @property
+    def n_tiles(self) -> int:
+        """Number of tiles."""
+        return len(self.row_offsets) * len(self.col_offsets)
+
+    def strip_rows(self, row: int) -> tuple[int, int]:
+        """Scene rows ``[y0, y1)`` read for the row of tiles ``row``."""
+        y0 = self.row_offsets[row]
+        return y0, y0 + self.strip_height
+
+    def row_tiles(self, row: int) -> list[Tile]:
+        """The tiles of one row of tiles, left to right."""
+        y = self.row_offsets[row]
+        h = min(self.tile, self.height - y)
+        return [Tile(row, c, y, x, h, min(self.tile, self.width - x))
+                for c, x in enumerate(self.col_offsets)]
+
+    def tiles(self) -> Iterator[Tile]:
+        """All tiles in row-major order."""
+        for r in range(len(self.row_offsets)):
+            yield from self.row_tiles(r)
+
+
+def window_1d(size: int, kind: str = "hann", floor: float = WINDOW_FLOOR) -> np.ndarray:
+    """A symmetric 1-D weight profile peaking at 1, never below ``floor``.
+
+    ``hann``: ``sin(pi * (i + 0.5) / size) ** 2``; ``triangular``: ``1 - |2 (i + 0.5) / size - 1|``;
+    ``flat``: ones (plain averaging).
+    """
+    if kind not in WINDOW_KINDS:
+        raise ValueError(f"window kind must be one of {WINDOW_KINDS}, got {kind!r}")
+    if not 0.0 < floor <= 1.0:
+        raise ValueError(f"window floor must be in (0, 1], got {floor!r}")
+    centres = (np.arange(size, dtype=np.float64) + 0.5) / size
+    if kind == "hann":
+        w = np.sin(np.pi * centres) ** 2
+    elif kind == "triangular":
+        w = 1.0 - np.abs(2.0 * centres - 1.0)
+    else:
+        w = np.ones(size)
+    w = w / w.max()
+    return (floor + (1.0 - floor) * w).astype(np.float32)
+
+
+def blend_window(tile: int, kind: str = "hann", floor: float = WINDOW_FLOOR) -> np.ndarray:
+    """Separable 2-D blending window ``[tile, tile]`` float32 (outer product of :func:`window_1d`)."""
+    w = window_1d(tile, kind, floor)
+    return np.outer(w, w).astype(np.float32)
+
+
+def pad_to_tile(arr: np.ndarray, tile: int, mode: str = "reflect") -> np.ndarray:
+    """Pad the last two axes of ``arr`` at the bottom/right up to ``tile`` (no-op when full).
+
+    ``reflect`` mirrors the data (an axis of length 1 is repeated instead).
+    """
+    h, w = arr.shape[-2:]
+    if h == tile and w == tile:
+        return arr
+    if h > tile or w > tile:
+        raise ValueError(f"array {h}x{w} is larger than the tile ({tile})")
+    pad = [(0, 0)] * (arr.ndim - 2) + [(0, tile - h), (0, tile - w)]
+    if mode == "reflect" and min(h, w) == 1:
+        mode = "edge"
+    return np.pad(arr, pad, mode=mode)  # type: ignore[call-overload]
+
+
+@dataclass
+class FinishedRows:
+    """Blended logits of scene rows ``[y0, y0 + n)`` that no tile touches any more.
+
+    ``strip`` is the row of tiles whose strip contains these rows (rows ``y0..`` are its first).
+    """
+
+    strip: int
+    y0: int
+    logits: np.ndarray  # [K, n, width] float32, already divided by the weight sum
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.logits.shape[1])
+
+
+class RowAccumulator:
+    """Streaming weighted accumulation of tile logits, one row of tiles at a time.
+
+    Holds ``[K, strip_height, width]`` sums and ``[strip_height, width]`` weights for the scene
+    rows ``[y_r, y_r + strip_height)`` of the current row of tiles ``r``. Tiles must arrive in
+    row-major order (:meth:`TileGrid.tiles`); when a tile of the next row arrives, the rows above
+    it are final and returned as :class:`FinishedRows`, and the buffer slides down.
+    """
+
+    def __init__(self, grid: TileGrid, channels: int, window: np.ndarray | None = None) -> None:
+        if channels < 1:
+            raise ValueError(f"need at least one logit channel, got {channels}")
+        self.grid = grid
+        self.channels = channels
+        self.window = blend_window(grid.tile) if window is None else window.astype(np.float32)
+        if self.window.shape != (grid.tile, grid.tile):
+            raise ValueError(f"window shape {self.window.shape} != tile {grid.tile}")
+        self._rows = grid.row_offsets
+        h = grid.strip_height
+        self._acc = np.zeros((channels, h, grid.width), np.float32)
+        self._wsum = np.zeros((h, grid.width), np.float32)
+        self._row = 0
+        self._done = False
+
+    @property
+    def current_row(self) -> int:
+        """Index of the row of tiles being accumulated."""
+        return self._row
+
+    def add(self, tile: Tile, logits: np.ndarray) -> list[FinishedRows]:
+        """Accumulate ``logits [K, tile, tile]`` of ``tile``; returns rows finished by it."""
+        if self._done:
+            raise RuntimeError("RowAccumulator.finish() was already called")
+        if tile.row < self._row:
+            raise ValueError(f"tile of row {tile.row} arrived after row {self._row}: "
+                             "tiles must come in row-major order")
+        finished = []
+        while tile.row > self._row:
+            finished.append(self._advance())
+        h, w = tile.height, tile.width
+        wnd = self.window[:h, :w]
+        rows = slice(tile.y - self._rows[self._row], tile.y - self._rows[self._row] + h)
+        cols = slice(tile.x, tile.x + w)
+        self._acc[:, rows, cols] += logits[:, :h, :w] * wnd
+        self._wsum[rows, cols] += wnd
+        return finished
+
+    def finish(self) -> FinishedRows:
+        """Return the remaining rows (the last strip, to the bottom of the scene)."""
+        if self._done:
+            raise RuntimeError("RowAccumulator.finish() was already called")
+        self._done = True
+        y0 = self._rows[self._row]
+        n = self.grid.height - y0
+        return FinishedRows(self._row, y0, self._normalised(n))
+
+    def _normalised(self, n: int) -> np.ndarray:
+        wsum = self._wsum[:n]
+        if np.any(wsum <= 0):
+            raise RuntimeError("some pixels were covered by no tile; the tiles did not cover the scene")
+        return self._acc[:, :n] / wsum
+
+    def _advance(self) -> FinishedRows:
+        """Emit the rows above the next row of tiles and slide the buffer down."""
+        y0, y_next = self._rows[self._row], self._rows[self._row + 1]
+        d = y_next - y0
+        out = FinishedRows(self._row, y0, self._normalised(d))
+        self._acc[:, :-d] = self._acc[:, d:].copy()
+        self._acc[:, -d:] = 0.0
+        self._wsum[:-d] = self._wsum[d:].copy()
+        self._wsum[-d:] = 0.0
+        self._row += 1
+        return out
+
+
+def blend_tiles(grid: TileGrid, channels: int, tiles: Iterator[tuple[Tile, np.ndarray]],
+                window: np.ndarray | None = None) -> np.ndarray:
+    """Blend all tiles into one ``[K, height, width]`` array (convenience for small scenes/tests)."""
+    out = np.empty((channels, grid.height, grid.width), np.float32)
+    acc = RowAccumulator(grid, channels, window)
+    for tile, logits in tiles:
+        for f in acc.add(tile, logits):
+            out[:, f.y0:f.y0 + f.n_rows] = f.logits
+    f = acc.finish()
+    out[:, f.y0:f.y0 + f.n_rows] = f.logits
+    return out
