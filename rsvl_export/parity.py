@@ -3,7 +3,7 @@
 Numbers against tolerances, never "it ran". Pure numpy, so the runtime and the benchmarks can
 reuse it (ONNX Runtime is imported only inside :func:`ort_session`).
 
-* :func:`compare` measures max-abs, max-abs relative to the reference's range, flattened
+* :func:`compare` (a :class:`Comparison`; :func:`compare_metrics` for the bare dict) measures max-abs, max-abs relative to the reference's range, flattened
   cosine, mean per-vector cosine (embeddings: one vector per row) and argmax agreement over
   the class axis (axis 1 of logits ``[B, K, H, W]``).
 * :class:`Gate` says which of those must hold for a (graph, precision) pair;
@@ -20,15 +20,23 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-#: Kinds of outputs :func:`compare` understands.
+#: Kinds of outputs :func:`compare` understands (and accepted aliases).
 KINDS = ("logits", "embeddings", "generic")
+_KIND_ALIASES = {"embedding": "embeddings", "emb": "embeddings", "logit": "logits", "mask": "logits"}
+
+
+def _kind(kind: str) -> str:
+    k = _KIND_ALIASES.get(kind, kind)
+    if k not in KINDS:
+        raise ValueError(f"kind={kind!r}; expected one of {KINDS} (or {sorted(_KIND_ALIASES)})")
+    return k
 
 
 class ParityError(AssertionError):
@@ -50,18 +58,17 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, kind: str = "generic",
-            class_axis: int = 1) -> dict[str, float]:
-    """Metrics of ``candidate`` against ``reference`` (same shape).
+def compare_metrics(reference: np.ndarray, candidate: np.ndarray, kind: str = "generic",
+                    class_axis: int = 1) -> dict[str, float]:
+    """Metrics of ``candidate`` against ``reference`` (same shape), as a plain dict.
 
-    Returns a dict with ``max_abs``, ``max_abs_rel_to_range`` (max-abs / (max - min of the
+    Keys: ``max_abs``, ``max_abs_rel_to_range`` (max-abs / (max - min of the
     reference)), ``cosine`` (flattened), ``mean_vector_cosine`` / ``min_vector_cosine``
     (``kind="embeddings"``: rows of the last axis) and ``argmax_agreement`` (``kind="logits"``:
     fraction of positions whose argmax over ``class_axis`` agrees). Non-finite candidate
     values are counted in ``nonfinite`` and make every metric fail its gate.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}; expected one of {KINDS}")
+    kind = _kind(kind)
     ref, cand = np.asarray(reference), np.asarray(candidate)
     if ref.shape != cand.shape:
         raise ValueError(f"shape mismatch: reference {ref.shape} vs candidate {cand.shape}")
@@ -99,6 +106,49 @@ def compare(reference: np.ndarray, candidate: np.ndarray, kind: str = "generic",
         else:  # one class (referring masks): agreement of the sign, i.e. of the thresholded mask
             out["argmax_agreement"] = float(np.mean((r > 0) == (c > 0)))
     return out
+
+
+@dataclass
+class Comparison:
+    """The result of :func:`compare`: the output kind, its metrics and, when a precision was
+    given, the verdict of that precision's gate. Indexable like the metrics dict
+    (``c["max_abs"]``)."""
+
+    kind: str
+    metrics: dict[str, float]
+    precision: str | None = None
+    gate: str | None = None
+    failed_checks: list[str] = field(default_factory=list)
+
+    def __getitem__(self, key: str) -> float:
+        return self.metrics[key]
+
+    def get(self, key: str, default: float | None = None) -> float | None:
+        return self.metrics.get(key, default)
+
+    @property
+    def passed(self) -> bool | None:
+        """Gate verdict (None when no precision/gate was given)."""
+        return None if self.gate is None else not self.failed_checks
+
+    def judge(self, precision: str, gate: "Gate | None" = None) -> "Comparison":
+        """Evaluate ``gate`` (default: the gate of ``precision`` and this kind) in place."""
+        g = gate or gate_for(precision, self.kind)
+        self.precision, self.gate, self.failed_checks = precision, g.name, g.check(self.metrics)
+        return self
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, kind: str = "generic",
+            precision: str | None = None, gate: "Gate | None" = None, class_axis: int = 1) -> Comparison:
+    """Compare ``candidate`` with ``reference``: max_abs, max_abs_rel_to_range, cosine,
+    per-vector cosine (embeddings), argmax agreement over ``class_axis`` (logits).
+
+    With ``precision`` ("fp32" | "fp16") or an explicit ``gate`` the verdict is filled in
+    (``.passed``, ``.failed_checks``). See :func:`compare_metrics` for the metric definitions."""
+    c = Comparison(kind=_kind(kind), metrics=compare_metrics(reference, candidate, kind, class_axis))
+    if precision is not None or gate is not None:
+        c.judge(precision or "fp32", gate)
+    return c
 
 
 @dataclass(frozen=True)
@@ -191,18 +241,29 @@ class ParityReport:
     cases: list[ParityCase] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, graph: str, precision: str, output: str, reference: np.ndarray, candidate: np.ndarray,
-            kind: str = "generic", batch: int | None = None, vocab_size: int | None = None,
+    def add(self, comparison: Comparison, *, graph: str, precision: str, output: str,
+            batch: int | None = None, vocab: int | None = None, vocab_size: int | None = None,
             gate: Gate | None = None, backend: str = "onnxruntime") -> ParityCase:
-        """Compare and record one output; returns the case (``case.passed``)."""
-        gate = gate or gate_for(precision, kind)
-        metrics = compare(reference, candidate, kind=kind)
-        fails = gate.check(metrics)
-        case = ParityCase(graph=graph, precision=precision, output=output, kind=kind, gate=gate.name,
-                          metrics=metrics, passed=not fails, failed_checks=fails, batch=batch,
-                          vocab_size=vocab_size, backend=backend)
+        """Record one comparison (from :func:`compare`) under ``precision``'s gate; returns the case.
+
+        ``vocab`` and ``vocab_size`` are the same thing (K)."""
+        if isinstance(comparison, Mapping) and not isinstance(comparison, Comparison):
+            raise TypeError("ParityReport.add takes the Comparison returned by compare(), not a dict")
+        comparison.judge(precision, gate)
+        case = ParityCase(graph=graph, precision=precision, output=output, kind=comparison.kind,
+                          gate=str(comparison.gate), metrics=dict(comparison.metrics),
+                          passed=not comparison.failed_checks, failed_checks=list(comparison.failed_checks),
+                          batch=batch, vocab_size=vocab_size if vocab_size is not None else vocab,
+                          backend=backend)
         self.cases.append(case)
         return case
+
+    def check(self, graph: str, precision: str, output: str, reference: np.ndarray, candidate: np.ndarray,
+              kind: str = "generic", batch: int | None = None, vocab: int | None = None,
+              gate: Gate | None = None, backend: str = "onnxruntime") -> ParityCase:
+        """:func:`compare` + :meth:`add` in one call."""
+        return self.add(compare(reference, candidate, kind), graph=graph, precision=precision, output=output,
+                        batch=batch, vocab=vocab, gate=gate, backend=backend)
 
     @property
     def passed(self) -> bool:

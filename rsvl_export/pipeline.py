@@ -201,48 +201,16 @@ class Exporter:
     def _ranges(self) -> dict[str, tuple[int, int]]:
         return {"B": (1, self.opts.max_batch), "K": (1, self.opts.max_vocab)}
 
-    def _profiles(self, graphs: dict[str, Any], tile: int) -> dict[str, tuple[list[int], list[int], list[int]]]:
-        """TensorRT optimisation profile of the image graph: B in 1..max_batch, K in 1..max_vocab."""
-        o = self.opts
-        sizes = {"B": (1, max(1, min(8, o.max_batch)), o.max_batch),
-                 "K": (1, max(1, min(16, o.max_vocab)), o.max_vocab)}
-        profiles = {}
-        for name, meta in graphs["image"]["inputs"].items():
-            shape = meta["shape"]
-            mins, opts_, maxs = [], [], []
-            for d in shape:
-                if isinstance(d, str):
-                    lo, mid, hi = sizes.get(d, (1, 1, 1))
-                    mins.append(lo), opts_.append(mid), maxs.append(hi)
-                else:
-                    mins.append(d), opts_.append(d), maxs.append(d)
-            profiles[name] = (mins, opts_, maxs)
-        return profiles
-
     def _engines(self, work: Path, graphs: dict[str, Any], tile: int, task: str) -> list[dict[str, Any]]:
-        from .tensorrt_build import TensorRTUnavailable, build_engine, tensorrt_available, trtexec_command
+        from .engines import build_image_engine
 
         o = self.opts
-        src = work / graphs["image"].get("fp16" if o.precision == "fp16" else "fp32")
-        profiles = self._profiles(graphs, tile)
         if o.engine == "none":
             return []
-        ok, reason = tensorrt_available()
-        if not ok:
-            if o.engine == "tensorrt":
-                raise TensorRTUnavailable(f"--engine tensorrt: {reason}. Build on the target GPU machine with:\n  "
-                                          + trtexec_command(src, profiles, o.precision == "fp16"))
-            log.info("  no engine built (%s). On the target GPU machine run:\n    %s", reason,
-                     trtexec_command(Path("BUNDLE") / src.name, profiles, o.precision == "fp16"))
-            return []
-        cache = Path(o.timing_cache) if o.timing_cache else Path.home() / ".cache" / "rsvl" / "trt_timing.cache"
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        info = build_engine(src, work / f"image.{o.precision}.engine", profiles, fp16=o.precision == "fp16",
-                            timing_cache_path=cache)
-        meta = info.to_dict() if hasattr(info, "to_dict") else dict(info.__dict__)
-        meta.update({"graph": "image", "file": f"image.{o.precision}.engine", "precision": o.precision})
-        meta["engine_path"] = meta["file"]
-        return [meta]
+        meta = build_image_engine(work / graphs["image"][o.precision if o.precision in graphs["image"] else "fp32"],
+                                  work, o.precision, graphs["image"]["inputs"], o.max_batch, o.max_vocab,
+                                  required=o.engine == "tensorrt", timing_cache=o.timing_cache)
+        return [meta] if meta else []
 
     # ---------------------------------------------------------------- parity
     def _parity(self, model: nn.Module, specs: list[GraphSpec], work: Path, graphs: dict[str, Any]):

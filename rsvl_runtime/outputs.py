@@ -86,6 +86,10 @@ class OutputStage:
         self._files[name] = temp_path(self.out_dir / name)
         return self._files[name]
 
+    def path(self, name: str) -> Path:
+        """Temporary path of the staged file ``name``."""
+        return self._files[name]
+
     def __contains__(self, name: str) -> bool:
         return name in self._files
 

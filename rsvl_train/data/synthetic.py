@@ -378,7 +378,6 @@ class SyntheticScene:
         gx = np.arange(w, dtype=np.int64) + c0 + ox
         b = _BUILDING_CELL
         cy, cx = gy // b, gx // b
-        ly, lx = gy - cy * b, gx - cx * b
         ucy = np.arange(cy[0], cy[-1] + 1)
         ucx = np.arange(cx[0], cx[-1] + 1)
         centre_y = (ucy[:, None] * b + b // 2).astype(np.float64)
@@ -393,17 +392,20 @@ class SyntheticScene:
         bw = (8 + u[2] * 13).astype(np.int64)
         y0 = 2 + (u[3] * (b - 4 - bh + 1)).astype(np.int64)
         x0 = 2 + (u[4] * (b - 4 - bw + 1)).astype(np.int64)
-        iy, ix = (cy - ucy[0])[:, None], (cx - ucx[0])[None, :]
-        lyb, lxb = ly[:, None], lx[None, :]
-        y0p, x0p = y0[iy, ix], x0[iy, ix]
-        mask = (
-            present[iy, ix]
-            & (lyb >= y0p)
-            & (lyb < y0p + bh[iy, ix])
-            & (lxb >= x0p)
-            & (lxb < x0p + bw[iy, ix])
-        )
-        return mask, u[5][iy, ix].astype(np.float32)
+        # paint each present rectangle (a few hundred per 1024x1024 window)
+        mask = np.zeros((h, w), dtype=bool)
+        roof = np.zeros((h, w), dtype=np.float32)
+        base_y = ucy * b - (r0 + oy)  # window row of each cell's top edge
+        base_x = ucx * b - (c0 + ox)
+        for i, j in zip(*np.nonzero(present)):
+            ya = max(0, int(base_y[i] + y0[i, j]))
+            yb = min(h, int(base_y[i] + y0[i, j] + bh[i, j]))
+            xa = max(0, int(base_x[j] + x0[i, j]))
+            xb = min(w, int(base_x[j] + x0[i, j] + bw[i, j]))
+            if ya < yb and xa < xb:
+                mask[ya:yb, xa:xb] = True
+                roof[ya:yb, xa:xb] = u[5][i, j]
+        return mask, roof
 
     # ---- rendering -----------------------------------------------------------------------
 
@@ -479,12 +481,12 @@ class SyntheticScene:
             minor |= near & on.reshape(np.broadcast(k, seg).shape)
         labels[minor & urban] = ROAD
 
-        # water: river(s) and ponds; major roads bridge the water
+        # water last: river(s) and ponds (roads stop at the bank)
+        labels[major] = ROAD
         water = self._river_distance(Y, X) < 0
         pond = _fbm_block(gy0, gx0, h, w, 150.0, sd["pond"], 3)
         water |= (pond > 0.74) & ((zone == _AGRI) | (zone == _FOREST))
         labels[water] = WATER
-        labels[major] = ROAD
 
         valid = np.ones((h, w), dtype=bool)
         if self.nodata_fraction > 0:
@@ -522,7 +524,7 @@ class SyntheticScene:
         orr = _noise_block(gy0, gx0, h, w, 14.0, sd["other_r"])
         ogg = _noise_block(gy0, gx0, h, w, 14.0, sd["other_g"])
         obb = _noise_block(gy0, gx0, h, w, 14.0, sd["other_b"])
-        paint(labels == OTHER, [60 + 150 * orr, 60 + 140 * ogg, 50 + 130 * obb])
+        paint(labels == OTHER, [95 + 90 * orr, 95 + 80 * ogg, 85 + 70 * obb])
         # cast shadows (sun from the north-west)
         shadow = ~bld
         shadow &= self._buildings(row - 3, col - 3, h, w)[0]
@@ -787,6 +789,17 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return lab, int(n)
 
 
+def _water_components(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected water bodies, joined across bridges (gaps of a few road pixels)."""
+    from scipy import ndimage
+
+    water = labels == WATER
+    bridged = water | (ndimage.binary_closing(water, iterations=4) & (labels == ROAD))
+    lab, n = ndimage.label(bridged)
+    lab[~water] = 0
+    return lab, int(n)
+
+
 def describe_labels(labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> str:
     """A one-sentence scene description derived from a label map (:data:`CLASS_NAMES` ids).
 
@@ -817,7 +830,7 @@ def describe_labels(labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> str
         head = "a mixed landscape of " + " and ".join(top)
     parts: list[str] = []
     if frac[WATER] > 0.002:
-        lab, nc = _components(labels == WATER)
+        lab, nc = _water_components(labels)
         sizes = np.bincount(lab.ravel())[1:]
         big = int(np.argmax(sizes)) + 1
         ys, xs = np.nonzero(lab == big)
@@ -880,7 +893,7 @@ def referring_expressions(
     cands: list[ReferringExpression] = []
 
     def comps(cls: int) -> tuple[np.ndarray, np.ndarray]:
-        lab, n = _components(labels == cls)
+        lab, n = _water_components(labels) if cls == WATER else _components(labels == cls)
         sizes = np.bincount(lab.ravel(), minlength=n + 1)
         sizes[0] = 0
         return lab, sizes

@@ -1,0 +1,552 @@
+"""Tiled inference over a whole scene with bounded memory.
+
+:func:`run_scene` reads the optical and/or SAR rasters one strip (a row of tiles) at a time in
+a reader thread that prefetches normalised batches into a bounded queue, calls ``predict_fn``
+on each batch, blends the tile logits with a smooth window (:mod:`rsvl_runtime.tiling`), and
+streams finished rows through softmax/argmax to the output writers
+(:mod:`rsvl_runtime.outputs`). Memory is independent of the scene height and linear in its
+width: the open strip's accumulator ``[K, tile, W]`` float32, one strip of input per modality,
+a few batches in the queue and the writers' 512-row block buffers.
+
+``predict_fn(optical [B,3,t,t] | None, sar [B,1,t,t] | None) -> logits [B,K,t,t]`` (float32,
+inputs already normalised; a missing modality is ``None``). Nodata pixels (declared nodata,
+the ``nodata`` override, NaN/inf in SAR) are fed as 0 (the normalised mean) and come out as
+255 in labels/mask and 0 in scores.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from . import outputs as out
+from .bundle import sha256_file
+from .normalization import normalize_optical, normalize_sar
+from .raster_io import (ModalityInput, RasterInputError, check_coregistered, open_raster,
+                        pixel_area_m2, prepare_input, valid_mask)
+from .tiling import FinishedRows, RowAccumulator, Tile, TileGrid, blend_window, pad_to_tile
+
+PredictFn = Callable[[np.ndarray | None, np.ndarray | None], np.ndarray]
+NodataArg = float | Mapping[str, float | None] | None
+TASKS = ("semantic", "referring")
+
+#: Elements per chunk when turning finished rows into labels/scores (bounds temporaries).
+POSTPROCESS_ELEMENTS = 1 << 22
+
+
+@dataclass
+class SceneResult:
+    """What :func:`run_scene` produced, with its timings."""
+
+    out_dir: Path
+    outputs: dict[str, Path]
+    classes: list[dict[str, Any]]
+    tiles: int
+    seconds: float
+    width: int
+    height: int
+    crs: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def megapixels_per_s(self) -> float:
+        return self.width * self.height / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+    def summary(self) -> str:
+        """One line: tiles, seconds, tiles/s, megapixels/s."""
+        return (f"{self.tiles} tiles, {self.width}x{self.height} px in {self.seconds:.2f} s "
+                f"({self.tiles_per_s:.1f} tiles/s, {self.megapixels_per_s:.2f} MP/s)")
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class _Sources:
+    optical: ModalityInput | None
+    sar: ModalityInput | None
+    optical_spec: Mapping[str, Any] | None
+    sar_spec: Mapping[str, Any] | None
+    sar_units: str | None
+
+    @property
+    def reference(self) -> ModalityInput:
+        ref = self.optical or self.sar
+        assert ref is not None
+        return ref
+
+
+def _nodata_for(nodata: NodataArg, modality: str) -> float | None:
+    if isinstance(nodata, Mapping):
+        v = nodata.get(modality)
+        return None if v is None else float(v)
+    return None if nodata is None else float(nodata)
+
+
+def prepare_sources(optical: str | Path | None, sar: str | Path | None, *,
+                    optical_spec: Mapping[str, Any] | None, sar_spec: Mapping[str, Any] | None,
+                    sar_units: str | None = None, bands: Sequence[int] | None = None,
+                    sar_bands: Sequence[int] | None = None, nodata: NodataArg = None) -> _Sources:
+    """Open and check the inputs (bands, dtype, nodata, co-registration) before anything is written."""
+    if optical is None and sar is None:
+        raise RasterInputError("no input raster: give an optical raster, a SAR raster or both")
+    opt = sar_in = None
+    if optical is not None:
+        if optical_spec is None:
+            raise RasterInputError(f"optical raster {optical} given but the bundle has no optical input; "
+                                   "run with the SAR raster only")
+        opt = prepare_input(optical, "optical", optical_spec, bands=bands,
+                            nodata=_nodata_for(nodata, "optical"))
+    if sar is not None:
+        if sar_spec is None:
+            raise RasterInputError(f"SAR raster {sar} given but the bundle has no SAR input; "
+                                   "run with the optical raster only")
+        sar_in = prepare_input(sar, "sar", sar_spec, bands=sar_bands, nodata=_nodata_for(nodata, "sar"))
+    if opt is not None and sar_in is not None:
+        with open_raster(opt.path) as a, open_raster(sar_in.path) as b:
+            check_coregistered(a, b)
+    return _Sources(opt, sar_in, optical_spec, sar_spec, sar_units)
+
+
+# ----------------------------------------------------------------------------- reader thread
+@dataclass
+class _Strip:
+    row: int
+    valid: np.ndarray  # [strip_height, W] bool
+
+
+@dataclass
+class _Batch:
+    tiles: list[Tile]
+    optical: np.ndarray | None
+    sar: np.ndarray | None
+
+
+class _ReadStats:
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+
+def _read_strip(ds: Any, src: ModalityInput, grid: TileGrid, row: int) -> np.ndarray:
+    y0, y1 = grid.strip_rows(row)
+    return ds.read(indexes=list(src.bands), window=Window(0, y0, grid.width, y1 - y0))
+
+
+def _normalised_strip(datasets: Mapping[str, Any], sources: _Sources, grid: TileGrid,
+                      row: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read and normalise one strip of every modality; invalid pixels are set to 0."""
+    valid = np.ones((grid.strip_height, grid.width), bool)
+    raw: dict[str, np.ndarray] = {}
+    for name, src in (("optical", sources.optical), ("sar", sources.sar)):
+        if src is None:
+            continue
+        raw[name] = _read_strip(datasets[name], src, grid, row)
+        valid &= valid_mask(raw[name], src.nodata)
+    norm: dict[str, np.ndarray] = {}
+    if "optical" in raw:
+        norm["optical"] = normalize_optical(raw.pop("optical"), sources.optical_spec or {})
+    if "sar" in raw:
+        with np.errstate(invalid="ignore"):
+            norm["sar"] = normalize_sar(raw.pop("sar"), sources.sar_spec or {}, sources.sar_units)
+    for arr in norm.values():
+        arr[:, ~valid] = 0.0
+    return valid, norm
+
+
+def _cut(strip: np.ndarray | None, tile: Tile, size: int) -> np.ndarray | None:
+    if strip is None:
+        return None
+    return pad_to_tile(strip[:, :tile.height, tile.x:tile.x + tile.width], size)
+
+
+def _batch(pending: list[tuple[Tile, np.ndarray | None, np.ndarray | None]]) -> _Batch:
+    tiles = [p[0] for p in pending]
+    opt = np.stack([p[1] for p in pending]) if pending[0][1] is not None else None
+    sar = np.stack([p[2] for p in pending]) if pending[0][2] is not None else None
+    return _Batch(tiles, opt, sar)
+
+
+def iter_scene_items(sources: _Sources, grid: TileGrid, batch: int,
+                     stats: _ReadStats | None = None) -> Iterator[_Strip | _Batch]:
+    """Strips (validity masks) and batches of normalised tiles, in row-major tile order."""
+    datasets = {}
+    try:
+        for name, src in (("optical", sources.optical), ("sar", sources.sar)):
+            if src is not None:
+                datasets[name] = rasterio.open(src.path)
+        pending: list[tuple[Tile, np.ndarray | None, np.ndarray | None]] = []
+        for row in range(len(grid.row_offsets)):
+            t0 = time.perf_counter()
+            valid, norm = _normalised_strip(datasets, sources, grid, row)
+            if stats is not None:
+                stats.seconds += time.perf_counter() - t0
+            yield _Strip(row, valid)
+            for tile in grid.row_tiles(row):
+                pending.append((tile, _cut(norm.get("optical"), tile, grid.tile),
+                                _cut(norm.get("sar"), tile, grid.tile)))
+                if len(pending) == batch:
+                    yield _batch(pending)
+                    pending = []
+        if pending:
+            yield _batch(pending)
+    finally:
+        for ds in datasets.values():
+            ds.close()
+
+
+class _End:
+    pass
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class Prefetcher:
+    """Runs an iterator in a daemon thread, handing its items over a bounded queue.
+
+    Iterate over it in the consuming thread; an exception in the producer is re-raised there.
+    :meth:`close` stops the producer (it is also called when iteration ends or fails).
+    """
+
+    def __init__(self, items: Iterator[Any], maxsize: int = 2) -> None:
+        self._items = items
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, maxsize))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rsvl-reader", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put(item):
+                    return
+            self._put(_End())
+        except BaseException as e:  # handed to the consumer
+            self._put(_Failed(e))
+        finally:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                item = self._queue.get()
+                if isinstance(item, _End):
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the producer thread and wait for it."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
+# ----------------------------------------------------------------------------- post-processing
+def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Numerically stable softmax (float32)."""
+    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def labels_and_scores(logits: np.ndarray, valid: np.ndarray,
+                      with_scores: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Blended logits ``[K, n, W]`` -> labels uint8 ``[n, W]`` (255 = nodata) and scores uint8
+    ``[K, n, W]`` (probability * 255 clipped to 1..255, 0 = nodata). ``K == 1``: a single
+    target logit, label 1 where it is > 0."""
+    if logits.shape[0] == 1:
+        labels = (logits[0] > 0).astype(np.uint8)
+        probs = 1.0 / (1.0 + np.exp(-logits)) if with_scores else None
+    else:
+        labels = logits.argmax(axis=0).astype(np.uint8)
+        probs = softmax(logits) if with_scores else None
+    labels[~valid] = out.LABEL_NODATA
+    scores = None
+    if probs is not None:
+        scores = np.clip(np.rint(probs * 255.0), 1, 255).astype(np.uint8)
+        scores[:, ~valid] = out.SCORE_NODATA
+    return labels, scores
+
+
+class _Sink:
+    """Turns finished rows into labels/scores, writes them and counts classes."""
+
+    def __init__(self, labels_writer: out.GeoTiffRowWriter, scores_writer: out.GeoTiffRowWriter | None,
+                 stats: out.ClassStats, row_areas: np.ndarray, valids: dict[int, np.ndarray],
+                 width: int, channels: int) -> None:
+        self.labels_writer, self.scores_writer = labels_writer, scores_writer
+        self.stats, self.row_areas = stats, row_areas
+        self.valids = valids  # strip index -> [strip_height, W] validity, filled by the reader
+        self.chunk = max(1, POSTPROCESS_ELEMENTS // (channels * width))
+        self.seconds = 0.0
+
+    def emit(self, fin: FinishedRows) -> None:
+        t0 = time.perf_counter()
+        valid = self.valids.pop(fin.strip)[:fin.n_rows]
+        for i in range(0, fin.n_rows, self.chunk):
+            rows = slice(i, min(i + self.chunk, fin.n_rows))
+            labels, scores = labels_and_scores(fin.logits[:, rows], valid[rows], self.scores_writer is not None)
+            self.labels_writer.write(labels)
+            if self.scores_writer is not None and scores is not None:
+                self.scores_writer.write(scores)
+            y = fin.y0 + rows.start
+            self.stats.update(labels, self.row_areas[y:y + labels.shape[0]])
+        self.seconds += time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- input records
+class _InputHasher:
+    """sha256 of the input files, computed in a background thread while the scene runs."""
+
+    def __init__(self, paths: Mapping[str, Path], enabled: bool) -> None:
+        self.paths = dict(paths)
+        self.hashes: dict[str, str] = {}
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rsvl-hash") if enabled else None
+        if self._thread is not None:
+            self._thread.start()
+
+    def _run(self) -> None:
+        for name, p in self.paths.items():
+            self.hashes[name] = sha256_file(p)
+
+    def records(self) -> dict[str, Any]:
+        if self._thread is not None:
+            self._thread.join()
+        recs = {}
+        for name, p in self.paths.items():
+            st = p.stat()
+            recs[name] = {"path": str(p.resolve()), "bytes": st.st_size, "mtime": st.st_mtime,
+                          "sha256": self.hashes.get(name)}
+        return recs
+
+
+# ----------------------------------------------------------------------------- the runner
+def _check_logits(logits: Any, n: int, channels: int, tile: int) -> np.ndarray:
+    arr = np.asarray(logits, dtype=np.float32)
+    want = (n, channels, tile, tile)
+    if arr.shape != want:
+        raise ValueError(f"predict_fn returned logits of shape {tuple(arr.shape)}, expected {want} "
+                         "(batch, classes, tile, tile); the vocabulary size or the tile size of the "
+                         "bundle does not match the run")
+    return arr
+
+
+def _expected_channels(raw: Any, n_classes: int, task: str) -> int:
+    """Logit channels of the run: K for semantic; 2 (or a single target logit) for referring."""
+    got = np.shape(raw)[1] if np.ndim(raw) == 4 else None
+    if task == "referring" and got == 1:
+        return 1
+    return n_classes
+
+
+def _open_writers(stage: out.OutputStage, ref: Any, task: str, class_names: Sequence[str],
+                  write_scores: bool, cog: bool | None) -> tuple[out.GeoTiffRowWriter, out.GeoTiffRowWriter | None]:
+    common = {"width": ref.width, "height": ref.height, "crs": ref.crs, "transform": ref.transform, "cog": cog}
+    name = out.MASK if task == "referring" else out.LABELS
+    labels = out.GeoTiffRowWriter(stage.temp(name), count=1, nodata=out.LABEL_NODATA,
+                                  overview_resampling=Resampling.mode, **common)
+    scores = None
+    if task == "semantic" and write_scores:
+        scores = out.GeoTiffRowWriter(stage.temp(out.SCORES), count=len(class_names),
+                                      nodata=out.SCORE_NODATA, descriptions=list(class_names),
+                                      overview_resampling=Resampling.average, **common)
+    return labels, scores
+
+
+def _check_args(task: str, class_names: Sequence[str], colors: Sequence[Sequence[int]] | None,
+                batch: int) -> list[tuple[int, int, int]]:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task == "referring" and len(class_names) != 2:
+        raise ValueError(f"the referring task has 2 classes (background, target), got {list(class_names)}")
+    if not 1 <= len(class_names) <= 255:
+        raise ValueError(f"need 1..255 classes (255 is the nodata label), got {len(class_names)}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    cols = list(colors) if colors is not None else []
+    if len(cols) < len(class_names):
+        cols += out.default_colors(len(class_names))[len(cols):]
+    return [tuple(int(v) for v in c[:3]) for c in cols[:len(class_names)]]  # type: ignore[misc]
+
+
+def run_scene(predict_fn: PredictFn, optical: str | Path | None, sar: str | Path | None,
+              out_dir: str | Path, *, class_names: Sequence[str],
+              colors: Sequence[Sequence[int]] | None, optical_spec: Mapping[str, Any] | None,
+              sar_spec: Mapping[str, Any] | None, tile: int, overlap: float, batch: int,
+              sar_units: str | None = None, bands: Sequence[int] | None = None,
+              sar_bands: Sequence[int] | None = None, nodata: NodataArg = None,
+              progress: bool = True, write_scores: bool = True, task: str = "semantic",
+              bundle_info: Mapping[str, Any] | None = None, prefetch: int = 2,
+              cog: bool | None = None, hash_inputs: bool = True,
+              window: str = "hann") -> SceneResult:
+    """Segment a whole scene tile by tile and write the output folder.
+
+    ``optical``/``sar``: GeoTIFF paths (either may be None). ``class_names``/``colors``: the
+    vocabulary (K names; colours default to a palette). ``*_spec``: the bundle's modality specs
+    (:mod:`rsvl_runtime.normalization`). ``tile``/``overlap``/``batch``: tiling and batch size.
+    ``bands``/``sar_bands``: 1-based raster bands in the bundle's band order. ``nodata``: value
+    for rasters that declare none (a float, or ``{"optical": v, "sar": v}``). ``task``:
+    ``"semantic"`` (labels.tif + scores.tif) or ``"referring"`` (mask.tif, K = 2 or a single
+    target logit). ``bundle_info`` is shown in the report. ``cog``: rewrite the rasters with the
+    COG driver (None: when available). Outputs are committed atomically and ``done.json`` is
+    written last (see :func:`rsvl_runtime.outputs.is_complete`).
+    """
+    t_start = time.perf_counter()
+    palette = _check_args(task, class_names, colors, batch)
+    sources = prepare_sources(optical, sar, optical_spec=optical_spec, sar_spec=sar_spec,
+                              sar_units=sar_units, bands=bands, sar_bands=sar_bands, nodata=nodata)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out.clear_done(out_dir)
+    hasher = _InputHasher({m.modality: m.path for m in (sources.optical, sources.sar) if m is not None},
+                          hash_inputs)
+    with rasterio.open(sources.reference.path) as ref:
+        grid = TileGrid(ref.height, ref.width, tile, overlap)
+        row_areas = pixel_area_m2(ref)
+        crs = ref.crs.to_string() if ref.crs is not None else None
+        stage = out.OutputStage(out_dir)
+        try:
+            labels_w, scores_w = _open_writers(stage, ref, task, class_names, write_scores, cog)
+            writers = [w for w in (labels_w, scores_w) if w is not None]
+            try:
+                stats = out.ClassStats(len(class_names))
+                timings = _infer(predict_fn, sources, grid, batch, prefetch, window, labels_w, scores_w,
+                                 stats, row_areas, len(class_names), task, progress)
+                t0 = time.perf_counter()
+                for w in writers:
+                    w.close()
+            except BaseException:
+                for w in writers:
+                    w.abort()
+                raise
+            timings["rasters_finalize_s"] = time.perf_counter() - t0
+            result = _finish(stage, out_dir, sources, grid, stats, class_names, palette, crs, ref,
+                             timings, t_start, task, bundle_info, hasher,
+                             {"tile": tile, "overlap": overlap, "batch": batch})
+        except BaseException:
+            stage.discard()
+            raise
+    if progress:
+        _print_summary(result)
+    return result
+
+
+def _infer(predict_fn: PredictFn, sources: _Sources, grid: TileGrid, batch: int, prefetch: int,
+           window: str, labels_w: out.GeoTiffRowWriter, scores_w: out.GeoTiffRowWriter | None,
+           stats: out.ClassStats, row_areas: np.ndarray, n_classes: int, task: str,
+           progress: bool) -> dict[str, float]:
+    """The tile loop: prefetch, predict, blend, emit finished rows. Returns timings."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    read_stats = _ReadStats()
+    valids: dict[int, np.ndarray] = {}
+    acc: RowAccumulator | None = None
+    sink: _Sink | None = None
+    predict_s = blend_s = 0.0
+    bar = tqdm(total=grid.n_tiles, unit="tile", desc="tiles", disable=not progress, leave=False)
+    try:
+        for item in Prefetcher(iter_scene_items(sources, grid, batch, read_stats), prefetch):
+            if isinstance(item, _Strip):
+                valids[item.row] = item.valid
+                continue
+            tp = time.perf_counter()
+            raw = predict_fn(item.optical, item.sar)
+            if acc is None:
+                channels = _expected_channels(raw, n_classes, task)
+                acc = RowAccumulator(grid, channels, blend_window(grid.tile, window))
+                sink = _Sink(labels_w, scores_w, stats, row_areas, valids, grid.width, channels)
+            logits = _check_logits(raw, len(item.tiles), acc.channels, grid.tile)
+            predict_s += time.perf_counter() - tp
+            for i, t in enumerate(item.tiles):
+                tb = time.perf_counter()
+                finished = acc.add(t, logits[i])
+                blend_s += time.perf_counter() - tb
+                for fin in finished:
+                    sink.emit(fin)  # type: ignore[union-attr]
+            bar.update(len(item.tiles))
+        if acc is None or sink is None:
+            raise RuntimeError("the scene produced no tiles")
+        sink.emit(acc.finish())
+    finally:
+        bar.close()
+    total = time.perf_counter() - t0
+    write_s = sink.seconds
+    return {"tiles": float(grid.n_tiles), "inference_s": total, "read_s": read_stats.seconds,
+            "predict_s": predict_s, "blend_s": blend_s, "postprocess_write_s": write_s}
+
+
+def _finish(stage: out.OutputStage, out_dir: Path, sources: _Sources, grid: TileGrid,
+            stats: out.ClassStats, class_names: Sequence[str], palette: list[tuple[int, int, int]],
+            crs: str | None, ref: Any, timings: dict[str, float], t_start: float, task: str,
+            bundle_info: Mapping[str, Any] | None, hasher: _InputHasher,
+            tiling: Mapping[str, Any]) -> SceneResult:
+    """Class table, preview and report into the stage, commit everything, then done.json."""
+    t0 = time.perf_counter()
+    table = stats.table(class_names, palette)
+    out.write_classes_json(stage.temp(out.CLASSES), table, stats, crs)
+    raster_name = out.MASK if task == "referring" else out.LABELS
+    labels_tmp = stage.path(raster_name)
+    png = out.write_preview(labels_tmp, stage.temp(out.PREVIEW), palette, class_names,
+                            [c["fraction"] for c in table])
+    inputs = hasher.records()
+    seconds = time.perf_counter() - t_start
+    timings = {**timings, "total_s": seconds,
+               "tiles_per_s": grid.n_tiles / seconds if seconds > 0 else 0.0,
+               "megapixels_per_s": grid.width * grid.height / 1e6 / seconds if seconds > 0 else 0.0}
+    raster = {"size": f"{grid.width} x {grid.height} px", "crs": crs or "none",
+              "transform": list(ref.transform)[:6], "task": task, **tiling, "tiles": grid.n_tiles}
+    out.write_report(stage.temp(out.REPORT), title=f"rsvl — {Path(sources.reference.path).name}",
+                     preview_png=png, table=table, timings=timings,
+                     inputs={k: v["path"] for k, v in inputs.items()}, raster=raster,
+                     bundle_info=bundle_info)
+    timings["reports_s"] = time.perf_counter() - t0
+    committed = stage.commit()
+    out.write_done(out_dir, committed, {"task": task, "timings": timings, "inputs": inputs,
+                                        "raster": raster, "class_names": list(class_names)})
+    return SceneResult(out_dir=out_dir, outputs={**committed, out.DONE: out_dir / out.DONE}, classes=table,
+                       tiles=grid.n_tiles, seconds=time.perf_counter() - t_start, width=grid.width,
+                       height=grid.height, crs=crs, timings=timings)
+
+
+def _print_summary(result: SceneResult) -> None:
+    try:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold green]done[/] {result.summary()} -> {result.out_dir}")
+    except ImportError:  # pragma: no cover - rich is a dependency
+        import sys
+
+        print(f"done {result.summary()} -> {result.out_dir}", file=sys.stderr)
