@@ -715,6 +715,7 @@ def write_scene(
     from rasterio.windows import Window
 
     with (
+        rasterio.Env(GDAL_CACHEMAX=128),  # MB; GDAL's default (5% of RAM) would hold blocks
         rasterio.open(paths[0], "w", **profiles[0]) as dst_o,
         rasterio.open(paths[1], "w", **profiles[1]) as dst_s,
         rasterio.open(paths[2], "w", **profiles[2]) as dst_l,

@@ -131,8 +131,9 @@ class AdaptiveRotatedConv2d(nn.Module):
 
     The routing head sees the globally pooled input feature and a condition vector (the sentence
     feature in CADFormer) and predicts ``theta = tanh(a) * max_angle`` and, for
-    ``kernel_number > 1``, softmax weights mixing the kernels. Its last layer is zero-initialised:
-    at initialisation the layer is a plain 3x3 convolution (``theta = 0``, uniform mix).
+    ``kernel_number > 1``, softmax weights mixing the kernels. Its last layer starts near zero
+    (a near-plain 3x3 convolution, angles of a fraction of a degree) but not at zero: the bilinear
+    weights have kinks at integer positions, so the gradient w.r.t. ``theta`` vanishes at exactly 0.
     """
 
     def __init__(self, in_channels: int, out_channels: int, cond_dim: int, kernel_number: int = 1,
@@ -145,7 +146,7 @@ class AdaptiveRotatedConv2d(nn.Module):
         self.route_norm = nn.LayerNorm(in_channels + cond_dim)
         self.route = nn.Sequential(nn.Linear(in_channels + cond_dim, hidden), nn.ReLU(inplace=True),
                                    nn.Linear(hidden, 1 + (kernel_number if kernel_number > 1 else 0)))
-        nn.init.zeros_(self.route[-1].weight)
+        nn.init.normal_(self.route[-1].weight, std=1e-3)
         nn.init.zeros_(self.route[-1].bias)
         self.conv = RotatedConv3x3(in_channels, out_channels, kernel_number, bias=bias, impl=impl)
 
