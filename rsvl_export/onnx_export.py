@@ -379,7 +379,7 @@ def _probe_sizes(
 
 def _ort_check(
     path: Path,
-    module: nn.Module,
+    ref: list[np.ndarray],
     example_inputs: Mapping[str, torch.Tensor],
     output_names: Sequence[str],
     dynamic_axes: Mapping[str, Mapping[int, str]],
@@ -394,8 +394,6 @@ def _ort_check(
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     feeds = {k: v.detach().cpu().numpy() for k, v in example_inputs.items()}
     got = sess.run(list(output_names), feeds)
-    with torch.no_grad():
-        ref = [t.detach().cpu().float().numpy() for t in _flatten_outputs(module(**example_inputs))]
     if len(ref) != len(got):
         raise ExportError(f"eager returns {len(ref)} outputs, the graph {len(got)} ({list(output_names)})")
     max_abs: dict[str, float] = {}
@@ -427,8 +425,15 @@ def _ort_check(
     return max_abs, sizes
 
 
-def _count_layer_norms(module: nn.Module) -> int:
-    return sum(1 for m in module.modules() if isinstance(m, nn.LayerNorm))
+def check_layer_norm(model: onnx.ModelProto, module: nn.Module) -> int:
+    """Number of LayerNormalization nodes; raise if ``module`` has a LayerNorm and the graph none."""
+    n_modules = sum(1 for m in module.modules() if isinstance(m, nn.LayerNorm))
+    n_nodes = op_counts(model).get("LayerNormalization", 0)
+    if n_modules and n_nodes == 0:
+        raise ExportError(f"{type(module).__name__} has {n_modules} LayerNorm module(s) but the graph has no "
+                          "LayerNormalization op (it was decomposed into ReduceMean/Sub/Pow/...); TensorRT then "
+                          "cannot fuse it and FP16 accuracy collapses. Export with opset >= 17 and the dynamo exporter")
+    return n_nodes
 
 
 # --------------------------------------------------------------------------- main entry
@@ -479,6 +484,13 @@ def export_onnx(
     _validate_arguments(module, example_inputs, output_names, dynamic_axes, dim_ranges, opset)
     module = module.eval()
     input_names = list(example_inputs)
+    # One eager run first: it fails fast on a broken forward, fixes the number of outputs, and is
+    # the reference for the ONNX Runtime check below.
+    with torch.no_grad():
+        eager = [t.detach().cpu().float().numpy() for t in _flatten_outputs(module(**example_inputs))]
+    if len(eager) != len(output_names):
+        raise ExportError(f"{type(module).__name__}.forward returns {len(eager)} outputs, but output_names lists "
+                          f"{len(output_names)}: {output_names}")
 
     t0 = time.perf_counter()
     exporter = "dynamo"
@@ -531,12 +543,7 @@ def export_onnx(
     if got_opset < MIN_OPSET:
         raise ExportError(f"the exported graph has opset {got_opset} < {MIN_OPSET}")
     counts = op_counts(model)
-    n_ln_modules = _count_layer_norms(module)
-    n_ln_nodes = counts.get("LayerNormalization", 0)
-    if n_ln_modules and n_ln_nodes == 0:
-        raise ExportError(f"{type(module).__name__} has {n_ln_modules} LayerNorm module(s) but the graph has no "
-                          "LayerNormalization op (it was decomposed into ReduceMean/Sub/Pow/...); TensorRT then "
-                          "cannot fuse it and FP16 accuracy collapses. Export with opset >= 17 and the dynamo exporter")
+    n_ln_nodes = check_layer_norm(model, module)
     _check_dynamic(model, dynamic_axes)
 
     meta: dict[str, str] = {}
@@ -560,7 +567,7 @@ def export_onnx(
     example_max_abs: dict[str, float] = {}
     probe: dict[str, int] = {}
     if check_runtime:
-        example_max_abs, probe = _ort_check(path, module, example_inputs, output_names, dynamic_axes, dim_ranges)
+        example_max_abs, probe = _ort_check(path, eager, example_inputs, output_names, dynamic_axes, dim_ranges)
 
     ins, outs = io_specs(model)
     result = ExportResult(

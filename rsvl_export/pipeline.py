@@ -108,20 +108,16 @@ def parity_vocabulary(model: nn.Module, k: int) -> list[str]:
 
 
 def synthetic_tiles(model: nn.Module, batch: int, tile: int, seed: int) -> dict[str, np.ndarray]:
-    """Normalised synthetic optical/SAR tiles (the demo generator's appearance when available)."""
+    """Normalised synthetic optical/SAR tiles from the demo generator (realistic class layouts)."""
     from rsvl_runtime.normalization import normalize_optical, normalize_sar
 
-    pre = model.config["preprocess"]
-    try:
-        from rsvl_train.data.synthetic import synthesize_tile
+    from rsvl_train.data.synthetic import SyntheticScene
 
-        tiles = [synthesize_tile(tile, seed + i) for i in range(batch)]
-        opt = np.stack([t["optical"] for t in tiles])
-        sar = np.stack([t["sar"] for t in tiles])
-    except ImportError:
-        rng = np.random.default_rng(seed)
-        opt = rng.integers(0, 256, size=(batch, 3, tile, tile), dtype=np.uint8)
-        sar = rng.normal(-12, 5, size=(batch, 1, tile, tile)).astype(np.float32)
+    pre = model.config["preprocess"]
+    blocks = [SyntheticScene(seed + i, tile, tile, river=None, origin_px=(4096 * i, 0)).render(0, 0, tile, tile)
+              for i in range(batch)]
+    opt = np.stack([np.rint(b.optical).astype(np.uint8) for b in blocks])
+    sar = np.stack([b.sar_db[None].astype(np.float32) for b in blocks])
     out = {"optical": normalize_optical(opt, pre["optical"])}
     if "sar" in pre:
         out["sar"] = normalize_sar(sar, pre["sar"])

@@ -57,15 +57,28 @@ def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
 
 
 def read_check(ds: rasterio.io.DatasetReader) -> None:
-    """Read one small block of every band so that a corrupt body fails early and clearly."""
+    """Read a small window at the start and at the end of every band, so that a corrupt or
+    truncated body fails early and clearly (later read errors are reported by :func:`read_window`)."""
+    w, h = min(ds.width, 16), min(ds.height, 16)
     try:
-        ds.read(window=Window(0, 0, min(ds.width, 16), min(ds.height, 16)))
+        ds.read(window=Window(0, 0, w, h))
+        ds.read(window=Window(ds.width - w, ds.height - h, w, h))
     except RasterioError as e:
         raise RasterInputError(f"cannot read pixels of raster {ds.name}: {e}. The file is corrupt or "
                                "truncated; re-create or re-download it") from e
 
 
 # ----------------------------------------------------------------------------- bands / dtype / nodata
+def read_window(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window) -> np.ndarray:
+    """``ds.read(bands, window)``; a read failure names the file and the rows."""
+    try:
+        return ds.read(indexes=list(bands), window=window)
+    except RasterioError as e:
+        rows = f"{int(window.row_off)}..{int(window.row_off + window.height) - 1}"
+        raise RasterInputError(f"cannot read rows {rows} of raster {ds.name}: {e}. The file is corrupt "
+                               "or truncated; re-create or re-download it") from e
+
+
 def select_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None,
                  spec: Mapping[str, Any], modality: str) -> list[int]:
     """1-based band indexes to read from ``ds`` for a modality whose spec lists its bands.

@@ -32,7 +32,7 @@ from . import outputs as out
 from .bundle import sha256_file
 from .normalization import normalize_optical, normalize_sar
 from .raster_io import (ModalityInput, RasterInputError, check_coregistered, open_raster,
-                        pixel_area_m2, prepare_input, valid_mask)
+                        pixel_area_m2, prepare_input, read_window, valid_mask)
 from .tiling import FinishedRows, RowAccumulator, Tile, TileGrid, blend_window, pad_to_tile
 
 PredictFn = Callable[[np.ndarray | None, np.ndarray | None], np.ndarray]
@@ -140,7 +140,7 @@ class _ReadStats:
 
 def _read_strip(ds: Any, src: ModalityInput, grid: TileGrid, row: int) -> np.ndarray:
     y0, y1 = grid.strip_rows(row)
-    return ds.read(indexes=list(src.bands), window=Window(0, y0, grid.width, y1 - y0))
+    return read_window(ds, src.bands, Window(0, y0, grid.width, y1 - y0))
 
 
 def _normalised_strip(datasets: Mapping[str, Any], sources: _Sources, grid: TileGrid,

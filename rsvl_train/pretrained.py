@@ -36,8 +36,18 @@ def load_minilm() -> nn.Module:
     """The MiniLM-L6 encoder as a ``transformers.BertModel`` with its real weights (offline)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import BertModel
+    from transformers.utils import logging as hf_logging
 
-    return BertModel.from_pretrained(str(minilm_path()), add_pooling_layer=False, attn_implementation="eager")
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the unused pooler weights are reported as "unexpected"
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return BertModel.from_pretrained(str(minilm_path()), add_pooling_layer=False, attn_implementation="eager")
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def minilm_tokenizer_file() -> Path:

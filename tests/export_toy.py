@@ -63,3 +63,37 @@ def example_inputs(b: int = 2, k: int = 3, seed: int = 1) -> dict[str, torch.Ten
 
 DYNAMIC_AXES = {"optical": {0: "B"}, "text_emb": {0: "K"}, "logits": {0: "B", 1: "K"}}
 DIM_RANGES = {"B": (1, 8), "K": (1, 64)}
+
+
+_CACHE: dict[str, object] = {}
+
+
+def exported_toy():
+    """Export the toy model once per test process (dynamo, ~5 s); returns (ExportResult, model)."""
+    if "fp32" not in _CACHE:
+        import tempfile
+        from pathlib import Path
+
+        from rsvl_export.onnx_export import export_onnx
+
+        root = Path(tempfile.mkdtemp(prefix="rsvl-toy-export-"))
+        model = make_model()
+        res = export_onnx(model, example_inputs(b=2, k=3), ["logits"], DYNAMIC_AXES, root / "image.onnx",
+                          opset=18, dim_ranges=DIM_RANGES,
+                          metadata={"rsvl_model": "toy", "rsvl_task": "semantic",
+                                    "classes": ["water", "building", "road"]})
+        _CACHE["fp32"] = (res, model)
+    return _CACHE["fp32"]
+
+
+def exported_toy_fp16():
+    """The FP16 variant of :func:`exported_toy` (converted once); returns (FP16Result, ExportResult, model)."""
+    if "fp16" not in _CACHE:
+        from pathlib import Path
+
+        from rsvl_export.fp16 import convert_fp16_detailed
+
+        res, model = exported_toy()
+        dst = Path(res.path).with_name("image.fp16.onnx")
+        _CACHE["fp16"] = (convert_fp16_detailed(res.path, dst), res, model)
+    return _CACHE["fp16"]

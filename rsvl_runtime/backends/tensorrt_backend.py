@@ -365,8 +365,7 @@ class TensorRTSession:
         self.tensorrt_version, self.compute_capability = check_engine_compatible(self.engine_path, self.meta, device)
         trt = import_tensorrt()
         self._trt = trt
-        if _cudart() is not None:
-            self._call_set_device(device)
+        self._set_device(device)
         self._mem = device_memory()
         # 2. deserialise
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -398,7 +397,8 @@ class TensorRTSession:
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (ptr, capacity bytes)
 
     @staticmethod
-    def _call_set_device(device: int) -> None:
+    def _set_device(device: int) -> None:
+        """Make ``device`` current for this thread (cuda-python; polygraphy uses the default device)."""
         cudart = _cudart()
         if cudart is not None:
             cudart.cudaSetDevice(device)

@@ -95,10 +95,10 @@ DEFAULT_PREPROCESS: dict[str, dict[str, Any]] = {
         "bands": ["red", "green", "blue"],
         "dtype": "uint8",
         "scale": 255.0,
-        "mean": [0.43, 0.47, 0.31],
-        "std": [0.17, 0.14, 0.13],
+        "mean": [0.44, 0.49, 0.31],
+        "std": [0.21, 0.14, 0.13],
     },
-    "sar": {"bands": ["vv"], "dtype": "float32", "units": "db", "mean": [-12.5], "std": [5.5]},
+    "sar": {"bands": ["vv"], "dtype": "float32", "units": "db", "mean": [-12.0], "std": [4.6]},
 }
 
 # Feature sizes in pixels.
@@ -627,6 +627,13 @@ def _profile(
     return prof
 
 
+def _from_origin(west: float, north: float, xres: float, yres: float) -> Any:
+    """``rasterio.transform.from_origin`` without its Affine-multiplication deprecation warning."""
+    from affine import Affine
+
+    return Affine(float(xres), 0.0, float(west), 0.0, -float(yres), float(north))
+
+
 def _encode_optical(block: _Block, optical_dtype: str, nodata: bool) -> np.ndarray:
     rgb = block.optical
     if optical_dtype == "uint8":
@@ -691,8 +698,6 @@ def write_scene(
         prefix: file-name prefix (``f"{prefix}optical.tif"``...).
     """
     import rasterio
-    from rasterio.transform import from_origin
-
     if optical_dtype not in OPTICAL_SCALE:
         raise ValueError(f"optical_dtype must be one of {tuple(OPTICAL_SCALE)}, got {optical_dtype!r}")
     if sar_units not in ("db", "linear"):
@@ -703,7 +708,7 @@ def write_scene(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scene = SyntheticScene(seed, height, width, nodata_fraction=nodata_fraction, river=river)
-    transform = from_origin(origin[0], origin[1], resolution, resolution)
+    transform = _from_origin(origin[0], origin[1], resolution, resolution)
     opt_nodata = 0.0 if nodata_fraction > 0 else None
     paths = (out / f"{prefix}optical.tif", out / f"{prefix}sar.tif", out / f"{prefix}labels.tif")
     profiles = (
@@ -950,7 +955,8 @@ def referring_expressions(
 def _tile_scene(seed: int, split: str, i: int, tile: int) -> SyntheticScene:
     s = _sub_seed(seed, f"tile/{split}/{i}")
     rng = np.random.default_rng([s & 0xFFFFFFFF, 3])
-    origin = (int(rng.integers(0, 1 << 22)), int(rng.integers(0, 1 << 22)))
+    # multiples of the noise tile, so a tile of <= 256 px draws a single noise tile per stream
+    origin = (int(rng.integers(0, 1 << 14)) * _NOISE_TILE, int(rng.integers(0, 1 << 14)) * _NOISE_TILE)
     return SyntheticScene(s, tile, tile, river=None, origin_px=origin)
 
 
@@ -964,13 +970,11 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 def _write_tif(path: Path, array: np.ndarray, transform: Any = None, crs: str | None = "EPSG:32633",
                nodata: float | None = None) -> None:
     import rasterio
-    from rasterio.transform import from_origin
-
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = array if array.ndim == 3 else array[None]
     prof: dict[str, Any] = dict(
         driver="GTiff", height=arr.shape[1], width=arr.shape[2], count=arr.shape[0], dtype=arr.dtype.name,
-        crs=crs, transform=transform if transform is not None else from_origin(500000, 4600000, 10, 10),
+        crs=crs, transform=transform if transform is not None else _from_origin(500000, 4600000, 10, 10),
         compress="deflate",
     )
     if nodata is not None:
@@ -1005,8 +1009,6 @@ def make_tile_dataset(
     """
     root = Path(out_dir)
     names: list[str] = []
-    from rasterio.transform import from_origin
-
     for i in range(n_tiles):
         scene = _tile_scene(seed, split, i, tile)
         b = scene.render(0, 0, tile, tile)
@@ -1014,7 +1016,7 @@ def make_tile_dataset(
         opt = np.rint(b.optical).astype(np.uint8).transpose(1, 2, 0)
         sar = b.sar_db if sar_units == "db" else np.power(10.0, b.sar_db / 10.0).astype(np.float32)
         text = describe_labels(b.labels)
-        transform = from_origin(500000.0 + 10.0 * tile * i, 4600000.0, 10.0, 10.0)
+        transform = _from_origin(500000.0 + 10.0 * tile * i, 4600000.0, 10.0, 10.0)
         if layout == "yeseg":
             base = root / split
             _write_png(base / "opt" / f"{name}.png", opt)
@@ -1111,19 +1113,17 @@ def write_misregistered_pair(
     pixels east and 2 pixels south). ``SceneFiles.extra`` records the SAR CRS and transform.
     """
     import rasterio
-    from rasterio.transform import from_origin
-
     files = write_scene(out_dir, height, width, seed)
     origin = (500000.0, 4600000.0)
     with rasterio.open(files.sar) as src:
         data = src.read(1)
     if kind == "crs":
-        crs, transform = "EPSG:32634", from_origin(*origin, 10.0, 10.0)
+        crs, transform = "EPSG:32634", _from_origin(*origin, 10.0, 10.0)
     elif kind == "resolution":
         data = data[::2, ::2].copy()
-        crs, transform = "EPSG:32633", from_origin(*origin, 20.0, 20.0)
+        crs, transform = "EPSG:32633", _from_origin(*origin, 20.0, 20.0)
     elif kind == "shift":
-        crs, transform = "EPSG:32633", from_origin(origin[0] + 35.0, origin[1] - 20.0, 10.0, 10.0)
+        crs, transform = "EPSG:32633", _from_origin(origin[0] + 35.0, origin[1] - 20.0, 10.0, 10.0)
     else:
         raise ValueError(f"kind must be 'crs', 'resolution' or 'shift', got {kind!r}")
     _write_tif(files.sar, data, transform, crs=crs, nodata=SAR_NODATA)
@@ -1137,12 +1137,10 @@ def write_corrupt_tif(path: str | Path, seed: int = 0, size: int = 64, keep_frac
     rng = np.random.default_rng(seed)
     data = rng.normal(-12.0, 5.0, (size, size)).astype(np.float32)
     import rasterio
-    from rasterio.transform import from_origin
-
     p.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(
         p, "w", driver="GTiff", height=size, width=size, count=1, dtype="float32",
-        crs="EPSG:32633", transform=from_origin(500000, 4600000, 10, 10),
+        crs="EPSG:32633", transform=_from_origin(500000, 4600000, 10, 10),
     ) as dst:
         dst.write(data, 1)
     raw = p.read_bytes()

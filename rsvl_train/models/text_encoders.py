@@ -46,7 +46,10 @@ class TextEncoder(nn.Module):
     output_dim: int = 0
     n_ctx: int = 0
     freeze: bool = False
-    frozen_module: nn.Module | None = None
+
+    def frozen_part(self) -> nn.Module | None:
+        """The pretrained transformer that ``freeze`` freezes (None: nothing to freeze)."""
+        return None
 
     def insert_context(
         self, emb: torch.Tensor, attention_mask: torch.Tensor, ctx: torch.Tensor | None
@@ -77,15 +80,17 @@ class TextEncoder(nn.Module):
             )
 
     def _freeze(self) -> None:
-        if self.freeze and self.frozen_module is not None:
-            self.frozen_module.requires_grad_(False)
-            self.frozen_module.eval()
+        part = self.frozen_part()
+        if self.freeze and part is not None:
+            part.requires_grad_(False)
+            part.eval()
 
     def train(self, mode: bool = True) -> "TextEncoder":
         """Like ``nn.Module.train`` but a frozen transformer stays in eval mode (no dropout)."""
         super().train(mode)
-        if self.freeze and self.frozen_module is not None:
-            self.frozen_module.eval()
+        part = self.frozen_part()
+        if self.freeze and part is not None:
+            part.eval()
         return self
 
 
@@ -138,8 +143,11 @@ class ClipTextEncoder(TextEncoder):
         causal = torch.full((self.max_positions, self.max_positions), MASK_NEG).triu_(1)
         self.register_buffer("causal_mask", causal, persistent=False)
         self.freeze = bool(freeze)
-        self.frozen_module = self.clip
         self._freeze()
+
+    def frozen_part(self) -> nn.Module:
+        """The CLIP text transformer."""
+        return self.clip
 
     def load_clip_text(self, state_dict: Mapping[str, torch.Tensor]) -> int:
         """Copy CLIP text weights (top-level keys of an open_clip CLIP state dict)."""
@@ -205,8 +213,11 @@ class MiniLMTextEncoder(TextEncoder):
         self.output_dim = int(output_dim)
         self.proj = nn.Linear(hidden, self.output_dim)
         self.freeze = bool(freeze)
-        self.frozen_module = self.bert
         self._freeze()
+
+    def frozen_part(self) -> nn.Module:
+        """The BERT model."""
+        return self.bert
 
     def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
         """Token features (projected), mask and masked-mean pooled embedding."""

@@ -1,0 +1,274 @@
+"""Writing the results: ``bench.json`` (everything), ``bench.md`` (tables with ratios against
+eager FP32), ``bench.png`` (throughput vs batch per backend) and a rich table on the terminal."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item") and callable(o.item):  # numpy scalars
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return "nan" if math.isnan(o) else ("inf" if o > 0 else "-inf")
+    return o
+
+
+def _atomic_write(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_all(doc: dict[str, Any], out: Path) -> dict[str, Path]:
+    out = Path(out)
+    paths = {"json": out / "bench.json", "md": out / "bench.md", "png": out / "bench.png"}
+    _atomic_write(paths["json"], json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n")
+    _atomic_write(paths["md"], markdown(doc))
+    plot(doc, paths["png"])
+    print_rich(doc)
+    return paths
+
+
+# --------------------------------------------------------------------------- formatting
+def _f(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return f"{v:,.{nd}f}"
+
+
+def _agree(a: dict[str, Any] | None) -> tuple[str, str, str]:
+    if not a:
+        return "–", "–", "–"
+    cos = a.get("cosine")
+    arg = a.get("argmax_agreement")
+    rel = a.get("max_abs_rel_to_range")
+    return (f"{cos:.6f}" if cos is not None else "–", f"{arg:.4f}" if arg is not None else "–",
+            f"{rel:.1e}" if rel is not None else "–")
+
+
+def image_table_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """One row per (runner, batch): the shared table of bench.md and the terminal."""
+    rows = []
+    for r in doc.get("image", []):
+        if r.get("status") != "ok":
+            continue
+        cos, arg, rel = _agree(r.get("agreement"))
+        mem = r.get("memory") or {}
+        peak = mem.get("cuda_peak_mb") if r.get("device", "").startswith("cuda") and mem.get("cuda_peak_mb") else \
+            mem.get("peak_rss_mb")
+        rows.append([r["label"], str(r["batch"]), r["precision"], _f(r["p50_ms"]), _f(r["p90_ms"]), _f(r["p99_ms"]),
+                     _f(r["tiles_per_s"]), _f(r.get("megapixels_per_s"), 3),
+                     (_f(r.get("speedup_vs_eager")) + "×") if r.get("speedup_vs_eager") else "–",
+                     _f(peak, 0), cos, arg, rel, _f(r.get("compile_s"), 1) if r.get("compile_s") is not None else ""])
+    return rows
+
+
+IMAGE_HEADER = ["backend", "B", "precision", "p50 ms", "p90 ms", "p99 ms", "tiles/s", "MP/s", "× eager",
+                "peak MB", "cosine", "argmax", "maxabs/range", "compile s"]
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    mc = doc.get("machine", {})
+    opts = doc.get("options", {})
+    model = doc.get("model", {})
+    gpu = mc.get("gpu")
+    lines = [f"# rsvl-bench — {model.get('name')} ({model.get('task')}), tile {doc.get('bundle', {}).get('tile')}",
+             "",
+             f"- machine: {mc.get('cpu')}, {mc.get('cpu_affinity') or mc.get('cpu_count')} cores"
+             + (f", GPU {gpu['name']}" if gpu else ", no GPU")
+             + f"; load average at start {mc.get('load_average')}, at end {mc.get('load_average_end')}",
+             f"- versions: " + ", ".join(f"{k} {v}" for k, v in mc.get("versions", {}).items()),
+             f"- threads {opts.get('threads')}, batches {opts.get('batches')}, vocabulary K={model.get('vocab_size')}"
+             f" ({model.get('prompts')} prompts), {'--quick, ' if opts.get('quick') else ''}"
+             f"budget {opts.get('budget', {}).get('budget_s')} s per measurement",
+             f"- model: {model.get('parameters_m')} M parameters, "
+             f"{_f(model.get('gflops_per_tile'), 2)} GFLOP per tile (image graph, torch FlopCounter)"
+             f"; weights {doc.get('bundle', {}).get('weights')} (trained: {doc.get('bundle', {}).get('trained')})",
+             f"- bundle: {doc.get('bundle', {}).get('path')} ({doc.get('bundle', {}).get('source')})",
+             "", "## Image graph", "",
+             "Latency per call of the whole batch; throughput at the median. `× eager` = eager FP32 p50 / p50 at "
+             "the same batch. Agreement is against eager FP32 on the same inputs (cosine of the flattened logits, "
+             "fraction of pixels with the same argmax class, max-abs error / logit range). Peak MB = process RSS "
+             "high-water during the measurement (includes the loaded reference model), or torch's CUDA peak.",
+             "", _md_table(IMAGE_HEADER, image_table_rows(doc)), ""]
+    skipped = [r for r in doc.get("image", []) if r.get("status") != "ok"]
+    skipped_runners = [(k, v) for k, v in doc.get("runners", {}).items() if v.get("status") != "ok"]
+    if skipped or skipped_runners:
+        lines += ["Not measured:", ""]
+        for k, v in skipped_runners:
+            lines.append(f"- `{k}` ({v.get('label')}): {v.get('status')} — {v.get('reason')}")
+        for r in skipped:
+            lines.append(f"- `{r['runner']}` B={r['batch']}: {r['status']} — {r.get('reason')}")
+        lines.append("")
+    best = doc.get("summary", {}).get("best_by_batch", {})
+    if best:
+        lines += ["Best backend per batch (among those passing cosine ≥ 0.999 and argmax ≥ 0.995):", ""]
+        for b, v in best.items():
+            lines.append(f"- B={b}: **{v['label']}** {v['p50_ms']:.2f} ms, "
+                         f"{_f(v.get('speedup_vs_eager'))}× eager FP32")
+        lines.append("")
+    ort = doc.get("ort_optimize")
+    if ort:
+        lines += ["## image.ort.onnx (rsvl_export.ort_optimize)", ""]
+        if ort.get("error"):
+            lines.append(f"failed: {ort['error']}")
+        else:
+            fus = ort.get("fusion", {})
+            lines.append(f"- variant shipped: **{ort.get('variant')}**; source {_f(ort.get('latency_ms', {}).get('source'))}"
+                         f" ms -> {_f(min([v for v in ort.get('latency_ms', {}).values()] or [0]))} ms at the check "
+                         f"input ({_f(ort.get('speedup'))}× over image.onnx on ORT)")
+            if fus and not fus.get("error"):
+                lines.append(f"- fusion ({fus.get('model_type')}, opt_level {fus.get('opt_level')}): "
+                             f"{fus.get('fused_ops')}, nodes {fus.get('nodes_before')} -> {fus.get('nodes_after')}, "
+                             f"parity {fus.get('parity', {}).get('passed')}")
+            elif fus.get("error"):
+                lines.append(f"- fusion failed: {fus['error']}")
+            for a in ort.get("attempts", []):
+                p = a.get("parity", {})
+                lines.append(f"- {a['name']}: {a.get('nodes')} nodes, cosine {_f(p.get('cosine'), 6)}, argmax "
+                             f"{_f(p.get('argmax_agreement'), 4)}, {_f(a.get('latency_ms'))} ms — {a.get('result')}")
+        lines.append("")
+    text = doc.get("text")
+    if text:
+        lines += ["## Text graph (vocabulary change)", "",
+                  _md_table(["path", "prompts", "p50 ms", "p90 ms", "prompts/s", "× eager", "min cosine"],
+                            [[r["label"], str(r["prompts"]), _f(r.get("p50_ms")), _f(r.get("p90_ms")),
+                              _f(r.get("prompts_per_s"), 1),
+                              (_f(r.get("speedup_vs_eager")) + "×") if r.get("speedup_vs_eager") else "–",
+                              _f((r.get("agreement") or {}).get("min_vector_cosine"), 6)]
+                             if r.get("status") == "ok" else [r["label"], str(r["prompts"]), "error", "", "", "",
+                                                              r.get("reason", "")] for r in text]), ""]
+    scene = doc.get("scene")
+    if scene:
+        lines += ["## End-to-end tiled scene (`predict_raster`: read, normalise, infer, blend, write)", ""]
+        rows = []
+        for r in scene:
+            if r.get("status") != "ok":
+                rows.append([r["engine_runner"], r.get("scene", ""), str(r["batch"]), "error", r.get("reason", ""),
+                             "", "", "", ""])
+                continue
+            t = r.get("timings", {})
+            rows.append([r["engine_runner"], r["scene"], str(r["batch"]), str(r["tiles"]), _f(r["seconds"]),
+                         _f(r["tiles_per_s"]), _f(r.get("engine_tiles_per_s")),
+                         _f(r.get("end_to_end_over_engine"), 3),
+                         f"predict {_f(t.get('predict_s'))} s, read {_f(t.get('read_s'))} s, blend "
+                         f"{_f(t.get('blend_s'))} s, write {_f(t.get('postprocess_write_s'))} s"])
+        lines += [_md_table(["engine", "scene", "B", "tiles", "seconds", "tiles/s", "engine tiles/s",
+                             "end-to-end / engine", "where the time went"], rows), "",
+                  "`end-to-end / engine` < 1 is the cost of IO, normalisation, blending and writing "
+                  "(tiles overlap, so a scene has more tiles than area / tile²).", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- plot
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    labels: dict[str, str] = {}
+    for r in doc.get("image", []):
+        if r.get("status") == "ok":
+            series.setdefault(r["runner"], []).append((r["batch"], r["tiles_per_s"]))
+            labels[r["runner"]] = r["label"]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    markers = "os^vD<>pPX*h"
+    for i, (k, pts) in enumerate(series.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)], label=labels[k])
+    batches = sorted({r["batch"] for r in doc.get("image", [])})
+    if len(batches) > 1:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches)
+        ax.set_xticklabels([str(b) for b in batches])
+    ax.set_xlabel("batch size (tiles per call)")
+    ax.set_ylabel("throughput (tiles/s, at p50)")
+    mc = doc.get("machine", {})
+    where = (mc.get("gpu") or {}).get("name") or f"{mc.get('cpu')}, {doc.get('options', {}).get('threads')} threads"
+    title = (f"{doc.get('model', {}).get('name')} image graph, {doc.get('bundle', {}).get('tile')}px tiles — {where}")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    if series:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no successful measurement", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- terminal
+def print_rich(doc: dict[str, Any]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # pragma: no cover
+        print(markdown(doc))
+        return
+    con = Console(stderr=False)
+    t = Table(title=f"rsvl-bench: {doc.get('model', {}).get('name')} image graph "
+                    f"({doc.get('bundle', {}).get('tile')}px, K={doc.get('model', {}).get('vocab_size')})")
+    for i, h in enumerate(IMAGE_HEADER):
+        t.add_column(h, justify="left" if i in (0, 2) else "right", no_wrap=i != 0)
+    prev = None
+    for row in image_table_rows(doc):
+        if prev is not None and row[1] != prev:
+            t.add_section()
+        prev = row[1]
+        t.add_row(*row)
+    con.print(t)
+    for k, v in doc.get("runners", {}).items():
+        if v.get("status") != "ok":
+            con.print(f"[dim]{k}: {v.get('status')} — {v.get('reason')}[/]")
+    for r in doc.get("image", []):
+        if r.get("status") != "ok":
+            con.print(f"[dim]{r['runner']} B={r['batch']}: {r['status']} — {r.get('reason')}[/]")
+    text = [r for r in doc.get("text", []) if r.get("status") == "ok"]
+    if text:
+        tt = Table(title=f"text graph: {text[0]['prompts']} prompts (vocabulary change)")
+        for h in ("path", "p50 ms", "prompts/s", "× eager"):
+            tt.add_column(h, justify="right" if h != "path" else "left")
+        for r in text:
+            tt.add_row(r["label"], _f(r["p50_ms"]), _f(r["prompts_per_s"], 1),
+                       (_f(r.get("speedup_vs_eager")) + "×") if r.get("speedup_vs_eager") else "–")
+        con.print(tt)
+    scene = [r for r in doc.get("scene", []) if r.get("status") == "ok"]
+    if scene:
+        ts = Table(title="end-to-end tiled scene vs pure engine")
+        for h in ("engine", "scene", "B", "tiles", "s", "tiles/s", "engine tiles/s", "e2e/engine"):
+            ts.add_column(h, justify="right" if h not in ("engine", "scene") else "left")
+        for r in scene:
+            ts.add_row(r["engine_runner"], r["scene"], str(r["batch"]), str(r["tiles"]), _f(r["seconds"]),
+                       _f(r["tiles_per_s"]), _f(r.get("engine_tiles_per_s")), _f(r.get("end_to_end_over_engine"), 3))
+        con.print(ts)
+    best = doc.get("summary", {}).get("best_by_batch", {})
+    for b, v in best.items():
+        con.print(f"B={b}: best [bold]{v['label']}[/] {v['p50_ms']:.2f} ms = {_f(v.get('speedup_vs_eager'))}× eager FP32")
