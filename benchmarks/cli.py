@@ -67,10 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("onnxruntime", "onnxscript", "torch", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # the root logger stays at WARNING: onnxruntime.quantization logs every tensor at INFO on it
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("rsvl").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         from .backends import parse_backends
 

@@ -251,8 +251,7 @@ class PeakMemory:
             self.cuda_used_mb = (total - free) / 2**20
 
     def result(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
-        d.pop("cuda", None)
+        d = {k: getattr(self, k) for k in ("start_rss_mb", "peak_rss_mb", "method", "cuda_peak_mb", "cuda_used_mb")}
         return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in d.items()}
 
 

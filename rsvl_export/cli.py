@@ -9,7 +9,6 @@ engines where possible, check parity and write a bundle.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -77,14 +76,16 @@ def _rebuild(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from rsvl_runtime.logs import setup_logging
+
+    setup_logging()
     if argv and argv[0] == "inspect":
         return _inspect(argv[1:])
     if argv and argv[0] == "rebuild-engine":
         return _rebuild(argv[1:])
     args = export_parser().parse_args(argv)
     if args.verbose:
-        logging.getLogger().setLevel(logging.DEBUG)
+        setup_logging(verbose=True)
     if args.model not in _model_names():
         import difflib
 

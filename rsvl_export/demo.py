@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--vocab", default=None, help="vocabulary override, e.g. \"water|river,building,...\"")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from rsvl_runtime.logs import setup_logging
+
+    setup_logging()
     log = logging.getLogger("rsvl.demo")
 
     from rsvl_runtime import Segmenter
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                "mIoU": metrics.get("mIoU"), "OA": metrics.get("OA"), "kappa": metrics.get("kappa"),
                "report": str(out / "prediction" / "report.html")}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(result.summary_line() if hasattr(result, "summary_line") else result)
+    print(result.summary())
     if metrics:
         print(f"mIoU {metrics['mIoU']:.4f}  OA {metrics['OA']:.4f}  (against the scene's truth, "
               f"{args.size}x{args.size} px)")

@@ -6,7 +6,6 @@ leaves a bundle that looks valid).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -60,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.optical and not args.sar:
         raise ValueError("give --optical and/or --sar")
     out = Path(args.out)
-    opts = dict(tile=args.tile, overlap=args.overlap, bands=_bands(args.bands), nodata=args.nodata,
+    nodata = None
+    if args.nodata is not None or args.sar_nodata is not None:
+        nodata = {k: v for k, v in (("optical", args.nodata), ("sar", args.sar_nodata)) if v is not None}
+    opts = dict(tile=args.tile, overlap=args.overlap, bands=_bands(args.bands), nodata=nodata,
                 progress=not args.quiet)
     if bundle.task == "referring":
         if not args.refer:
@@ -84,16 +86,17 @@ def run(args: argparse.Namespace) -> int:
             out.mkdir(parents=True, exist_ok=True)
             sar = str(align_to(sar, args.optical, out / "sar_aligned.tif"))
         result = seg.predict_raster(args.optical, sar, out, sar_units=args.sar_units,
-                                    sar_bands=_bands(args.sar_bands), sar_nodata=args.sar_nodata,
-                                    write_scores=not args.no_scores, **opts)
-    print(result.summary_line() if hasattr(result, "summary_line") else result)
+                                    sar_bands=_bands(args.sar_bands), write_scores=not args.no_scores, **opts)
+    print(result.summary())
+    print(f"outputs: {result.out_dir} (report: {result.out_dir / 'report.html'})")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from .logs import setup_logging
+
+    setup_logging(quiet=args.quiet)
     from .backends.base import BackendError
     from .bundle import BundleError
     from .raster_io import RasterInputError

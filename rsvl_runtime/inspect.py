@@ -68,7 +68,7 @@ def print_bundle(path: str | os.PathLike[str]) -> Bundle:
             p.add_column(col)
         for c in parity.get("cases", []):
             mt = c.get("metrics", {})
-            p.add_row(c.get("graph", ""), c.get("precision", ""), str(c.get("batch")), str(c.get("vocab")),
+            p.add_row(c.get("graph", ""), c.get("precision", ""), str(c.get("batch")), str(c.get("vocab_size")),
                       c.get("output", ""), f"{mt.get('max_abs_rel_to_range', float('nan')):.2e}",
                       f"{mt.get('cosine', float('nan')):.6f}",
                       f"{mt['argmax_agreement']:.4f}" if mt.get("argmax_agreement") is not None else "-",

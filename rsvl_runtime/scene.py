@@ -40,7 +40,9 @@ NodataArg = float | Mapping[str, float | None] | None
 TASKS = ("semantic", "referring")
 
 #: Elements per chunk when turning finished rows into labels/scores (bounds temporaries).
-POSTPROCESS_ELEMENTS = 1 << 22
+POSTPROCESS_ELEMENTS = 1 << 20
+#: Columns normalised at once when preparing a strip (bounds temporaries).
+NORMALIZE_COLUMNS = 2048
 
 
 @dataclass
@@ -154,14 +156,20 @@ def _normalised_strip(datasets: Mapping[str, Any], sources: _Sources, grid: Tile
         raw[name] = _read_strip(datasets[name], src, grid, row)
         valid &= valid_mask(raw[name], src.nodata)
     norm: dict[str, np.ndarray] = {}
-    if "optical" in raw:
-        norm["optical"] = normalize_optical(raw.pop("optical"), sources.optical_spec or {})
-    if "sar" in raw:
-        with np.errstate(invalid="ignore"):
-            norm["sar"] = normalize_sar(raw.pop("sar"), sources.sar_spec or {}, sources.sar_units)
-    for arr in norm.values():
-        arr[:, ~valid] = 0.0
+    for name, values in raw.items():
+        norm[name] = np.empty(values.shape, np.float32)
+        for x0 in range(0, grid.width, NORMALIZE_COLUMNS):
+            cols = slice(x0, x0 + NORMALIZE_COLUMNS)
+            norm[name][..., cols] = _normalise(name, values[..., cols], sources)
+        norm[name][:, ~valid] = 0.0
     return valid, norm
+
+
+def _normalise(name: str, values: np.ndarray, sources: _Sources) -> np.ndarray:
+    if name == "optical":
+        return normalize_optical(values, sources.optical_spec or {})
+    with np.errstate(invalid="ignore"):
+        return normalize_sar(values, sources.sar_spec or {}, sources.sar_units)
 
 
 def _cut(strip: np.ndarray | None, tile: Tile, size: int) -> np.ndarray | None:
@@ -310,20 +318,24 @@ class _Sink:
         self.stats, self.row_areas = stats, row_areas
         self.valids = valids  # strip index -> [strip_height, W] validity, filled by the reader
         self.chunk = max(1, POSTPROCESS_ELEMENTS // (channels * width))
-        self.seconds = 0.0
+        self.postprocess_s = 0.0
+        self.write_s = 0.0
 
     def emit(self, fin: FinishedRows) -> None:
-        t0 = time.perf_counter()
+        """Softmax/argmax the finished rows chunk by chunk, write them, count the classes."""
         valid = self.valids.pop(fin.strip)[:fin.n_rows]
         for i in range(0, fin.n_rows, self.chunk):
+            t0 = time.perf_counter()
             rows = slice(i, min(i + self.chunk, fin.n_rows))
-            labels, scores = labels_and_scores(fin.logits[:, rows], valid[rows], self.scores_writer is not None)
+            labels, scores = labels_and_scores(fin.logits(rows), valid[rows], self.scores_writer is not None)
+            y = fin.y0 + rows.start
+            self.stats.update(labels, self.row_areas[y:y + labels.shape[0]])
+            t1 = time.perf_counter()
             self.labels_writer.write(labels)
             if self.scores_writer is not None and scores is not None:
                 self.scores_writer.write(scores)
-            y = fin.y0 + rows.start
-            self.stats.update(labels, self.row_areas[y:y + labels.shape[0]])
-        self.seconds += time.perf_counter() - t0
+            self.postprocess_s += t1 - t0
+            self.write_s += time.perf_counter() - t1
 
 
 # ----------------------------------------------------------------------------- input records
@@ -492,10 +504,8 @@ def _infer(predict_fn: PredictFn, sources: _Sources, grid: TileGrid, batch: int,
             predict_s += time.perf_counter() - tp
             for i, t in enumerate(item.tiles):
                 tb = time.perf_counter()
-                finished = acc.add(t, logits[i])
+                acc.add(t, logits[i], sink.emit)  # type: ignore[union-attr]
                 blend_s += time.perf_counter() - tb
-                for fin in finished:
-                    sink.emit(fin)  # type: ignore[union-attr]
             bar.update(len(item.tiles))
         if acc is None or sink is None:
             raise RuntimeError("the scene produced no tiles")
@@ -503,9 +513,9 @@ def _infer(predict_fn: PredictFn, sources: _Sources, grid: TileGrid, batch: int,
     finally:
         bar.close()
     total = time.perf_counter() - t0
-    write_s = sink.seconds
-    return {"tiles": float(grid.n_tiles), "inference_s": total, "read_s": read_stats.seconds,
-            "predict_s": predict_s, "blend_s": blend_s, "postprocess_write_s": write_s}
+    return {"inference_s": total, "read_s": read_stats.seconds, "predict_s": predict_s,
+            "blend_s": blend_s - sink.postprocess_s - sink.write_s, "postprocess_s": sink.postprocess_s,
+            "write_s": sink.write_s}
 
 
 def _finish(stage: out.OutputStage, out_dir: Path, sources: _Sources, grid: TileGrid,

@@ -19,7 +19,7 @@ row of tiles starts, so memory does not grow with the scene height.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -171,18 +171,27 @@ def pad_to_tile(arr: np.ndarray, tile: int, mode: str = "reflect") -> np.ndarray
 
 @dataclass
 class FinishedRows:
-    """Blended logits of scene rows ``[y0, y0 + n)`` that no tile touches any more.
+    """Weighted sums of scene rows ``[y0, y0 + n)`` that no tile touches any more.
 
-    ``strip`` is the row of tiles whose strip contains these rows (rows ``y0..`` are its first).
+    ``strip`` is the row of tiles whose strip starts with these rows. ``sums``/``weights`` may be
+    views into the accumulator (see :meth:`RowAccumulator.add`): read them before the next ``add``.
     """
 
     strip: int
     y0: int
-    logits: np.ndarray  # [K, n, width] float32, already divided by the weight sum
+    sums: np.ndarray  # [K, n, width] float32, sum of window * logits
+    weights: np.ndarray  # [n, width] float32, sum of window
 
     @property
     def n_rows(self) -> int:
-        return int(self.logits.shape[1])
+        return int(self.sums.shape[1])
+
+    def logits(self, rows: slice = slice(None)) -> np.ndarray:
+        """Blended logits ``[K, r, width]`` (a new array) of the given rows (default: all)."""
+        w = self.weights[rows]
+        if np.any(w <= 0):
+            raise RuntimeError("some pixels were covered by no tile; the tiles did not cover the scene")
+        return self.sums[:, rows] / w
 
 
 class RowAccumulator:
@@ -214,8 +223,14 @@ class RowAccumulator:
         """Index of the row of tiles being accumulated."""
         return self._row
 
-    def add(self, tile: Tile, logits: np.ndarray) -> list[FinishedRows]:
-        """Accumulate ``logits [K, tile, tile]`` of ``tile``; returns rows finished by it."""
+    def add(self, tile: Tile, logits: np.ndarray,
+            emit: Callable[[FinishedRows], None] | None = None) -> list[FinishedRows]:
+        """Accumulate ``logits [K, tile, tile]`` of ``tile``.
+
+        Rows finished by this tile (when it starts a new row of tiles) are passed to ``emit`` as
+        views into the buffer, valid only during the call (no copy); without ``emit`` they are
+        returned as copies.
+        """
         if self._done:
             raise RuntimeError("RowAccumulator.finish() was already called")
         if tile.row < self._row:
@@ -223,7 +238,9 @@ class RowAccumulator:
                              "tiles must come in row-major order")
         finished = []
         while tile.row > self._row:
-            finished.append(self._advance())
+            fin = self._advance(emit)
+            if fin is not None:
+                finished.append(fin)
         h, w = tile.height, tile.width
         wnd = self.window[:h, :w]
         rows = slice(tile.y - self._rows[self._row], tile.y - self._rows[self._row] + h)
@@ -233,28 +250,28 @@ class RowAccumulator:
         return finished
 
     def finish(self) -> FinishedRows:
-        """Return the remaining rows (the last strip, to the bottom of the scene)."""
+        """Return the remaining rows (the last strip, to the bottom of the scene), as views."""
         if self._done:
             raise RuntimeError("RowAccumulator.finish() was already called")
         self._done = True
         y0 = self._rows[self._row]
         n = self.grid.height - y0
-        return FinishedRows(self._row, y0, self._normalised(n))
+        return FinishedRows(self._row, y0, self._acc[:, :n], self._wsum[:n])
 
-    def _normalised(self, n: int) -> np.ndarray:
-        wsum = self._wsum[:n]
-        if np.any(wsum <= 0):
-            raise RuntimeError("some pixels were covered by no tile; the tiles did not cover the scene")
-        return self._acc[:, :n] / wsum
-
-    def _advance(self) -> FinishedRows:
-        """Emit the rows above the next row of tiles and slide the buffer down."""
+    def _advance(self, emit: Callable[[FinishedRows], None] | None) -> FinishedRows | None:
+        """Hand over the rows above the next row of tiles and slide the buffer down."""
         y0, y_next = self._rows[self._row], self._rows[self._row + 1]
         d = y_next - y0
-        out = FinishedRows(self._row, y0, self._normalised(d))
-        self._acc[:, :-d] = self._acc[:, d:].copy()
+        view = FinishedRows(self._row, y0, self._acc[:, :d], self._wsum[:d])
+        out = None
+        if emit is not None:
+            emit(view)
+        else:
+            out = FinishedRows(self._row, y0, view.sums.copy(), view.weights.copy())
+        for k in range(self.channels):  # per channel: small temporaries
+            self._acc[k, :-d] = self._acc[k, d:]
         self._acc[:, -d:] = 0.0
-        self._wsum[:-d] = self._wsum[d:].copy()
+        self._wsum[:-d] = self._wsum[d:]
         self._wsum[-d:] = 0.0
         self._row += 1
         return out
@@ -267,7 +284,7 @@ def blend_tiles(grid: TileGrid, channels: int, tiles: Iterator[tuple[Tile, np.nd
     acc = RowAccumulator(grid, channels, window)
     for tile, logits in tiles:
         for f in acc.add(tile, logits):
-            out[:, f.y0:f.y0 + f.n_rows] = f.logits
+            out[:, f.y0:f.y0 + f.n_rows] = f.logits()
     f = acc.finish()
-    out[:, f.y0:f.y0 + f.n_rows] = f.logits
+    out[:, f.y0:f.y0 + f.n_rows] = f.logits()
     return out

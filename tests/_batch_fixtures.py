@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT = dict(model="tsmnet-tiny", tile=64, precision="fp32", engine="none", max_batch=8,
               include_weights=False)
+#: Modules of rsvl_export that do not take part in exporting a bundle (not in the cache key).
+_NOT_EXPORT = {"triton.py", "triton_cli.py", "cli.py", "demo.py"}
 #: Scene size: 96 x 128 px -> 6 tiles of 64 px at overlap 0.25.
 SCENE_HW = (96, 128)
 
@@ -29,7 +31,7 @@ def _cache_key() -> str:
     files = sorted([*(ROOT / "rsvl_export").rglob("*.py"), *(ROOT / "rsvl_train").rglob("*.py"),
                     *(ROOT / "rsvl_train" / "model_configs").glob("*.json"), ROOT / "rsvl_runtime" / "bundle.py"])
     for f in files:
-        if "__pycache__" not in f.parts:
+        if "__pycache__" not in f.parts and f.name not in _NOT_EXPORT:
             h.update(f.relative_to(ROOT).as_posix().encode())
             h.update(f.read_bytes())
     for dist in ("torch", "onnx", "onnxscript", "transformers", "timm", "open_clip_torch", "tokenizers"):

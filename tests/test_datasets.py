@@ -85,6 +85,7 @@ def test_swjtu_layout(tmp_path: Path, preprocess) -> None:
         SWJTUVisionLanguageDataset(tmp_path, "val", preprocess)
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_png_sar_and_tif_labels(tmp_path: Path, preprocess) -> None:
     """Any modality may be PNG or TIF; 8-bit PNG SAR is normalised with a DN spec."""
     base = tmp_path / "train"

@@ -57,6 +57,7 @@ name=str)``.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,10 +114,13 @@ def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         if p.suffix.lower() in (".tif", ".tiff"):
             import rasterio
+            from rasterio.errors import NotGeoreferencedWarning
 
-            with rasterio.open(p) as src:
-                data = src.read()
-                nd = src.nodata
+            with warnings.catch_warnings():  # dataset tiles are often plain TIFs without georeferencing
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(p) as src:
+                    data = src.read()
+                    nd = src.nodata
             invalid = None
             if nd is not None:
                 invalid = np.all(data == nd, axis=0) if not np.isnan(nd) else np.all(np.isnan(data), axis=0)

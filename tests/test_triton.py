@@ -1,0 +1,170 @@
+"""Triton model repository from a bundle: written, validated, and served by a real tritonserver."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rsvl_export import triton as T
+from rsvl_export.triton_cli import main as triton_main
+from rsvl_runtime.bundle import write_manifest
+
+from ._batch_fixtures import exported_bundle
+
+VOCAB = "water|lake,building,road"
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    return exported_bundle()
+
+
+@pytest.fixture(scope="module")
+def repo(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("triton") / "repo"
+    assert triton_main([str(bundle), str(out)]) == 0  # writes and validates
+    return out
+
+
+def _engine_bundle(bundle: Path, dst: Path) -> Path:
+    """A copy of the bundle that declares a TensorRT engine (a placeholder file: only the
+    repository layout and the profile checks are tested here)."""
+    shutil.copytree(bundle, dst, copy_function=os.link)
+    m = json.loads((dst / "manifest.json").read_text())
+    (dst / "manifest.json").unlink()
+    (dst / "image.fp16.engine").write_bytes(b"placeholder engine")
+    t = m["tile"]["size"]
+    m["engines"] = [{"graph": "image", "file": "image.fp16.engine", "precision": "fp16",
+                     "tensorrt_version": "10.13.0", "compute_capability": "9.0", "gpu": "NVIDIA H100",
+                     "profiles": {"optical": {"min": [1, 3, t, t], "opt": [4, 3, t, t], "max": [6, 3, t, t]},
+                                  "sar": {"min": [1, 1, t, t], "opt": [4, 1, t, t], "max": [6, 1, t, t]},
+                                  "text_emb": {"min": [1, 128], "opt": [16, 128], "max": [256, 128]}}}]
+    write_manifest(dst, m)
+    return dst
+
+
+def test_repository_layout_and_configs(repo: Path, bundle: Path) -> None:
+    name = "tsmnet-tiny"
+    assert sorted(p.name for p in repo.iterdir()) == [name, f"{name}_image", f"{name}_text"]
+    py = T.parse_config(repo / name / "config.pbtxt")
+    assert py["backend"] == "python" and py["max_batch_size"] == 8
+    assert py["dynamic_batching"] == {"max_queue_delay_microseconds": T.DEFAULT_QUEUE_DELAY_US}
+    assert {t["name"]: (t["data_type"], t["dims"]) for t in py["input"]} == {
+        "optical": ("TYPE_UINT8", [3, 64, 64]), "sar": ("TYPE_FP32", [1, 64, 64]), "vocabulary": ("TYPE_STRING", [1])}
+    assert py["output"][0]["data_type"] == "TYPE_UINT8" and py["output"][0]["dims"] == [64, 64]
+    assert (repo / name / "1" / "model.py").is_file() and (repo / name / "1" / "bundle" / "manifest.json").is_file()
+    img = T.parse_config(repo / f"{name}_image" / "config.pbtxt")
+    assert img["platform"] == "onnxruntime_onnx" and img["max_batch_size"] == 0
+    assert img["gpu_accelerators"][0]["name"] == "tensorrt"
+    assert img["gpu_accelerators"][0]["parameters"]["precision_mode"] == "FP16"
+    txt = T.parse_config(repo / f"{name}_text" / "config.pbtxt")
+    assert [t["dims"] for t in txt["input"]] == [[-1, 16], [-1, 16]] and txt["output"][0]["dims"] == [-1, 128]
+    # the small fallback parser reads our configs as Triton's protobuf does
+    for cfg in repo.glob("*/config.pbtxt"):
+        assert T._normalise_fallback(T.parse_pbtxt(cfg.read_text())) == T.parse_config(cfg)
+    assert T.validate_repository(repo, bundle) == []
+
+
+def test_validation_catches_mismatches(repo: Path, bundle: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "repo"
+    shutil.copytree(repo, bad, copy_function=os.link)
+    for cfg in bad.glob("*/config.pbtxt"):  # configs get rewritten: break the hard links
+        text = cfg.read_text()
+        cfg.unlink()
+        cfg.write_text(text)
+    img = bad / "tsmnet-tiny_image" / "config.pbtxt"
+    img.write_text(img.read_text().replace("dims: [ -1, 3, 64, 64 ]", "dims: [ -1, 3, 32, 32 ]")
+                   .replace('name: "sar" data_type: TYPE_FP32', 'name: "sar" data_type: TYPE_FP16'))
+    py = bad / "tsmnet-tiny" / "config.pbtxt"
+    py.write_text(py.read_text().replace("max_batch_size: 8", "max_batch_size: 64")
+                  .replace("dynamic_batching { max_queue_delay_microseconds: 2000 }\n", ""))
+    problems = "\n".join(T.validate_repository(bad, bundle))
+    assert "input 'optical' dim 2 is 32 in config.pbtxt, 64 in the graph" in problems
+    assert "input 'sar' is TYPE_FP16 in config.pbtxt but TYPE_FP32 in the graph" in problems
+    assert "max_batch_size 64 exceeds the bundle's max_batch 8" in problems
+    assert "dynamic_batching is not configured" in problems
+    (bad / "tsmnet-tiny_text" / "config.pbtxt").write_text("name: \"tsmnet-tiny_text\" bogus_field: 1\n")
+    assert any("tsmnet-tiny_text: config.pbtxt does not parse" in p for p in T.validate_repository(bad, bundle))
+
+
+def test_tensorrt_model_follows_the_engine(bundle: Path, tmp_path: Path) -> None:
+    eb = _engine_bundle(bundle, tmp_path / "bundle")
+    with pytest.raises(ValueError, match="outside 1..6"):
+        T.write_triton_repository(eb, tmp_path / "r0", max_batch=8)  # the profile allows B <= 6
+    repo = T.write_triton_repository(eb, tmp_path / "repo")
+    assert repo.max_batch == 6
+    trt = T.parse_config(tmp_path / "repo" / "tsmnet-tiny_image_trt" / "config.pbtxt")
+    assert trt["platform"] == "tensorrt_plan" and trt["backend"] == "tensorrt"
+    assert trt["cc_model_filenames"] == {"9.0": "model_sm90.plan"}
+    assert (tmp_path / "repo" / "tsmnet-tiny_image_trt" / "1" / "model_sm90.plan").is_file()
+    assert T.validate_repository(tmp_path / "repo", eb) == []
+    cfg = tmp_path / "repo" / "tsmnet-tiny_image_trt" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace('key: "9.0"', 'key: "8.6"').replace(
+        "dims: [ -1, 128 ]", "dims: [ 512, 128 ]"))
+    problems = "\n".join(T.validate_repository(tmp_path / "repo", eb))
+    assert "not the engine's compute capability 9.0" in problems
+    assert "input 'text_emb' dim 0 = 512 is outside the profile [1, 256]" in problems
+
+
+# ------------------------------------------------------------------ a real tritonserver
+@pytest.fixture(scope="module")
+def server(repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    try:
+        install = T.find_tritonserver()
+    except T.TritonUnavailable as e:
+        pytest.skip(f"tritonserver cannot run here: {e}")
+    try:
+        srv = T.start_server(repo, ["tsmnet-tiny"], workdir=tmp_path_factory.mktemp("tritonserver"), install=install)
+    except T.TritonUnavailable as e:
+        pytest.skip(f"tritonserver cannot run here: {e}")
+    yield srv
+    srv.stop()
+    assert srv.process.poll() is not None
+
+
+def _inputs(client_mod, optical: np.ndarray | None, sar: np.ndarray | None, vocab: str | None):
+    ins = []
+    for name, x, dt in (("optical", optical, "UINT8"), ("sar", sar, "FP32")):
+        if x is not None:
+            ins.append(client_mod.InferInput(name, list(x.shape), dt))
+            ins[-1].set_data_from_numpy(x)
+    if vocab is not None:
+        b = (optical if optical is not None else sar).shape[0]
+        ins.append(client_mod.InferInput("vocabulary", [b, 1], "BYTES"))
+        ins[-1].set_data_from_numpy(np.array([[vocab.encode()]] * b, dtype=object))
+    return ins
+
+
+def test_server_labels_equal_segmenter(server: T.TritonServer, bundle: Path) -> None:
+    http = pytest.importorskip("tritonclient.http")
+    from rsvl_runtime import Segmenter
+
+    rng = np.random.default_rng(0)
+    opt = rng.integers(0, 256, (5, 3, 64, 64), dtype=np.uint8)
+    sar = rng.normal(-12.0, 5.0, (5, 1, 64, 64)).astype(np.float32)
+    client = http.InferenceServerClient(server.url, concurrency=3)
+    try:
+        # concurrent requests (dynamic batching may merge them), two vocabularies and the default one
+        jobs = [(slice(0, 2), VOCAB), (slice(2, 5), VOCAB), (slice(0, 3), "water,vegetation"), (slice(3, 5), None)]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            futs = [pool.submit(client.infer, "tsmnet-tiny", _inputs(http, opt[s], sar[s], v)) for s, v in jobs]
+            got = [f.result().as_numpy("labels") for f in futs]
+        only_opt = client.infer("tsmnet-tiny", _inputs(http, opt[:2], None, VOCAB)).as_numpy("labels")
+        with pytest.raises(Exception, match="shape|must be"):
+            client.infer("tsmnet-tiny", _inputs(http, opt[:1, :, :32, :32].copy(), None, VOCAB))
+    finally:
+        client.close()
+    seg = Segmenter.load(bundle, threads=1)
+    for (s, v), labels in zip(jobs, got):
+        seg.set_vocabulary(v if v is not None else seg.bundle.manifest["default_vocabulary"])
+        ref = np.stack([seg.predict(opt[i], sar[i])[0] for i in range(s.start, s.stop)])
+        assert labels.dtype == np.uint8 and labels.shape == ref.shape
+        np.testing.assert_array_equal(labels, ref)
+    seg.set_vocabulary(VOCAB)
+    np.testing.assert_array_equal(only_opt, np.stack([seg.predict(opt[i], None)[0] for i in range(2)]))
