@@ -43,7 +43,11 @@ class BenchContext:
     ort_variant_name: str | None = None
 
     def image_module(self):
-        from rsvl_export.wrappers import ReferringImage, SemanticImage, SemanticImageOptical
+        from rsvl_export.wrappers import (
+            ReferringImage,
+            SemanticImage,
+            SemanticImageOptical,
+        )
 
         if self.task == "semantic":
             return SemanticImage(self.model) if "sar" in self.input_names else SemanticImageOptical(self.model)
@@ -268,7 +272,10 @@ class OrtRunner(Runner):
 
     def setup(self, ctx: BenchContext) -> None:
         from rsvl_runtime.backends import load_sessions
-        from rsvl_runtime.backends.onnxruntime_backend import OrtSession, default_providers
+        from rsvl_runtime.backends.onnxruntime_backend import (
+            OrtSession,
+            default_providers,
+        )
 
         super().setup(ctx)
         if self.file is not None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .backends import GROUPS, RUNNER_KEYS
 from .suite import BenchOptions, run_benchmark
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-int8", dest="int8", action="store_false", help="ort_optimize: fusions only, no INT8")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP count")
     p.add_argument("--reexport", action="store_true", help="export again even if OUT/bundle matches")
+    p.add_argument("--omp-spin", action="store_true",
+                   help="keep OpenMP's default (active) wait policy for PyTorch; by default rsvl-bench sets "
+                        "OMP_WAIT_POLICY=PASSIVE when unset, because spinning threads collapse PyTorch CPU "
+                        "throughput (measured 40x) when other processes share the cores")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -67,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.omp_spin and "torch" not in sys.modules:
+        # must happen before OpenMP starts (torch import); recorded in bench.json
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # the root logger stays at WARNING: onnxruntime.quantization logs every tensor at INFO on it
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("rsvl").setLevel(logging.DEBUG if args.verbose else logging.INFO)

@@ -17,9 +17,9 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -100,7 +100,7 @@ class Budget:
     budget_s: float = 10.0
 
     @classmethod
-    def quick(cls) -> "Budget":
+    def quick(cls) -> Budget:
         return cls(warmup=1, min_iters=3, max_iters=30, budget_s=2.0)
 
 
@@ -211,7 +211,7 @@ class PeakMemory:
     _thread: threading.Thread | None = field(default=None, repr=False)
     _sampled: float = field(default=0.0, repr=False)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> Self:
         self.start_rss_mb = current_rss_mb()
         if _reset_hwm():
             self.method = "VmHWM"
@@ -233,7 +233,7 @@ class PeakMemory:
             if v is not None:
                 self._sampled = max(self._sampled, v)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.method == "VmHWM":
             kb = _read_status_kb("VmHWM")
             self.peak_rss_mb = kb / 1024 if kb is not None else None
@@ -273,6 +273,8 @@ def machine_info() -> dict[str, Any]:
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "platform": platform.platform(), "python": platform.python_version(),
         "memory_gb": None, "gpu": None, "load_average": None,
+        "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                            "CUDA_VISIBLE_DEVICES") if k in os.environ},
     }
     try:
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -287,8 +289,8 @@ def machine_info() -> dict[str, Any]:
         from rsvl_export.ort_optimize import cpu_flags
 
         info["cpu_flags"] = cpu_flags()
-    except Exception:  # noqa: BLE001
-        pass
+    except ImportError:
+        info["cpu_flags"] = None
     try:
         import torch
 

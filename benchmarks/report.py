@@ -94,20 +94,22 @@ def markdown(doc: dict[str, Any]) -> str:
              "",
              f"- machine: {mc.get('cpu')}, {mc.get('cpu_affinity') or mc.get('cpu_count')} cores"
              + (f", GPU {gpu['name']}" if gpu else ", no GPU")
-             + f"; load average at start {mc.get('load_average')}, at end {mc.get('load_average_end')}",
-             f"- versions: " + ", ".join(f"{k} {v}" for k, v in mc.get("versions", {}).items()),
-             f"- threads {opts.get('threads')}, batches {opts.get('batches')}, vocabulary K={model.get('vocab_size')}"
+             + f"; load average at start {mc.get('load_average')}, at end {mc.get('load_average_end')}"
+             + (f"; env {mc.get('env')}" if mc.get("env") else ""),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in mc.get("versions", {}).items()),
+             (f"- threads {opts.get('threads')}, batches {opts.get('batches')}, vocabulary K={model.get('vocab_size')}"
              f" ({model.get('prompts')} prompts), {'--quick, ' if opts.get('quick') else ''}"
-             f"budget {opts.get('budget', {}).get('budget_s')} s per measurement",
-             f"- model: {model.get('parameters_m')} M parameters, "
+             f"budget {opts.get('budget', {}).get('budget_s')} s per measurement"),
+             (f"- model: {model.get('parameters_m')} M parameters, "
              f"{_f(model.get('gflops_per_tile'), 2)} GFLOP per tile (image graph, torch FlopCounter)"
-             f"; weights {doc.get('bundle', {}).get('weights')} (trained: {doc.get('bundle', {}).get('trained')})",
+             f"; weights {doc.get('bundle', {}).get('weights')} (trained: {doc.get('bundle', {}).get('trained')})"),
              f"- bundle: {doc.get('bundle', {}).get('path')} ({doc.get('bundle', {}).get('source')})",
+             *_load_warning(mc),
              "", "## Image graph", "",
-             "Latency per call of the whole batch; throughput at the median. `× eager` = eager FP32 p50 / p50 at "
+             ("Latency per call of the whole batch; throughput at the median. `× eager` = eager FP32 p50 / p50 at "
              "the same batch. Agreement is against eager FP32 on the same inputs (cosine of the flattened logits, "
              "fraction of pixels with the same argmax class, max-abs error / logit range). Peak MB = process RSS "
-             "high-water during the measurement (includes the loaded reference model), or torch's CUDA peak.",
+             "high-water during the measurement (includes the loaded reference model), or torch's CUDA peak."),
              "", _md_table(IMAGE_HEADER, image_table_rows(doc)), ""]
     skipped = [r for r in doc.get("image", []) if r.get("status") != "ok"]
     skipped_runners = [(k, v) for k, v in doc.get("runners", {}).items() if v.get("status") != "ok"]
@@ -133,7 +135,7 @@ def markdown(doc: dict[str, Any]) -> str:
         else:
             fus = ort.get("fusion", {})
             lines.append(f"- variant shipped: **{ort.get('variant')}**; source {_f(ort.get('latency_ms', {}).get('source'))}"
-                         f" ms -> {_f(min([v for v in ort.get('latency_ms', {}).values()] or [0]))} ms at the check "
+                         f" ms -> {_f(ort.get('latency_ms', {}).get(ort.get('variant')))} ms at the check "
                          f"input ({_f(ort.get('speedup'))}× over image.onnx on ORT)")
             if fus and not fus.get("error"):
                 lines.append(f"- fusion ({fus.get('model_type')}, opt_level {fus.get('opt_level')}): "
@@ -169,13 +171,24 @@ def markdown(doc: dict[str, Any]) -> str:
             rows.append([r["engine_runner"], r["scene"], str(r["batch"]), str(r["tiles"]), _f(r["seconds"]),
                          _f(r["tiles_per_s"]), _f(r.get("engine_tiles_per_s")),
                          _f(r.get("end_to_end_over_engine"), 3),
-                         f"predict {_f(t.get('predict_s'))} s, read {_f(t.get('read_s'))} s, blend "
-                         f"{_f(t.get('blend_s'))} s, write {_f(t.get('postprocess_write_s'))} s"])
+                         ", ".join(f"{k[:-2]} {_f(v)} s" for k, v in t.items()
+                                   if k.endswith("_s") and k not in ("total_s", "inference_s"))])
         lines += [_md_table(["engine", "scene", "B", "tiles", "seconds", "tiles/s", "engine tiles/s",
                              "end-to-end / engine", "where the time went"], rows), "",
-                  "`end-to-end / engine` < 1 is the cost of IO, normalisation, blending and writing "
-                  "(tiles overlap, so a scene has more tiles than area / tile²).", ""]
+                  ("`end-to-end / engine` < 1 is the cost of IO, normalisation, blending and writing "
+                  "(tiles overlap, so a scene has more tiles than area / tile²)."), ""]
     return "\n".join(lines) + "\n"
+
+
+def _load_warning(mc: dict[str, Any]) -> list[str]:
+    """A warning line when other processes loaded the machine during the run."""
+    loads = [(mc.get(k) or [0])[0] for k in ("load_average", "load_average_end")]
+    ncpu = mc.get("cpu_affinity") or mc.get("cpu_count") or 1
+    if max(loads) <= ncpu * 1.25:
+        return []
+    line = (f"- **shared machine**: 1-min load average up to {max(loads):.1f} on {ncpu} cores while measuring — "
+            "absolute numbers are inflated and noisy; compare ratios measured back to back")
+    return [line, ""]
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -234,6 +247,8 @@ def print_rich(doc: dict[str, Any]) -> None:
         print(markdown(doc))
         return
     con = Console(stderr=False)
+    if not con.is_terminal:
+        con = Console(stderr=False, width=190)  # logs and pipes: do not squeeze the table to 80 columns
     t = Table(title=f"rsvl-bench: {doc.get('model', {}).get('name')} image graph "
                     f"({doc.get('bundle', {}).get('tile')}px, K={doc.get('model', {}).get('vocab_size')})")
     for i, h in enumerate(IMAGE_HEADER):

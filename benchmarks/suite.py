@@ -17,13 +17,27 @@ import os
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .backends import (BenchContext, RUNNER_KEYS, make_runner, ort_variant_unavailable, parse_backends)
-from .measure import Budget, PeakMemory, Timing, current_rss_mb, fp16_peak_tflops, machine_info, measure
+from .backends import (
+    RUNNER_KEYS,
+    BenchContext,
+    make_runner,
+    ort_variant_unavailable,
+    parse_backends,
+)
+from .measure import (
+    Budget,
+    PeakMemory,
+    Timing,
+    fp16_peak_tflops,
+    machine_info,
+    measure,
+)
 
 log = logging.getLogger("rsvl.bench")
 
@@ -433,16 +447,14 @@ def run_scene_bench(ctx: BenchContext, opts: BenchOptions, inputs: Inputs, image
                                "batch": batch, "scene": f"{size}x{size}", "megapixels": size * size / 1e6}
         try:
             with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory(dir=ctx.out) as res_dir:
+                sar = sar_tif if "sar" in ctx.input_names else None
                 if ctx.task == "semantic":
-                    model = Segmenter(ctx.bundle, sessions, batch=batch, cache_dir=cache)
-                    model.set_vocabulary([c.name if not c.synonyms else ", ".join((c.name, *c.synonyms))
-                                          for c in inputs.vocab])
-                    run = lambda: model.predict_raster(opt_tif, sar_tif if "sar" in ctx.input_names else None,  # noqa: E731
-                                                       out_dir=res_dir, progress=False)
+                    seg = Segmenter(ctx.bundle, sessions, batch=batch, cache_dir=cache)
+                    seg.set_vocabulary(list(inputs.vocab))
+                    run = partial(seg.predict_raster, opt_tif, sar, out_dir=res_dir, progress=False)
                 else:
-                    model = Referrer(ctx.bundle, sessions, batch=batch)
-                    run = lambda: model.predict_raster(opt_tif, inputs.texts[0], out_dir=res_dir,  # noqa: E731
-                                                       progress=False)
+                    ref = Referrer(ctx.bundle, sessions, batch=batch)
+                    run = partial(ref.predict_raster, opt_tif, inputs.texts[0], out_dir=res_dir, progress=False)
                 with PeakMemory() as pm:
                     t0 = time.perf_counter()
                     res = run()
@@ -497,7 +509,7 @@ def run_benchmark(opts: BenchOptions) -> dict[str, Any]:
     if opts.budget_s:
         budget.budget_s = float(opts.budget_s)
     keys = parse_backends(opts.backends)
-    batches = sorted(set(int(b) for b in opts.batches))
+    batches = sorted({int(b) for b in opts.batches})
     if not batches or batches[0] < 1:
         raise SystemExit(f"--batch needs positive sizes, got {opts.batches}")
     machine = machine_info()

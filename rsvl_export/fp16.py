@@ -169,6 +169,25 @@ def check_ort_loads(path: str | os.PathLike[str], in_subprocess: bool = True, ti
                                   "cause of a crash; keep it in the op block list")
 
 
+def _fix_cast_targets(model: onnx.ModelProto) -> int:
+    """Make ``Cast(to=FLOAT)`` nodes whose output the converter declared FLOAT16 cast to FLOAT16.
+
+    onnxconverter-common rewrites the value_info of a Cast's output (e.g. an int mask cast to
+    float inside attention) to FLOAT16 but leaves the ``to`` attribute at FLOAT, which the
+    checker rejects. The consumers were converted to FP16, so FLOAT16 is the consistent fix.
+    Returns the number of nodes changed."""
+    declared = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info}
+    changed = 0
+    for n in model.graph.node:
+        if n.op_type != "Cast" or not n.output or declared.get(n.output[0]) != TensorProto.FLOAT16:
+            continue
+        for a in n.attribute:
+            if a.name == "to" and a.i == TensorProto.FLOAT:
+                a.i = TensorProto.FLOAT16
+                changed += 1
+    return changed
+
+
 def convert_fp16_detailed(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -203,6 +222,7 @@ def convert_fp16_detailed(
             model, keep_io_types=True, op_block_list=op_block, node_block_list=node_block,
             disable_shape_infer=False,
         )
+    _fix_cast_targets(fp16)
     casts = _fix_io_types(fp16, want_out)
 
     # --- verify: IO dtypes unchanged

@@ -502,7 +502,7 @@ def export_onnx(
                 module, (), str(path), kwargs=dict(example_inputs), dynamo=True,
                 dynamic_shapes=_dynamic_shapes(example_inputs, dynamic_axes, dim_ranges),
                 output_names=output_names, opset_version=opset, external_data=False,
-                optimize=True,
+                optimize=True, verbose=False,
             )
     except Exception as e:  # noqa: BLE001 - the exporter raises many types
         dynamo_error = f"{type(e).__name__}: {e}"

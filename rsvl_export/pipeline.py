@@ -76,14 +76,17 @@ def load_model(opts: ExportOptions) -> tuple[nn.Module, dict[str, Any]]:
     """The model to export and a description of its weights."""
     from rsvl_train.checkpoint import load_checkpoint, load_default, read_checkpoint_config
 
+    overrides = dict(opts.overrides)
+    if opts.tile:
+        overrides["tile_size"] = int(opts.tile)  # sizes that depend on the tile (e.g. Swin's grid) follow it
     if opts.checkpoint:
-        model = load_checkpoint(opts.checkpoint)
+        model = load_checkpoint(opts.checkpoint, **overrides)
         if model.config.get("name") not in (None, opts.model) and opts.model:
             log.info("checkpoint holds %s (not %s): exporting the checkpoint's model",
                      model.config.get("name"), opts.model)
         meta = read_checkpoint_config(opts.checkpoint).get("info", {})
         return model, {"source": str(opts.checkpoint), "trained": True, "metrics": meta.get("metrics", {})}
-    model, trained = load_default(opts.model, **opts.overrides)
+    model, trained = load_default(opts.model, **overrides)
     return model, {"source": "registry-default" if trained else "random-init", "trained": trained}
 
 
@@ -132,9 +135,15 @@ class Exporter:
 
     # ---------------------------------------------------------------- steps
     def run(self) -> Path:
-        from . import onnx_export
-
         o = self.opts
+        if o.engine == "tensorrt":  # fail before minutes of export, not after
+            from .tensorrt_build import TensorRTUnavailable, tensorrt_available
+
+            ok, reason = tensorrt_available()
+            if not ok:
+                raise TensorRTUnavailable(f"--engine tensorrt: {reason}. Export with --engine auto here and build "
+                                          "the engine on the target GPU machine with `rsvl-export rebuild-engine "
+                                          "BUNDLE` (needs `pip install tensorrt` and an NVIDIA GPU)")
         with self.timer.step("load", f"model {o.model}" + (f" from {o.checkpoint}" if o.checkpoint else "")):
             model, weights = load_model(o)
         cfg = model.config
@@ -147,6 +156,19 @@ class Exporter:
             shutil.rmtree(work)
         work.mkdir(parents=True)
 
+        try:
+            return self._run(model, weights, cfg, task, tile, modalities, out, work)
+        except ParityFailure:
+            raise  # the partial folder keeps parity.json for the user to read
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+
+    def _run(self, model: nn.Module, weights: dict[str, Any], cfg: dict[str, Any], task: str, tile: int,
+             modalities: tuple[str, ...], out: Path, work: Path) -> Path:
+        from . import onnx_export
+
+        o = self.opts
         with self.timer.step("trace", "building export wrappers and example inputs"):
             specs = graph_specs(model, tile, modalities)
         graphs: dict[str, dict[str, Any]] = {}

@@ -29,9 +29,10 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -68,6 +69,21 @@ def temp_path(final: PathLike) -> Path:
     return Path(tmp)
 
 
+def file_mode() -> int:
+    """Permissions of a normally created file (``0o666 & ~umask``); temporary files from
+    ``mkstemp`` are 0600 and get these before their final rename."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 class OutputStage:
     """Temporary files of an output folder, renamed to their final names together.
 
@@ -96,8 +112,10 @@ class OutputStage:
     def commit(self) -> dict[str, Path]:
         """Rename every staged file to its final name; returns name -> final path."""
         done = {}
+        mode = file_mode()
         for name, tmp in list(self._files.items()):
             final = self.out_dir / name
+            os.chmod(tmp, mode)
             os.replace(tmp, final)
             done[name] = final
             del self._files[name]
@@ -131,14 +149,15 @@ class GeoTiffRowWriter:
 
     Rows arrive in order through :meth:`write` (``[count, n, width]``); they are buffered up to one
     block row (``count x 512 x width`` bytes) and written window by window, so each compressed
-    tile is written once. :meth:`close` builds internal overviews and, when ``cog`` and the COG
+    tile is written once. ``zlevel``: deflate level (1 is ~9x faster than 6 for ~15 % more
+    bytes; the runner uses it for the K-band scores). :meth:`close` builds internal overviews and, when ``cog`` and the COG
     driver is available, rewrites the file as a Cloud Optimized GeoTIFF (same temporary path).
     """
 
     def __init__(self, path: PathLike, *, width: int, height: int, count: int, crs: Any,
                  transform: Any, nodata: float | None, descriptions: Sequence[str] | None = None,
                  overview_resampling: Resampling = Resampling.mode, cog: bool | None = None,
-                 block: int = BLOCK) -> None:
+                 block: int = BLOCK, zlevel: int = 6) -> None:
         self.path = Path(path)
         self.width, self.height, self.count, self.block = width, height, count, block
         self.overview_resampling = overview_resampling
@@ -147,7 +166,9 @@ class GeoTiffRowWriter:
         self._profile = {"driver": "GTiff", "width": width, "height": height, "count": count,
                          "dtype": "uint8", "crs": crs, "transform": transform, "nodata": nodata,
                          "tiled": True, "blockxsize": block, "blockysize": block,
-                         "compress": "deflate", "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS"}
+                         "compress": "deflate", "zlevel": zlevel, "BIGTIFF": "IF_SAFER",
+                         "NUM_THREADS": "ALL_CPUS"}
+        self.zlevel = zlevel
         self._ds = rasterio.open(self.path, "w", **self._profile)
         if descriptions:
             for i, d in enumerate(descriptions, start=1):
@@ -202,7 +223,8 @@ class GeoTiffRowWriter:
     def _to_cog(self) -> None:
         tmp = temp_path(self.path)
         try:
-            rasterio.shutil.copy(self.path, tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=self.block,
+            rasterio.shutil.copy(self.path, tmp, driver="COG", COMPRESS="DEFLATE", LEVEL=self.zlevel,
+                                 BLOCKSIZE=self.block,
                                  OVERVIEWS="FORCE_USE_EXISTING", BIGTIFF="IF_SAFER",
                                  NUM_THREADS="ALL_CPUS",
                                  OVERVIEW_RESAMPLING=self.overview_resampling.name.upper())
@@ -398,7 +420,7 @@ def write_report(path: PathLike, **kwargs: Any) -> None:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 # ----------------------------------------------------------------------------- done marker
@@ -414,7 +436,14 @@ def write_done(out_dir: PathLike, outputs: Mapping[str, PathLike], info: Mapping
            "outputs": {name: {"bytes": Path(p).stat().st_size} for name, p in outputs.items()},
            **dict(info)}
     path = out_dir / DONE
-    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
+    tmp = temp_path(path)
+    try:
+        atomic_write_text(tmp, json.dumps(doc, indent=2, default=str) + "\n")
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -267,6 +268,9 @@ def align_to(src_path: PathLike, ref_path: PathLike, out_path: PathLike, *,
                 for y0 in range(0, ref.height, block_rows):
                     win = Window(0, y0, ref.width, min(block_rows, ref.height - y0))
                     dst.write(vrt.read(window=win), window=win)
+            mask = os.umask(0o022)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
             os.replace(tmp, out)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -19,9 +19,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -31,9 +32,24 @@ from rasterio.windows import Window
 from . import outputs as out
 from .bundle import sha256_file
 from .normalization import normalize_optical, normalize_sar
-from .raster_io import (ModalityInput, RasterInputError, check_coregistered, open_raster,
-                        pixel_area_m2, prepare_input, read_window, valid_mask)
-from .tiling import FinishedRows, RowAccumulator, Tile, TileGrid, blend_window, pad_to_tile
+from .raster_io import (
+    ModalityInput,
+    RasterInputError,
+    check_coregistered,
+    open_raster,
+    pixel_area_m2,
+    prepare_input,
+    read_window,
+    valid_mask,
+)
+from .tiling import (
+    FinishedRows,
+    RowAccumulator,
+    Tile,
+    TileGrid,
+    blend_window,
+    pad_to_tile,
+)
 
 PredictFn = Callable[[np.ndarray | None, np.ndarray | None], np.ndarray]
 NodataArg = float | Mapping[str, float | None] | None
@@ -41,6 +57,8 @@ TASKS = ("semantic", "referring")
 
 #: Elements per chunk when turning finished rows into labels/scores (bounds temporaries).
 POSTPROCESS_ELEMENTS = 1 << 20
+#: Deflate level of scores.tif (K bands: speed matters more than the last 15 % of size).
+SCORES_ZLEVEL = 1
 #: Columns normalised at once when preparing a strip (bounds temporaries).
 NORMALIZE_COLUMNS = 2048
 
@@ -172,17 +190,35 @@ def _normalise(name: str, values: np.ndarray, sources: _Sources) -> np.ndarray:
         return normalize_sar(values, sources.sar_spec or {}, sources.sar_units)
 
 
-def _cut(strip: np.ndarray | None, tile: Tile, size: int) -> np.ndarray | None:
-    if strip is None:
-        return None
-    return pad_to_tile(strip[:, :tile.height, tile.x:tile.x + tile.width], size)
+class _BatchBuilder:
+    """Copies tiles into preallocated ``[batch, C, t, t]`` arrays (no reference to the strip kept)."""
 
+    def __init__(self, batch: int, tile: int, channels: Mapping[str, int]) -> None:
+        self.batch, self.tile, self.channels = batch, tile, dict(channels)
+        self._new()
 
-def _batch(pending: list[tuple[Tile, np.ndarray | None, np.ndarray | None]]) -> _Batch:
-    tiles = [p[0] for p in pending]
-    opt = np.stack([p[1] for p in pending]) if pending[0][1] is not None else None
-    sar = np.stack([p[2] for p in pending]) if pending[0][2] is not None else None
-    return _Batch(tiles, opt, sar)
+    def _new(self) -> None:
+        self.tiles: list[Tile] = []
+        self.arrays = {name: np.empty((self.batch, c, self.tile, self.tile), np.float32)
+                       for name, c in self.channels.items()}
+
+    def add(self, tile: Tile, strips: Mapping[str, np.ndarray]) -> _Batch | None:
+        """Add one tile cut from the normalised strips; returns a batch when it is full."""
+        i = len(self.tiles)
+        for name, strip in strips.items():
+            self.arrays[name][i] = pad_to_tile(strip[:, :tile.height, tile.x:tile.x + tile.width], self.tile)
+        self.tiles.append(tile)
+        return self.take() if len(self.tiles) == self.batch else None
+
+    def take(self) -> _Batch | None:
+        """The tiles gathered so far as a batch (None when empty)."""
+        n = len(self.tiles)
+        if n == 0:
+            return None
+        arrays = {name: a[:n] for name, a in self.arrays.items()}
+        out = _Batch(self.tiles, arrays.get("optical"), arrays.get("sar"))
+        self._new()
+        return out
 
 
 def iter_scene_items(sources: _Sources, grid: TileGrid, batch: int,
@@ -193,7 +229,9 @@ def iter_scene_items(sources: _Sources, grid: TileGrid, batch: int,
         for name, src in (("optical", sources.optical), ("sar", sources.sar)):
             if src is not None:
                 datasets[name] = rasterio.open(src.path)
-        pending: list[tuple[Tile, np.ndarray | None, np.ndarray | None]] = []
+        builder = _BatchBuilder(batch, grid.tile, {name: len(src.bands) for name, src in
+                                                   (("optical", sources.optical), ("sar", sources.sar))
+                                                   if src is not None})
         for row in range(len(grid.row_offsets)):
             t0 = time.perf_counter()
             valid, norm = _normalised_strip(datasets, sources, grid, row)
@@ -201,13 +239,13 @@ def iter_scene_items(sources: _Sources, grid: TileGrid, batch: int,
                 stats.seconds += time.perf_counter() - t0
             yield _Strip(row, valid)
             for tile in grid.row_tiles(row):
-                pending.append((tile, _cut(norm.get("optical"), tile, grid.tile),
-                                _cut(norm.get("sar"), tile, grid.tile)))
-                if len(pending) == batch:
-                    yield _batch(pending)
-                    pending = []
-        if pending:
-            yield _batch(pending)
+                full = builder.add(tile, norm)
+                if full is not None:
+                    yield full
+            del norm  # before the next strip is read: one strip in memory at a time
+        last = builder.take()
+        if last is not None:
+            yield last
     finally:
         for ds in datasets.values():
             ds.close()
@@ -251,7 +289,7 @@ class Prefetcher:
                 if not self._put(item):
                     return
             self._put(_End())
-        except BaseException as e:  # handed to the consumer
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, re-raised there
             self._put(_Failed(e))
         finally:
             close = getattr(self._items, "close", None)
@@ -393,7 +431,8 @@ def _open_writers(stage: out.OutputStage, ref: Any, task: str, class_names: Sequ
     if task == "semantic" and write_scores:
         scores = out.GeoTiffRowWriter(stage.temp(out.SCORES), count=len(class_names),
                                       nodata=out.SCORE_NODATA, descriptions=list(class_names),
-                                      overview_resampling=Resampling.average, **common)
+                                      overview_resampling=Resampling.average, zlevel=SCORES_ZLEVEL,
+                                      **common)
     return labels, scores
 
 
@@ -422,7 +461,7 @@ def run_scene(predict_fn: PredictFn, optical: str | Path | None, sar: str | Path
               progress: bool = True, write_scores: bool = True, task: str = "semantic",
               bundle_info: Mapping[str, Any] | None = None, prefetch: int = 2,
               cog: bool | None = None, hash_inputs: bool = True,
-              window: str = "hann") -> SceneResult:
+              window: str = "hann", gdal_cache_mb: int | None = 128) -> SceneResult:
     """Segment a whole scene tile by tile and write the output folder.
 
     ``optical``/``sar``: GeoTIFF paths (either may be None). ``class_names``/``colors``: the
@@ -433,8 +472,28 @@ def run_scene(predict_fn: PredictFn, optical: str | Path | None, sar: str | Path
     ``"semantic"`` (labels.tif + scores.tif) or ``"referring"`` (mask.tif, K = 2 or a single
     target logit). ``bundle_info`` is shown in the report. ``cog``: rewrite the rasters with the
     COG driver (None: when available). Outputs are committed atomically and ``done.json`` is
-    written last (see :func:`rsvl_runtime.outputs.is_complete`).
+    written last (see :func:`rsvl_runtime.outputs.is_complete`). ``gdal_cache_mb`` caps GDAL's
+    block cache (GDAL reads it once per process, so it applies when this is the first GDAL use;
+    otherwise set ``GDAL_CACHEMAX`` in the environment); None keeps GDAL's default (5 % of RAM).
     """
+    env = {} if gdal_cache_mb is None else {"GDAL_CACHEMAX": int(gdal_cache_mb) * 1024 * 1024}
+    with rasterio.Env(**env):
+        return _run_scene(predict_fn, optical, sar, out_dir, class_names=class_names, colors=colors,
+                          optical_spec=optical_spec, sar_spec=sar_spec, tile=tile, overlap=overlap,
+                          batch=batch, sar_units=sar_units, bands=bands, sar_bands=sar_bands,
+                          nodata=nodata, progress=progress, write_scores=write_scores, task=task,
+                          bundle_info=bundle_info, prefetch=prefetch, cog=cog, hash_inputs=hash_inputs,
+                          window=window)
+
+
+def _run_scene(predict_fn: PredictFn, optical: str | Path | None, sar: str | Path | None,
+               out_dir: str | Path, *, class_names: Sequence[str],
+               colors: Sequence[Sequence[int]] | None, optical_spec: Mapping[str, Any] | None,
+               sar_spec: Mapping[str, Any] | None, tile: int, overlap: float, batch: int,
+               sar_units: str | None, bands: Sequence[int] | None, sar_bands: Sequence[int] | None,
+               nodata: NodataArg, progress: bool, write_scores: bool, task: str,
+               bundle_info: Mapping[str, Any] | None, prefetch: int, cog: bool | None,
+               hash_inputs: bool, window: str) -> SceneResult:
     t_start = time.perf_counter()
     palette = _check_args(task, class_names, colors, batch)
     sources = prepare_sources(optical, sar, optical_spec=optical_spec, sar_spec=sar_spec,
@@ -489,8 +548,9 @@ def _infer(predict_fn: PredictFn, sources: _Sources, grid: TileGrid, batch: int,
     sink: _Sink | None = None
     predict_s = blend_s = 0.0
     bar = tqdm(total=grid.n_tiles, unit="tile", desc="tiles", disable=not progress, leave=False)
+    reader = Prefetcher(iter_scene_items(sources, grid, batch, read_stats), prefetch)
     try:
-        for item in Prefetcher(iter_scene_items(sources, grid, batch, read_stats), prefetch):
+        for item in reader:
             if isinstance(item, _Strip):
                 valids[item.row] = item.valid
                 continue
@@ -509,12 +569,14 @@ def _infer(predict_fn: PredictFn, sources: _Sources, grid: TileGrid, batch: int,
             bar.update(len(item.tiles))
         if acc is None or sink is None:
             raise RuntimeError("the scene produced no tiles")
+        blend_s -= sink.postprocess_s + sink.write_s  # emitted from inside acc.add
         sink.emit(acc.finish())
     finally:
+        reader.close()
         bar.close()
     total = time.perf_counter() - t0
     return {"inference_s": total, "read_s": read_stats.seconds, "predict_s": predict_s,
-            "blend_s": blend_s - sink.postprocess_s - sink.write_s, "postprocess_s": sink.postprocess_s,
+            "blend_s": blend_s, "postprocess_s": sink.postprocess_s,
             "write_s": sink.write_s}
 
 
@@ -554,8 +616,10 @@ def _finish(stage: out.OutputStage, out_dir: Path, sources: _Sources, grid: Tile
 def _print_summary(result: SceneResult) -> None:
     try:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold green]done[/] {result.summary()} -> {result.out_dir}")
+        Console(stderr=True).print(f"[bold green]done[/] {escape(result.summary())} -> "
+                                   f"{escape(str(result.out_dir))}")
     except ImportError:  # pragma: no cover - rich is a dependency
         import sys
 

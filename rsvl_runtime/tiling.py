@@ -18,8 +18,8 @@ row of tiles starts, so memory does not grow with the scene height.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -31,7 +31,7 @@ WINDOW_KINDS = ("hann", "triangular", "flat")
 def tile_stride(tile: int, overlap: float) -> int:
     """Offset between consecutive tiles: ``round(tile * (1 - overlap))``, at least 1."""
     _check_tile(tile, overlap)
-    return max(1, int(round(tile * (1.0 - overlap))))
+    return max(1, round(tile * (1.0 - overlap)))
 
 
 def _check_tile(tile: int, overlap: float) -> None:

@@ -90,10 +90,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
                               f"{'…' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}")
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> nn.Module:
-    """Model built from the checkpoint's config with its weights, in eval mode."""
+def load_checkpoint(path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
+    """Model built from the checkpoint's config (top-level ``overrides`` applied, e.g.
+    ``tile_size``) with its weights, in eval mode."""
     meta = read_checkpoint_config(path)
-    config = meta.get("config") or get_model_config(meta["info"]["model"])
+    config = {**(meta.get("config") or get_model_config(meta["info"]["model"])), **overrides}
     model = create_model_from_config(config)
     load_weights(model, path)
     return model.eval()

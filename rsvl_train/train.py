@@ -85,9 +85,10 @@ def build_datasets(cfg: TrainConfig, model_cfg: dict[str, Any], out: Path) -> tu
         path, kind = str(root), "yeseg"
     if kind == "synthetic-referring":
         root = out / "data"
-        for split, n, seed in (("train", cfg.train_tiles, cfg.seed), ("val", cfg.val_tiles, cfg.seed + 10_000)):
-            if not (root / f"{split}.json").is_file():
-                synthetic.make_referring_dataset(root, n=n, tile=cfg.tile, seed=seed, split=split)
+        if not (root / "train.json").is_file():
+            n = cfg.train_tiles + cfg.val_tiles
+            synthetic.make_referring_dataset(root, n=n, size=cfg.tile, seed=cfg.seed,
+                                             splits={"train": cfg.train_tiles / n, "val": cfg.val_tiles / n})
         path, kind = str(root), "rrsis"
     assert path is not None
     if kind == "rrsis":

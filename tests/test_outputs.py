@@ -152,3 +152,13 @@ def test_done_marker(tmp_path: Path) -> None:
     assert not out.is_complete(tmp_path)
     out.clear_done(tmp_path)
     assert not (tmp_path / out.DONE).exists()
+
+
+def test_committed_files_get_normal_permissions(tmp_path: Path) -> None:
+    st = out.OutputStage(tmp_path)
+    st.temp("a.txt").write_text("A")
+    st.commit()
+    f = tmp_path / "a.txt"
+    assert (f.stat().st_mode & 0o777) == out.file_mode()  # not mkstemp's 0600
+    out.write_done(tmp_path, {"a.txt": f}, {})
+    assert ((tmp_path / out.DONE).stat().st_mode & 0o777) == out.file_mode()

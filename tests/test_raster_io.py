@@ -9,11 +9,25 @@ import numpy as np
 import pytest
 import rasterio
 
-from rsvl_runtime.raster_io import (RasterInputError, align_to, check_coregistered, open_raster,
-                                    pixel_area_m2, prepare_input, resolve_nodata, select_bands,
-                                    valid_mask)
+from rsvl_runtime.raster_io import (
+    RasterInputError,
+    align_to,
+    check_coregistered,
+    open_raster,
+    pixel_area_m2,
+    prepare_input,
+    resolve_nodata,
+    select_bands,
+    valid_mask,
+)
 
-from ._runtime_rasters import OPTICAL_SPEC, SAR_SPEC, optical_array, sar_array, write_tif
+from ._runtime_rasters import (
+    OPTICAL_SPEC,
+    SAR_SPEC,
+    optical_array,
+    sar_array,
+    write_tif,
+)
 
 
 def test_missing_file_names_path(tmp_path: Path) -> None:
@@ -112,9 +126,8 @@ def _pair(tmp_path: Path, **sar_kw):  # type: ignore[no-untyped-def]
 ])
 def test_coregistration_errors_name_both_files(tmp_path: Path, kw, what, a, b) -> None:  # type: ignore[no-untyped-def]
     opt, sar = _pair(tmp_path, **kw)
-    with rasterio.open(opt) as o, rasterio.open(sar) as s:
-        with pytest.raises(RasterInputError) as e:
-            check_coregistered(o, s)
+    with rasterio.open(opt) as o, rasterio.open(sar) as s, pytest.raises(RasterInputError) as e:
+        check_coregistered(o, s)
     msg = str(e.value)
     assert str(opt) in msg and str(sar) in msg and what in msg and a in msg and b in msg
     assert "--align" in msg
@@ -134,9 +147,8 @@ def test_align_to_reference_grid(tmp_path: Path) -> None:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     ramp = (-20 + 0.1 * xx + 0.05 * yy)[None].astype(np.float32)
     sar = write_tif(tmp_path / "sar_misreg.tif", ramp, origin=(499985.0, 4100013.0), res=15.0)
-    with rasterio.open(opt) as o, rasterio.open(sar) as s:
-        with pytest.raises(RasterInputError):
-            check_coregistered(o, s)
+    with rasterio.open(opt) as o, rasterio.open(sar) as s, pytest.raises(RasterInputError):
+        check_coregistered(o, s)
     out = align_to(sar, opt, tmp_path / "sar_aligned.tif")
     assert not list(tmp_path.glob(".*.tmp"))
     with rasterio.open(opt) as o, rasterio.open(out) as s:

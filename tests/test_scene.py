@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -18,17 +19,25 @@ from rsvl_runtime import outputs as out
 from rsvl_runtime.raster_io import RasterInputError, align_to
 from rsvl_runtime.scene import Prefetcher, run_scene
 
-from ._runtime_rasters import (OPTICAL_SPEC, SAR_SPEC, LinearModel, optical_array, sar_array, softmax,
-                               whole_image_logits, write_tif)
+from ._runtime_rasters import (
+    OPTICAL_SPEC,
+    SAR_SPEC,
+    LinearModel,
+    optical_array,
+    sar_array,
+    softmax,
+    whole_image_logits,
+    write_tif,
+)
 
 NAMES5 = ["water", "forest", "urban", "crop", "bare"]
 FINAL_NAMES = {out.LABELS, out.SCORES, out.MASK, out.CLASSES, out.PREVIEW, out.REPORT, out.DONE}
 
 
 def _run(model: Any, optical: Path | None, sar: Path | None, out_dir: Path, **kw: Any):  # type: ignore[no-untyped-def]
-    args: dict[str, Any] = dict(class_names=NAMES5[:getattr(model, "k", 5)], colors=None,
-                                optical_spec=OPTICAL_SPEC, sar_spec=SAR_SPEC, tile=64, overlap=0.25,
-                                batch=4, progress=False, cog=False)
+    args: dict[str, Any] = {"class_names": NAMES5[:getattr(model, "k", 5)], "colors": None,
+                            "optical_spec": OPTICAL_SPEC, "sar_spec": SAR_SPEC, "tile": 64,
+                            "overlap": 0.25, "batch": 4, "progress": False, "cog": False}
     args.update(kw)
     return run_scene(model, None if optical is None else str(optical), None if sar is None else str(sar),
                      out_dir, **args)
@@ -203,6 +212,7 @@ def test_interruption_leaves_no_final_named_output(tmp_path: Path) -> None:
         _run(model, opt, sar, tmp_path / "out")
     assert _leftovers(tmp_path / "out") == []  # no final names, no temporaries
     assert not out.is_complete(tmp_path / "out")
+    assert not [t for t in threading.enumerate() if t.name == "rsvl-reader"]  # reader stopped
 
 
 def test_interrupted_rerun_invalidates_previous_complete_output(tmp_path: Path) -> None:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
-from rsvl_runtime.tiling import (RowAccumulator, TileGrid, blend_tiles, blend_window, pad_to_tile,
-                                 tile_offsets, tile_stride, window_1d)
+from rsvl_runtime.tiling import (
+    RowAccumulator,
+    TileGrid,
+    blend_tiles,
+    blend_window,
+    pad_to_tile,
+    tile_offsets,
+    tile_stride,
+    window_1d,
+)
 
 SIZES = [(100, 70, 64), (300, 257, 64), (40, 50, 64), (70, 200, 128), (64, 64, 64), (1, 5, 4),
          (257, 300, 32)]
@@ -25,7 +35,7 @@ def test_offsets_cover_axis_and_stay_inside(length: int, tile: int, overlap: flo
     for o in offs:
         covered[o:o + tile] = True
     assert covered.all()
-    assert all(b - a <= tile_stride(tile, overlap) for a, b in zip(offs, offs[1:]))
+    assert all(b - a <= tile_stride(tile, overlap) for a, b in itertools.pairwise(offs))
 
 
 def test_stride_and_argument_checks() -> None:
@@ -115,12 +125,15 @@ def test_row_accumulator_memory_and_order() -> None:
     finished = acc.add(tiles[0], np.zeros((7, 64, 64), np.float32))
     assert finished == []
     row1 = next(t for t in tiles if t.row == 1)
-    with pytest.raises(RuntimeError):  # row 0 is not fully covered yet (only its first tile)
-        acc.add(row1, np.zeros((7, 64, 64), np.float32))
+    early = acc.add(row1, np.zeros((7, 64, 64), np.float32))  # row 0 got only its first tile
+    with pytest.raises(RuntimeError, match="covered by no tile"):
+        early[0].logits()
     acc2 = RowAccumulator(grid, 1)
     for t in [t for t in tiles if t.row == 0]:
         acc2.add(t, np.ones((1, 64, 64), np.float32))
-    fin = acc2.add(row1, np.ones((1, 64, 64), np.float32))
-    assert len(fin) == 1 and fin[0].y0 == 0 and fin[0].n_rows == grid.row_offsets[1]
+    seen = []
+    assert acc2.add(row1, np.ones((1, 64, 64), np.float32), seen.append) == []  # views to emit
+    assert len(seen) == 1 and seen[0].y0 == 0 and seen[0].n_rows == grid.row_offsets[1]
+    assert np.shares_memory(seen[0].sums, acc2._acc)
     with pytest.raises(ValueError):
         acc2.add(tiles[0], np.ones((1, 64, 64), np.float32))
