@@ -30,6 +30,11 @@ def percentile(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples, dtype=np.float64), q))
 
 
+def _sig(x: float, digits: int = 6) -> float:
+    """``x`` rounded to ``digits`` significant digits (small throughputs keep their precision)."""
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else x
+
+
 @dataclass
 class Timing:
     """Latency samples of one measurement (milliseconds) and what they mean per tile."""
@@ -84,8 +89,8 @@ class Timing:
             "p50_ms": round(self.p50, 4), "p90_ms": round(self.p90, 4), "p99_ms": round(self.p99, 4),
             "mean_ms": round(self.mean, 4), "min_ms": round(self.min, 4), "std_ms": round(self.std, 4),
             "iterations": self.n, "warmup": self.warmup, "timer": self.timer, "stopped_by": self.stopped_by,
-            "tiles_per_s": round(self.items_per_s, 4),
-            "megapixels_per_s": round(self.megapixels_per_s, 4) if self.pixels_per_item else None,
+            "tiles_per_s": _sig(self.items_per_s),
+            "megapixels_per_s": _sig(self.megapixels_per_s) if self.pixels_per_item else None,
             "samples_ms": [round(s, 4) for s in self.samples_ms],
         }
 

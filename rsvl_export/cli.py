@@ -4,6 +4,7 @@ engines where possible, check parity and write a bundle.
     rsvl-export --model tsmnet --precision fp16 [--checkpoint runs/x/best.safetensors] [--out DIR]
     rsvl-export inspect DIR                 # print and verify a bundle's manifest
     rsvl-export rebuild-engine DIR          # (re)build the TensorRT engine on this GPU machine
+    rsvl-export triton DIR REPO             # write + validate a Triton model repository
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         return _inspect(argv[1:])
     if argv and argv[0] == "rebuild-engine":
         return _rebuild(argv[1:])
+    if argv and argv[0] == "triton":
+        from .triton_cli import main as triton_main
+
+        return triton_main(argv[1:])
     args = export_parser().parse_args(argv)
     if args.verbose:
         setup_logging(verbose=True)

@@ -37,9 +37,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Self
 
 log = logging.getLogger("rsvl.triton")
 
@@ -789,7 +790,7 @@ class TritonInstall:
 def _numpy_major(python: Path) -> int | None:
     try:
         out = subprocess.run([str(python), "-c", "import numpy; print(numpy.__version__)"], capture_output=True,
-                             text=True, timeout=60)
+                             text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
@@ -896,10 +897,10 @@ class TritonServer:
         if p.poll() is None:
             p.wait(5)
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 

@@ -32,15 +32,15 @@ out_dir`` and ``area_m2:<class>`` per class.
 from __future__ import annotations
 
 import csv
-import fnmatch
 import json
 import logging
 import os
 import re
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from . import outputs as out
 
@@ -74,7 +74,7 @@ class SceneRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SceneRecord":
+    def from_dict(cls, d: Mapping[str, Any]) -> SceneRecord:
         return cls(id=str(d["id"]), optical=d.get("optical") or None, sar=d.get("sar") or None,
                    error=d.get("error") or None)
 
@@ -328,7 +328,7 @@ def process_scene(seg: Any, record: SceneRecord | Mapping[str, Any], out_dir: Pa
     try:
         opts = {"progress": False, **dict(options or {})}
         result = seg.predict_raster(rec.optical, rec.sar, folder, **opts)
-    except Exception as e:  # one bad scene never stops the job
+    except Exception as e:  # noqa: BLE001 - one bad scene never stops the job
         msg = f"{type(e).__name__}: {e}"
         log.warning("%s: failed: %s", rec.id, msg)
         return _row(rec, "error", folder, msg, seconds=round(time.perf_counter() - t0, 3))

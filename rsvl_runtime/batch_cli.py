@@ -91,10 +91,11 @@ def run_batch(args: argparse.Namespace) -> int:
     records = discover_records(args.inputs, modes=bundle.modes)
     if not records:
         raise ValueError(f"--inputs {args.inputs}: no scenes found")
-    common = dict(vocab=_vocab(args), backend=getattr(args, "backend", "auto"),
-                  precision=getattr(args, "precision", "auto"), batch=getattr(args, "batch", None),
-                  threads=getattr(args, "threads", None), options=scene_options(args),
-                  resume=not getattr(args, "overwrite", False))
+    common: dict[str, Any] = {
+        "vocab": _vocab(args), "backend": getattr(args, "backend", "auto"),
+        "precision": getattr(args, "precision", "auto"), "batch": getattr(args, "batch", None),
+        "threads": getattr(args, "threads", None), "options": scene_options(args),
+        "resume": not getattr(args, "overwrite", False)}
     if getattr(args, "ray", None):
         from .ray_runner import run_ray
 

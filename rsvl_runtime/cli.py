@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scores", action="store_true", help="skip scores.tif")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .batch_cli import add_batch_arguments
+
+    add_batch_arguments(p)
     return p
 
 
@@ -55,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from .segmenter import Referrer, Segmenter
     from .vocabulary import load_vocabulary_file
 
+    if getattr(args, "inputs", None):
+        from .batch_cli import run_batch
+
+        return run_batch(args)
     bundle = Bundle.load(args.bundle)
     if not args.optical and not args.sar:
         raise ValueError("give --optical and/or --sar")

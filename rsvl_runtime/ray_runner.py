@@ -21,8 +21,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from . import batch as _batch
 from .batch import BatchResult, SceneRecord
@@ -120,9 +121,9 @@ def run_ray(records: Iterable[SceneRecord | Mapping[str, Any]], bundle: str | os
             ds = ds.map_batches(
                 SceneActor, batch_size=1, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=n), num_gpus=g, num_cpus=cpa,
-                fn_constructor_kwargs=dict(bundle=bundle_path, out_dir=str(out_path), vocab=vocab,
-                                           backend=backend, precision=precision, batch=batch,
-                                           threads=n_threads, options=dict(options or {}), resume=resume))
+                fn_constructor_kwargs={"bundle": bundle_path, "out_dir": str(out_path), "vocab": vocab,
+                                       "backend": backend, "precision": precision, "batch": batch,
+                                       "threads": n_threads, "options": dict(options or {}), "resume": resume})
             by_id = {rec.id: i for i, rec in todo}
             for item in ds.iter_rows():
                 row = json.loads(str(item["row"]))

@@ -1,12 +1,16 @@
-"""Shared fixtures: small synthetic scenes and dataset folders, written once per session."""
+"""Shared fixtures: small synthetic scenes, dataset folders and one exported tiny bundle,
+written once per session."""
 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rsvl_train.data.synthetic import (
     DEFAULT_PREPROCESS,
@@ -51,3 +55,15 @@ def referring_dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def preprocess() -> dict[str, Any]:
     """A fresh copy of the synthetic data's modality specs (``{"optical": ..., "sar": ...}``)."""
     return copy.deepcopy(DEFAULT_PREPROCESS)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tsmnet-tiny (shipped weights when present) exported at 64 px tiles, FP32 + FP16 graphs, no
+    engine: the bundle the runtime, batch, Ray and Triton tests run on (exported once)."""
+    from rsvl_export.pipeline import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tsmnet-tiny-64"
+    return export_bundle(ExportOptions(model="tsmnet-tiny", tile=64, precision="fp16", engine="none",
+                                       max_batch=8, max_vocab=64, parity_batches=(1, 2), parity_vocabs=(3, 20),
+                                       out=str(out)))

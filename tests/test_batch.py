@@ -11,17 +11,24 @@ import pytest
 import rasterio
 
 from rsvl_runtime import outputs
-from rsvl_runtime.batch import (SceneRecord, discover_records, read_summary, records_from_folders,
-                                records_from_manifest, records_from_pattern, run_local)
+from rsvl_runtime.batch import (
+    SceneRecord,
+    discover_records,
+    read_summary,
+    records_from_folders,
+    records_from_manifest,
+    records_from_pattern,
+    run_local,
+)
 
-from ._batch_fixtures import exported_bundle, write_scenes
+from ._batch_fixtures import write_scenes
 
 GOOD = ["scene0", "scene1", "scene2"]
 
 
 @pytest.fixture(scope="module")
-def bundle() -> Path:
-    return exported_bundle()
+def bundle(tiny_bundle: Path) -> Path:
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")

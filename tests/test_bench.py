@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
+
+# PyTorch's OpenMP threads spin-wait by default, which collapses eager CPU speed when other
+# processes share the cores; rsvl-bench sets this itself, but only before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -23,7 +28,7 @@ def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     rc = main(["--model", "tsmnet-tiny", "--tile", "64", "--batch", "1,2", "--vocab-size", "4", "--quick",
                "--out", str(out), "--budget", "0.3", "--scene-size", "128", "--threads", "2",
-               "--backends", "torch-eager,torch-amp,ort-cpu-fp32,ort-opt"])
+               "--backends", "torch-eager,ort-cpu-fp32,ort-opt"])
     assert rc == 0
     return out, json.loads((out / "bench.json").read_text())
 
@@ -53,7 +58,7 @@ def test_bench_numbers_are_sane(bench_run):
         assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"], r
         assert r["tiles_per_s"] > 0 and r["megapixels_per_s"] > 0
         assert math.isclose(r["tiles_per_s"], r["batch"] / (r["p50_ms"] / 1e3), rel_tol=1e-3)
-        assert math.isclose(r["megapixels_per_s"], r["tiles_per_s"] * 64 * 64 / 1e6, rel_tol=1e-3)
+        assert math.isclose(r["megapixels_per_s"], r["tiles_per_s"] * 64 * 64 / 1e6, rel_tol=1e-4)
         assert r["memory"]["peak_rss_mb"] and r["memory"]["peak_rss_mb"] > 0
         a = r["agreement"]
         assert {"cosine", "argmax_agreement", "max_abs_rel_to_range"} <= set(a)

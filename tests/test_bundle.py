@@ -73,7 +73,7 @@ def test_pickle_files_are_refused(tmp_path: Path) -> None:
 def test_zip_bundle_loads(tmp_path: Path) -> None:
     import shutil
 
-    d = _make(tmp_path)
+    _make(tmp_path)
     z = shutil.make_archive(str(tmp_path / "bundle"), "zip", root_dir=tmp_path, base_dir="b")
     b = Bundle.load(z)
     assert b.graph_file("text").read_bytes() == b"text-graph"

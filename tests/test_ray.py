@@ -13,11 +13,11 @@ import rasterio
 
 ray = pytest.importorskip("ray")
 
-from rsvl_runtime import outputs  # noqa: E402
-from rsvl_runtime.batch import read_summary, records_from_manifest, run_local  # noqa: E402
-from rsvl_runtime.ray_runner import gpus_per_actor, run_ray  # noqa: E402
+from rsvl_runtime import outputs
+from rsvl_runtime.batch import read_summary, records_from_manifest, run_local
+from rsvl_runtime.ray_runner import gpus_per_actor, run_ray
 
-from ._batch_fixtures import exported_bundle, write_scenes  # noqa: E402
+from ._batch_fixtures import write_scenes
 
 GOOD = ["scene0", "scene1", "scene2"]
 
@@ -78,8 +78,8 @@ def _labels(path: Path) -> np.ndarray:
         return ds.read()
 
 
-def test_ray_matches_local_and_resumes(ray_cluster, scenes: Path, tmp_path: Path) -> None:
-    bundle = exported_bundle()
+def test_ray_matches_local_and_resumes(ray_cluster, scenes: Path, tmp_path: Path, tiny_bundle: Path) -> None:
+    bundle = tiny_bundle
     recs = records_from_manifest(scenes)
     assert gpus_per_actor() == 0  # no GPU here: the actors must not wait for one
     local = run_local(recs, bundle, tmp_path / "local", threads=1)

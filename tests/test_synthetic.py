@@ -15,7 +15,6 @@ from rsvl_train.data.synthetic import (
     SAR_NODATA,
     SyntheticScene,
     describe_labels,
-    make_referring_dataset,
     make_tile_dataset,
     referring_expressions,
     write_corrupt_tif,

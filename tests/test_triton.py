@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,13 @@ from rsvl_export import triton as T
 from rsvl_export.triton_cli import main as triton_main
 from rsvl_runtime.bundle import write_manifest
 
-from ._batch_fixtures import exported_bundle
 
 VOCAB = "water|lake,building,road"
 
 
 @pytest.fixture(scope="module")
-def bundle() -> Path:
-    return exported_bundle()
+def bundle(tiny_bundle: Path) -> Path:
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -148,13 +146,12 @@ def test_server_labels_equal_segmenter(server: T.TritonServer, bundle: Path) -> 
     rng = np.random.default_rng(0)
     opt = rng.integers(0, 256, (5, 3, 64, 64), dtype=np.uint8)
     sar = rng.normal(-12.0, 5.0, (5, 1, 64, 64)).astype(np.float32)
-    client = http.InferenceServerClient(server.url, concurrency=3)
+    client = http.InferenceServerClient(server.url, concurrency=4, network_timeout=60.0)
     try:
         # concurrent requests (dynamic batching may merge them), two vocabularies and the default one
         jobs = [(slice(0, 2), VOCAB), (slice(2, 5), VOCAB), (slice(0, 3), "water,vegetation"), (slice(3, 5), None)]
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            futs = [pool.submit(client.infer, "tsmnet-tiny", _inputs(http, opt[s], sar[s], v)) for s, v in jobs]
-            got = [f.result().as_numpy("labels") for f in futs]
+        pending = [client.async_infer("tsmnet-tiny", _inputs(http, opt[s], sar[s], v)) for s, v in jobs]
+        got = [p.get_result(timeout=60).as_numpy("labels") for p in pending]
         only_opt = client.infer("tsmnet-tiny", _inputs(http, opt[:2], None, VOCAB)).as_numpy("labels")
         with pytest.raises(Exception, match="shape|must be"):
             client.infer("tsmnet-tiny", _inputs(http, opt[:1, :, :32, :32].copy(), None, VOCAB))

@@ -235,6 +235,8 @@ def test_paper_head_fixed_k() -> None:
     assert out["logits"].shape == (2, 7, TILE, TILE) and "pixel_emb" not in out
     assert m.decoder.out.out_channels == 7
     assert m.decoder.lateral[3][0].in_channels == m.optical_backbone.out_channels[3] + 7  # score map concat
+    with pytest.raises(ValueError, match="fixed vocabulary"):
+        m.forward_image(opt, sar, _text(m, CLASS_NAMES[:3]))
 
 
 def test_description_fusion_outputs() -> None:

@@ -65,6 +65,7 @@ class TextEncoder(nn.Module):
         return emb, mask
 
     def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        """Token features ``[N, L + n_ctx, D]``, their mask and the pooled embedding ``[N, D]``."""
         raise NotImplementedError
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,7 @@ class TSMNet(nn.Module):
         tcfg = dict(config.get("text", {}))
         self.max_length = int(tcfg.get("max_length", 16))
         self.templates: list[str] = list(tcfg.get("templates", ["{}"]))
-        self._tokenizer: Any = None
+        self._tokenizers: dict[int, Any] = {}
 
         bcfg = config.get("backbone", {})
         self.optical_backbone = build_backbone(bcfg, in_chans=3, image_size=self.tile_size)
@@ -210,6 +210,10 @@ class TSMNet(nn.Module):
             smax = score_map.amax(dim=1, keepdim=True)
             inject = torch.cat([top, tfeat, smax], dim=1)
         else:
+            if not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and text_emb.shape[0] != self.num_classes:
+                raise ValueError(
+                    f"the 'paper' head has a fixed vocabulary of {self.num_classes} classes, got {text_emb.shape[0]}"
+                )
             inject = torch.cat([top, score_map], dim=1)
         pix = self.decoder([*fused[:3], inject])
         tau = self.tau
@@ -253,25 +257,25 @@ class TSMNet(nn.Module):
         return out
 
     # ------------------------------------------------------------- tokenizer
+    def _get_tokenizer(self, max_length: int) -> Any:
+        if max_length not in self._tokenizers:
+            from ..tokenization import build_tokenizer
+
+            self.text_encoder.check_length(max_length)
+            encoder = self.config.get("text", {}).get("encoder", "minilm")
+            self._tokenizers[max_length] = build_tokenizer(encoder, max_length)
+        return self._tokenizers[max_length]
+
     @property
     def tokenizer(self) -> Any:
         """The ``tokenizers.Tokenizer`` matching the text encoder (fixed length ``max_length``)."""
-        if self._tokenizer is None:
-            from ..tokenization import build_tokenizer
-
-            self._tokenizer = build_tokenizer(self.config.get("text", {}).get("encoder", "minilm"), self.max_length)
-        return self._tokenizer
+        return self._get_tokenizer(self.max_length)
 
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` numpy int64 ``[N, max_length]`` (default: config)."""
-        from ..tokenization import build_tokenizer, encode_batch
+        from ..tokenization import encode_batch
 
-        if max_length is None or max_length == self.max_length:
-            tk = self.tokenizer
-        else:
-            self.text_encoder.check_length(max_length)
-            tk = build_tokenizer(self.config.get("text", {}).get("encoder", "minilm"), max_length)
-        return encode_batch(tk, list(texts))
+        return encode_batch(self._get_tokenizer(int(max_length or self.max_length)), list(texts))
 
     def tokenizer_json(self) -> str:
         """The tokenizer as a ``tokenizers`` JSON string (padding/truncation to ``max_length`` built in)."""

@@ -15,17 +15,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tsmnet-tiny (shipped weights when present), 64 px tiles, FP32 + FP16 graphs."""
-    from rsvl_export.pipeline import ExportOptions, export_bundle
-
-    out = tmp_path_factory.mktemp("bundles") / "tsmnet-tiny-64"
-    return export_bundle(ExportOptions(model="tsmnet-tiny", tile=64, precision="fp16", engine="none",
-                                       max_batch=8, max_vocab=64, parity_batches=(1, 2), parity_vocabs=(3, 20),
-                                       out=str(out)))
-
-
-@pytest.fixture(scope="session")
 def referring_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """cadformer-tiny (random decoder weights), 64 px tiles, FP32 graphs only."""
     from rsvl_export.pipeline import ExportOptions, export_bundle
