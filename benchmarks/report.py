@@ -172,7 +172,7 @@ def markdown(doc: dict[str, Any]) -> str:
                          _f(r["tiles_per_s"]), _f(r.get("engine_tiles_per_s")),
                          _f(r.get("end_to_end_over_engine"), 3),
                          ", ".join(f"{k[:-2]} {_f(v)} s" for k, v in t.items()
-                                   if k.endswith("_s") and k not in ("total_s", "inference_s"))])
+                                   if k.endswith("_s") and "per_s" not in k and k not in ("total_s", "inference_s"))])
         lines += [_md_table(["engine", "scene", "B", "tiles", "seconds", "tiles/s", "engine tiles/s",
                              "end-to-end / engine", "where the time went"], rows), "",
                   ("`end-to-end / engine` < 1 is the cost of IO, normalisation, blending and writing "

@@ -43,6 +43,8 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-parity-failure", action="store_true", help="write the bundle even if a gate fails")
     p.add_argument("--no-weights", action="store_true",
                    help="leave the safetensors weights (torch reference backend) out of the bundle")
+    p.add_argument("--ort-optimize", action="store_true",
+                   help="also write image.ort.onnx: ORT CPU fusions + INT8 where parity holds (CPU deployments)")
     p.add_argument("--timing-cache", help="TensorRT timing cache file (default ~/.cache/rsvl/trt_timing.cache)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                          overlap=args.overlap, max_batch=args.max_batch, max_vocab=args.max_vocab,
                          precision=args.precision, engine=args.engine, opset=args.opset, modalities=mods,
                          allow_parity_failure=args.allow_parity_failure, include_weights=not args.no_weights,
-                         timing_cache=args.timing_cache)
+                         timing_cache=args.timing_cache, ort_optimize=args.ort_optimize)
     try:
         out = export_bundle(opts)
     except (ParityFailure, TensorRTUnavailable, FileNotFoundError, ValueError) as e:

@@ -108,16 +108,10 @@ def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 def cpu_flags() -> dict[str, bool]:
     """The CPU features that decide INT8 exactness/speed (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return {}
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return {f: f in flags for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")}
+    from rsvl_runtime.cpu import cpu_flags as flags
+
+    have = flags()
+    return {f: f in have for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")}
 
 
 def _session(path: str | os.PathLike[str], threads: int | None):

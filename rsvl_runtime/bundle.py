@@ -189,10 +189,11 @@ class Bundle:
         return list(self.manifest.get("modes", ["optical+sar"]))
 
     def graph_file(self, graph: str, precision: str = "fp32") -> Path:
-        """Path of the ONNX file of ``graph`` ("text" | "image") at ``precision``."""
+        """Path of the ONNX file of ``graph`` ("text" | "image") at ``precision`` ("fp32", "fp16",
+        or "ort" for the ONNX-Runtime CPU variant)."""
         g = self.manifest["graphs"].get(graph)
         if g is None or precision not in g:
-            have = sorted(k for k in (g or {}) if k in ("fp32", "fp16"))
+            have = sorted(k for k in (g or {}) if k in ("fp32", "fp16", "ort"))
             raise BundleError(f"{self.root}: no {precision} {graph} graph in this bundle (has: {have}); "
                               f"re-export with `rsvl-export --precision {precision}`")
         return self.path(g[precision])

@@ -1,9 +1,10 @@
 """rsvl-train checkpoints: ``<stem>.safetensors`` (weights) + ``<stem>.json`` (full model config
 and training info). No pickle.
 
-Frozen parameters that come from pip-installed pretrained weights (the MiniLM text encoder of
-the tiny models) are not stored: :func:`load_checkpoint` builds the model from its config — which
-loads those weights offline — and then loads the stored tensors, refusing any other missing key.
+Frozen parameters that come from pip-installed pretrained weights (the MiniLM text encoder and
+the early Lite0 blocks of the tiny models) are not stored: :func:`load_checkpoint` builds the
+model from its config — which loads those weights offline — and then loads the stored tensors,
+refusing any other missing key. Frozen parameters that are random are stored.
 Optimiser state for ``--resume`` is stored the same way in ``<stem>.optim.safetensors``.
 """
 
@@ -33,12 +34,32 @@ def _paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
+def reloadable_parameters(model: nn.Module) -> set[str]:
+    """Frozen parameters that building the model from its config reproduces exactly (weights loaded
+    from pip packages: MiniLM, Lite0 ImageNet). Found by comparing with a fresh build, once per
+    model; frozen parameters that are random (e.g. a CLIP tower without a local checkpoint) are
+    not reloadable and must be stored."""
+    cached = getattr(model, "_rsvl_reloadable", None)
+    if cached is not None:
+        return cached
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    same: set[str] = set()
+    if frozen and getattr(model, "config", None):
+        with torch.random.fork_rng():  # the reference build must not disturb training's RNG
+            torch.manual_seed(12345)
+            fresh = dict(create_model_from_config(model.config).named_parameters())
+        same = {n for n, p in frozen.items()
+                if n in fresh and fresh[n].shape == p.shape and torch.equal(fresh[n].detach(), p.detach().cpu())}
+    model._rsvl_reloadable = same  # type: ignore[attr-defined]
+    return same
+
+
 def stored_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Trainable parameters and all persistent buffers (frozen pretrained parameters excluded)."""
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    """Everything but the frozen parameters a fresh build reloads from pip packages."""
+    skip = reloadable_parameters(model)
     out = {}
     for k, v in model.state_dict().items():
-        if k in frozen:
+        if k in skip:
             continue
         v = v.detach().cpu()
         if dtype is not None and v.is_floating_point():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .factory import list_models
 
@@ -38,7 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     from rsvl_runtime.logs import setup_logging
 
     setup_logging()
-    from .train import TrainConfig, Trainer
+    from .train import TrainConfig, Trainer, parse_data_arg
+
+    try:
+        _, path = parse_data_arg(args.data)
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"--data {args.data}: the folder {path} does not exist; "
+                                    "see the README's 'Dataset layouts' for what it must contain")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"rsvl-train: error: {e}", file=sys.stderr)
+        return 2
 
     overrides = {}
     for item in args.set:

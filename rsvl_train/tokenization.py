@@ -24,7 +24,15 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 
 #: open_clip's special tokens and their ids in the 49408-token vocabulary.
 CLIP_SOT = "<start_of_text>"
@@ -74,7 +82,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 @lru_cache(maxsize=1)
 def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Vocabulary and merges exactly as ``SimpleTokenizer.__init__`` builds them."""
-    lines = gzip.open(clip_bpe_path()).read().decode("utf-8").split("\n")
+    with gzip.open(clip_bpe_path()) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
     base = list(_bytes_to_unicode().values())
     vocab_list = base + [v + "</w>" for v in base] + ["".join(m) for m in merges] + [CLIP_SOT, CLIP_EOT]

@@ -196,7 +196,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             outputs = self.model(opt_x, sar_x, self.class_ids, self.class_mask, **kwargs)
             loss, parts = tsmnet_loss(outputs, batch["label"].to(self.device))
-        return loss, {k: float(v) for k, v in parts.items()}
+        return loss, {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
 
     def _referring_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         from .losses import cadformer_loss
@@ -206,7 +206,7 @@ class Trainer:
             out = self.model(batch["image"].to(self.device), torch.from_numpy(ids).to(self.device),
                              torch.from_numpy(mask).to(self.device))
             loss = cadformer_loss(out["logits"], batch["mask"].to(self.device))
-        return loss, {"loss": float(loss)}
+        return loss, {"loss": float(loss.detach())}
 
     def train_epoch(self, epoch: int, deadline: float | None) -> dict[str, float]:
         from tqdm.auto import tqdm
@@ -228,7 +228,7 @@ class Trainer:
             n += 1
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{parts['loss']:.3f}")
             if deadline is not None and time.monotonic() > deadline:
                 log.warning("time budget reached during epoch %d; stopping after this batch", epoch + 1)
                 break
@@ -270,7 +270,7 @@ class Trainer:
             with open(self.out / "history.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             log.info("epoch %d/%d  loss %.4f  %s %.4f  (%.0fs)", epoch + 1, self.cfg.epochs,
-                     losses.get("loss", losses.get("total", float("nan"))), key, score, record["seconds"])
+                     losses.get("loss", float("nan")), key, score, record["seconds"])
             if score > self.best:
                 self.best = score
                 save_checkpoint(self.model, self.out / "best", self._info(epoch, metrics))

@@ -22,11 +22,11 @@ pytest.importorskip("matplotlib")
 
 
 @pytest.fixture(scope="module")
-def bench_run(tmp_path_factory):
+def bench_run(tmp_path_factory, tiny_bundle):
     from benchmarks.cli import main
 
     out = tmp_path_factory.mktemp("bench")
-    rc = main(["--model", "tsmnet-tiny", "--tile", "64", "--batch", "1,2", "--vocab-size", "4", "--quick",
+    rc = main(["--model", "tsmnet-tiny", "--bundle", str(tiny_bundle), "--tile", "64", "--batch", "1,2", "--vocab-size", "4", "--quick",
                "--out", str(out), "--budget", "0.3", "--scene-size", "128", "--threads", "2",
                "--backends", "torch-eager,ort-cpu-fp32,ort-opt"])
     assert rc == 0

@@ -58,7 +58,9 @@ def test_config_contract(name: str) -> None:
     assert isinstance(t["freeze"], bool) and t["max_length"] > 0 and t["n_ctx"] > 0
     assert isinstance(cfg["description_fusion"], bool)
     opt = normalize_optical(np.full((3, 2, 2), 255, np.uint8), cfg["preprocess"]["optical"])
-    np.testing.assert_allclose(opt[:, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]), rtol=1e-5)
+    np.testing.assert_allclose(
+        opt[:, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]), rtol=1e-5
+    )
     sar = normalize_sar(np.full((1, 2, 2), -12.0, np.float32), cfg["preprocess"]["sar"])
     assert np.all(sar == 0)
 
@@ -163,7 +165,9 @@ def test_lite0_branches_carry_imagenet_weights(tiny: TSMNet) -> None:
     assert deep.shape == (320, 1152, 1, 1)
     torch.testing.assert_close(tiny.optical_backbone.body.blocks[6][0].conv_pwl.weight, deep)
     torch.testing.assert_close(tiny.sar_backbone.body.blocks[6][0].conv_pwl.weight, deep)
-    torch.testing.assert_close(tiny.optical_backbone.body.blocks[6][0].bn3.running_var, src["_blocks.15._bn2.running_var"])
+    torch.testing.assert_close(
+        tiny.optical_backbone.body.blocks[6][0].bn3.running_var, src["_blocks.15._bn2.running_var"]
+    )
 
 
 def test_minilm_text_encoder_real_weights(tiny: TSMNet) -> None:
@@ -194,7 +198,7 @@ def test_tokenizer_methods(tiny: TSMNet) -> None:
 
     prompts = tiny.prompts(["water", "bare soil"])
     assert prompts == ["a satellite image of water.", "a satellite image of bare soil."]
-    ids, mask = tiny.tokenize(prompts)
+    ids, _ = tiny.tokenize(prompts)
     assert ids.dtype == np.int64 and ids.shape == (2, tiny.config["text"]["max_length"])
     tk = Tokenizer.from_str(tiny.tokenizer_json())
     np.testing.assert_array_equal(np.array([e.ids for e in tk.encode_batch(prompts)]), ids)
@@ -211,7 +215,8 @@ def test_training_step_gradients(tiny: TSMNet) -> None:
         o, s = modality_dropout(opt, sar, 0.5)
         out = tiny(o, s, torch.from_numpy(ids), torch.from_numpy(mask))
         loss = F.cross_entropy(out["logits"], target) + F.cross_entropy(
-            out["logit_scale"] * out["score_map"], F.interpolate(target[:, None].float(), size=out["score_map"].shape[-2:]).long()[:, 0]
+            out["logit_scale"] * out["score_map"],
+            F.interpolate(target[:, None].float(), size=out["score_map"].shape[-2:]).long()[:, 0],
         )
         loss.backward()
         assert torch.isfinite(loss)
@@ -228,7 +233,9 @@ def test_training_step_gradients(tiny: TSMNet) -> None:
 
 # -------------------------------------------------------- variants
 def test_paper_head_fixed_k() -> None:
-    m = create_model("tsmnet-tiny", head="paper", num_classes=7, **{"text.pretrained": False, "backbone.imagenet": False}).eval()
+    m = create_model(
+        "tsmnet-tiny", head="paper", num_classes=7, **{"text.pretrained": False, "backbone.imagenet": False}
+    ).eval()
     opt, sar = _inputs(2)
     with torch.no_grad():
         out = m.forward_image(opt, sar, _text(m, CLASS_NAMES))
@@ -291,13 +298,21 @@ def test_clip_checkpoint_loading(tmp_path) -> None:
     sd = {k: v.contiguous() for k, v in clip.state_dict().items()}
     path = tmp_path / "clip.safetensors"
     save_file(sd, str(path))
-    over = {"backbone.model": "ViT-S-16", "text.clip_model": "ViT-S-16", "embed_dim": 384, "neck_dim": 32,
-            "context_decoder.width": 32, "context_decoder.layers": 1}
+    over = {
+        "backbone.model": "ViT-S-16",
+        "text.clip_model": "ViT-S-16",
+        "embed_dim": 384,
+        "neck_dim": 32,
+        "context_decoder.width": 32,
+        "context_decoder.layers": 1,
+    }
     m = create_model("tsmnet", pretrained=str(path), **over).eval()
     ov, sv = m.optical_backbone.vit, m.sar_backbone.vit
     torch.testing.assert_close(ov.conv1.weight, sd["visual.conv1.weight"])
     torch.testing.assert_close(sv.conv1.weight, sd["visual.conv1.weight"].sum(1, keepdim=True))
-    torch.testing.assert_close(ov.transformer.resblocks[11].mlp.c_fc.weight, sd["visual.transformer.resblocks.11.mlp.c_fc.weight"])
+    torch.testing.assert_close(
+        ov.transformer.resblocks[11].mlp.c_fc.weight, sd["visual.transformer.resblocks.11.mlp.c_fc.weight"]
+    )
     torch.testing.assert_close(ov.positional_embedding[0], sd["visual.positional_embedding"][0])
     assert ov.positional_embedding.shape[0] == 257
     torch.testing.assert_close(m.text_encoder.clip.text_projection, sd["text_projection"])
@@ -334,8 +349,13 @@ def test_onnx_export_forward_image_parity(tiny: TSMNet, tmp_path) -> None:
     B, K = Dim("B", min=1, max=64), Dim("K", min=1, max=4096)
     ex = (*_inputs(2), F.normalize(torch.randn(3, D), dim=-1))
     torch.onnx.export(
-        g, ex, str(path), dynamo=True, external_data=False,
-        input_names=["optical", "sar", "text_emb"], output_names=["logits"],
+        g,
+        ex,
+        str(path),
+        dynamo=True,
+        external_data=False,
+        input_names=["optical", "sar", "text_emb"],
+        output_names=["logits"],
         dynamic_shapes={"optical": {0: B}, "sar": {0: B}, "text_emb": {0: K}},
     )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -369,8 +389,13 @@ def test_onnx_export_text_parity(tiny: TSMNet, tmp_path) -> None:
     path = tmp_path / "text.onnx"
     K = Dim("K", min=1, max=4096)
     torch.onnx.export(
-        g, (torch.from_numpy(ids), torch.from_numpy(mask)), str(path), dynamo=True, external_data=False,
-        input_names=["input_ids", "attention_mask"], output_names=["text_emb"],
+        g,
+        (torch.from_numpy(ids), torch.from_numpy(mask)),
+        str(path),
+        dynamo=True,
+        external_data=False,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["text_emb"],
         dynamic_shapes={"input_ids": {0: K}, "attention_mask": {0: K}},
     )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -42,14 +42,34 @@ def _tensorrt_ready(bundle: Bundle) -> tuple[bool, str]:
     return True, ""
 
 
+def _int8_safe(image_graphs: dict) -> bool:
+    """An INT8 variant was checked on a CPU with VNNI; without VNNI u8*s8 products can saturate."""
+    rep = image_graphs.get("ort_report") or {}
+    if not str(rep.get("variant", "")).startswith("int8"):
+        return True
+    from ..cpu import has_vnni
+
+    if has_vnni():
+        return True
+    log.warning("image.ort.onnx is INT8 but this CPU has no VNNI: using the FP32 graph")
+    return False
+
+
 def _ort(bundle: Bundle, device: str, precision: str, threads: int | None) -> Sessions:
     from .onnxruntime_backend import OrtSession, default_providers
 
     providers = default_providers(device)
     on_gpu = providers[0] != "CPUExecutionProvider"
+    image_graphs = bundle.manifest["graphs"]["image"]
     if precision == "auto":
-        # FP16 is only faster on a GPU; ORT's CPU provider upcasts FP16 to FP32 kernels.
-        precision = "fp16" if on_gpu and "fp16" in bundle.manifest["graphs"]["image"] else "fp32"
+        # FP16 is only faster on a GPU (ORT's CPU provider upcasts FP16 to FP32 kernels); on the CPU
+        # provider the ORT-optimised variant (fusions, INT8 checked for parity at export) is fastest.
+        if on_gpu:
+            precision = "fp16" if "fp16" in image_graphs else "fp32"
+        else:
+            precision = "ort" if "ort" in image_graphs and _int8_safe(image_graphs) else "fp32"
+    if precision == "ort" and on_gpu:
+        raise BackendError("the 'ort' image graph holds CPU-specific ops; use --precision fp16/fp32 on a GPU")
     text = OrtSession(bundle.graph_file("text", "fp32"), providers=providers, threads=threads)
     image = OrtSession(bundle.graph_file("image", precision), providers=providers, threads=threads)
     name = f"onnxruntime[{image.providers[0].replace('ExecutionProvider', '')}]"

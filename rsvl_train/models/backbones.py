@@ -16,7 +16,8 @@ Every backbone exposes ``out_channels`` (4 ints) and ``forward(x) -> list[Tensor
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], extra_tokens: int
     if pos.shape[0] == n_new:
         return pos
     tok, img = pos[:extra_tokens], pos[extra_tokens:]
-    old = int(math.isqrt(img.shape[0]))
+    old = math.isqrt(img.shape[0])
     img = img.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
     img = F.interpolate(img, size=grid, mode="bicubic", align_corners=False, antialias=True)
     img = img.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
@@ -140,11 +141,15 @@ class ClipViTPyramid(nn.Module):
             elif k == "positional_embedding":
                 v = resize_pos_embed(v, tuple(self.vit.grid_size))
             if v.shape != own[k].shape:
-                raise ValueError(f"CLIP visual tensor {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+                raise ValueError(
+                    f"CLIP visual tensor {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}"
+                )
             new[k] = v
         missing = [k for k in own if k not in new]
         if missing:
-            raise ValueError(f"CLIP checkpoint lacks visual tensors {missing[:5]} (not a {type(self).__name__} layout?)")
+            raise ValueError(
+                f"CLIP checkpoint lacks visual tensors {missing[:5]} (not a {type(self).__name__} layout?)"
+            )
         self.vit.load_state_dict(new, strict=True)
         return len(new)
 
@@ -152,7 +157,8 @@ class ClipViTPyramid(nn.Module):
 class TimmPyramid(nn.Module):
     """timm ``features_only`` CNN returning 4 maps (``out_indices`` picks strides 4..32)."""
 
-    def __init__(self, model: str, in_chans: int = 3, out_indices: Sequence[int] = (1, 2, 3, 4)) -> None:
+    def __init__(self, model: str, in_chans: int = 3, out_indices: Sequence[int] = (1, 2, 3, 4),
+                 frozen_blocks: int = 0) -> None:
         super().__init__()
         import timm
 
@@ -162,6 +168,18 @@ class TimmPyramid(nn.Module):
         )
         self.out_channels = tuple(int(c) for c in self.body.feature_info.channels())
         self.reductions = tuple(int(r) for r in self.body.feature_info.reduction())
+        self.freeze_early(frozen_blocks)
+
+    def freeze_early(self, n_blocks: int) -> None:
+        """Freeze the stem and the first ``n_blocks`` block groups (their BatchNorm statistics still
+        adapt). Depthwise-convolution backward at high resolution dominates a CPU training step
+        (measured: ~15x slower steps with the stride-2/4 blocks trainable); the frozen weights are
+        the pretrained ones and are not stored in checkpoints."""
+        if n_blocks <= 0:
+            return
+        for mod in [self.body.conv_stem, self.body.bn1, *list(self.body.blocks)[:n_blocks]]:
+            for p in mod.parameters():
+                p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[B, C, H, W]`` -> the 4 selected feature maps."""
@@ -188,5 +206,6 @@ def build_backbone(cfg: Mapping[str, Any], in_chans: int, image_size: int) -> nn
             quick_gelu=bool(cfg.get("quick_gelu", False)),
         )
     if kind == "timm":
-        return TimmPyramid(cfg.get("model", "tf_efficientnet_lite0"), in_chans, cfg.get("out_indices", (1, 2, 3, 4)))
+        return TimmPyramid(cfg.get("model", "tf_efficientnet_lite0"), in_chans, cfg.get("out_indices", (1, 2, 3, 4)),
+                           frozen_blocks=int(cfg.get("frozen_blocks", 0)))
     raise ValueError(f"unknown backbone type {kind!r}; expected 'open_clip_vit' or 'timm'")

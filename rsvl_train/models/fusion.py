@@ -21,14 +21,14 @@ from torch import nn
 
 __all__ = [
     "MASK_NEG",
-    "ConvBNAct",
-    "MultiHeadAttention",
-    "CrossAttentionBlock",
-    "ContextDecoder",
-    "MFRM",
     "MFFM",
-    "pick_heads",
+    "MFRM",
+    "ContextDecoder",
+    "ConvBNAct",
+    "CrossAttentionBlock",
+    "MultiHeadAttention",
     "key_padding_bias",
+    "pick_heads",
 ]
 
 #: Additive attention bias for masked keys: large but finite, so FP16 stays finite.
@@ -52,7 +52,10 @@ class ConvBNAct(nn.Sequential):
     """``Conv2d(k, same padding, no bias) -> BatchNorm2d -> ReLU`` (ReLU optional)."""
 
     def __init__(self, cin: int, cout: int, k: int = 1, act: bool = True, groups: int = 1) -> None:
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False, groups=groups), nn.BatchNorm2d(cout)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, k, padding=k // 2, bias=False, groups=groups),
+            nn.BatchNorm2d(cout),
+        ]
         if act:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)

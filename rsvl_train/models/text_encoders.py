@@ -19,7 +19,8 @@ tokens and any added projection stay trainable.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from torch import nn
 
 from .fusion import MASK_NEG
 
-__all__ = ["TextFeatures", "TextEncoder", "ClipTextEncoder", "MiniLMTextEncoder", "build_text_encoder"]
+__all__ = ["ClipTextEncoder", "MiniLMTextEncoder", "TextEncoder", "TextFeatures", "build_text_encoder"]
 
 
 class TextFeatures(NamedTuple):
@@ -86,7 +87,7 @@ class TextEncoder(nn.Module):
             part.requires_grad_(False)
             part.eval()
 
-    def train(self, mode: bool = True) -> "TextEncoder":
+    def train(self, mode: bool = True) -> TextEncoder:
         """Like ``nn.Module.train`` but a frozen transformer stays in eval mode (no dropout)."""
         super().train(mode)
         part = self.frozen_part()
@@ -159,7 +160,9 @@ class ClipTextEncoder(TextEncoder):
             raise ValueError(f"CLIP checkpoint lacks text tensors {missing[:5]}")
         for k, v in new.items():
             if v.shape != own[k].shape:
-                raise ValueError(f"CLIP text tensor {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+                raise ValueError(
+                    f"CLIP text tensor {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}"
+                )
         self.clip.load_state_dict(new, strict=True)
         self._freeze()
         return len(new)

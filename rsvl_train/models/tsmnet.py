@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +35,21 @@ from torch import nn
 
 from ..factory import register_architecture
 from .backbones import ClipViTPyramid, TimmPyramid, build_backbone
-from .fusion import MFFM, MFRM, ContextDecoder, CrossAttentionBlock, key_padding_bias, pick_heads
-from .text_encoders import ClipTextEncoder, TextEncoder, TextFeatures, build_text_encoder, l2_normalize
+from .fusion import (
+    MFFM,
+    MFRM,
+    ContextDecoder,
+    CrossAttentionBlock,
+    key_padding_bias,
+    pick_heads,
+)
+from .text_encoders import (
+    ClipTextEncoder,
+    TextEncoder,
+    TextFeatures,
+    build_text_encoder,
+    l2_normalize,
+)
 from .tsmnet_decoder import FPNPixelDecoder, upsample_to
 
 log = logging.getLogger(__name__)
@@ -141,9 +155,7 @@ class TSMNet(nn.Module):
 
     # ----------------------------------------------------------------- image
     @staticmethod
-    def _fill_missing(
-        optical: torch.Tensor | None, sar: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fill_missing(optical: torch.Tensor | None, sar: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if optical is None and sar is None:
             raise ValueError("forward_image needs at least one of optical, sar")
         if optical is None:
@@ -296,11 +308,11 @@ class TSMNet(nn.Module):
     # --------------------------------------------------------------- weights
     def load_clip(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load an open_clip CLIP state dict: visual -> both ViT branches, text -> text encoder."""
-        visual = {k[len("visual."):]: v for k, v in state_dict.items() if k.startswith("visual.")}
+        visual = {k[len("visual.") :]: v for k, v in state_dict.items() if k.startswith("visual.")}
         n = 0
         for branch in (self.optical_backbone, self.sar_backbone):
             if not isinstance(branch, ClipViTPyramid):
-                raise ValueError("CLIP weights need the 'open_clip_vit' backbone")
+                raise TypeError("CLIP weights need the 'open_clip_vit' backbone")
             n += branch.load_clip_visual(visual)
         if isinstance(self.text_encoder, ClipTextEncoder):
             n += self.text_encoder.load_clip_text(state_dict)

@@ -8,7 +8,7 @@ a 1x1 conv gives ``out_dim`` channels (pixel embeddings ``D`` or ``num_classes``
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
