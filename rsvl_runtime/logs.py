@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 OUR_LOGGERS = ("rsvl", "rsvl_train", "rsvl_export", "rsvl_runtime", "benchmarks")
+#: Libraries whose warnings are internal chatter for our users (constant-folding attempts).
+QUIET_LOGGERS = ("onnxscript", "onnx_ir")
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
@@ -13,3 +15,6 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     for name in OUR_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    if not verbose:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)

@@ -80,6 +80,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], info: dict[s
     tmp_c = cpath.with_name(f".{cpath.name}.tmp")
     save_file(stored_state_dict(model, dtype), str(tmp_w), metadata={"format": "rsvl"})
     tmp_c.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    for tmp in (tmp_w, tmp_c):
+        os.chmod(tmp, 0o644)
     os.replace(tmp_w, wpath)
     os.replace(tmp_c, cpath)
     return wpath
