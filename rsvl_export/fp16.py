@@ -188,12 +188,30 @@ def _fix_cast_targets(model: onnx.ModelProto) -> int:
     return changed
 
 
+#: Metadata key where the dynamo exporter records the module path of a node.
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def nodes_outside_modules(graph: onnx.GraphProto, modules: Sequence[str]) -> list[str]:
+    """Names of nodes that do not belong to any of ``modules`` (paths under the exported
+    wrapper's ``model``, e.g. ``"optical_backbone"``), read from the dynamo exporter's
+    name-scope metadata. Used to keep everything but the heavy modules in FP32."""
+    marks = [(f"'model.{m}'", f"'model.{m}.") for m in modules]
+    out = []
+    for n in graph.node:
+        scopes = next((p.value for p in n.metadata_props if p.key == NAME_SCOPES), "")
+        if not any(a in scopes or b in scopes for a, b in marks):
+            out.append(n.name)
+    return out
+
+
 def convert_fp16_detailed(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     extra_fp32_ops: Iterable[str] = (),
     keep_div_of_norms: bool = True,
     check_ort: bool = True,
+    fp16_modules: Sequence[str] | None = None,
 ) -> FP16Result:
     """Convert ``src`` (FP32 ONNX) to ``dst`` (FP16 weights and compute, FP32 IO and fragile ops).
 
@@ -210,6 +228,10 @@ def convert_fp16_detailed(
 
     op_block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS) | set(extra_fp32_ops))
     node_block = _div_of_norm_nodes(model.graph) if keep_div_of_norms else []
+    if fp16_modules:
+        # a precision plan: FP16 only inside the named (heavy) modules; the decision head — whose
+        # argmax margins are smallest — stays FP32
+        node_block = sorted(set(node_block) | set(nodes_outside_modules(model.graph, fp16_modules)))
     present_ops = {n.op_type for n in model.graph.node}
     by_name = {n.name: n.op_type for n in model.graph.node}
     kept_ops = sorted((present_ops & set(op_block)) | {by_name[x] for x in node_block})
@@ -270,8 +292,11 @@ def convert_fp16(
     dst: str | os.PathLike[str],
     extra_fp32_ops: Sequence[str] = (),
     check_ort: bool = True,
+    fp16_modules: Sequence[str] | None = None,
 ) -> list[str]:
     """Write the FP16 variant of ``src`` to ``dst``; return the op types kept in FP32.
 
-    See :func:`convert_fp16_detailed` for the checks (it returns more detail)."""
-    return convert_fp16_detailed(src, dst, extra_fp32_ops=extra_fp32_ops, check_ort=check_ort).kept_fp32_ops
+    ``fp16_modules``: when given, only nodes inside these modules compute in FP16 (see
+    :func:`nodes_outside_modules`). See :func:`convert_fp16_detailed` for the checks."""
+    return convert_fp16_detailed(src, dst, extra_fp32_ops=extra_fp32_ops, check_ort=check_ort,
+                                 fp16_modules=fp16_modules).kept_fp32_ops

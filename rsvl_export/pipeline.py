@@ -189,8 +189,10 @@ class Exporter:
             if o.precision == "fp16":
                 from .fp16 import convert_fp16
 
-                kept = convert_fp16(work / "image.onnx", work / "image.fp16.onnx")
+                plan = cfg.get("export", {}).get("fp16_modules")
+                kept = convert_fp16(work / "image.onnx", work / "image.fp16.onnx", fp16_modules=plan)
                 graphs["image"]["fp16"] = "image.fp16.onnx"
+                graphs["image"]["fp16_modules"] = plan or "all"
                 graphs["image"]["fp32_ops"] = sorted(set(kept))
         with self.timer.step("parity", "ONNX Runtime vs PyTorch eager on synthetic tiles"):
             report = self._parity(model, specs, work, graphs)

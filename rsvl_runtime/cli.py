@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     voc.add_argument("--vocab-file", help="JSON list or text file with one class per line (synonyms after commas)")
     voc.add_argument("--refer", help="referring expression (CADFormer bundles)")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--precision", choices=("auto", "fp32", "fp16"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "ort"), default="auto",
+                   help="image graph: auto (fp16 on GPU, the ORT-optimised graph or fp32 on CPU)")
     p.add_argument("--batch", type=int, default=None, help="tiles per engine call")
     p.add_argument("--tile", type=int, default=None, help="tile size (must equal the bundle's)")
     p.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (default: the bundle's)")

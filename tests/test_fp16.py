@@ -104,3 +104,24 @@ def test_ort_load_failure_is_reported(tmp_path: Path) -> None:
     bad.write_bytes(b"not an onnx file")
     with pytest.raises(FP16ConversionError, match="ORT_ENABLE_ALL failed"):
         check_ort_loads(bad)
+
+
+def test_precision_plan_selects_nodes_by_module_scope() -> None:
+    """``fp16_modules`` keeps every node outside the named modules in FP32 (scope metadata)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from rsvl_export.fp16 import NAME_SCOPES, nodes_outside_modules
+
+    def node(name: str, scopes: str) -> onnx.NodeProto:
+        n = helper.make_node("Relu", [f"{name}_in"], [f"{name}_out"], name=name)
+        n.metadata_props.add(key=NAME_SCOPES, value=scopes)
+        return n
+
+    nodes = [node("a", "['', 'model.optical_backbone', 'model.optical_backbone.vit']"),
+             node("b", "['', 'model.optical_backbone_extra']"),
+             node("c", "['', 'model.decoder', 'model.decoder.head']"),
+             node("d", "['_empty_nn_module_stack_from_metadata_hook']")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("a_in", TensorProto.FLOAT, [1])], [])
+    assert nodes_outside_modules(g, ["optical_backbone"]) == ["b", "c", "d"]
+    assert nodes_outside_modules(g, ["optical_backbone", "decoder"]) == ["b", "d"]
