@@ -40,6 +40,9 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--modalities", default="optical,sar",
                    help="image graph inputs: optical,sar (default) or optical (optical-only export)")
+    p.add_argument("--head", choices=("open", "paper"), default=None,
+                   help="decision head: open (cosine to the vocabulary, K free; default) or paper "
+                        "(the released fixed-K classifier; K fixed in the graph and the manifest)")
     p.add_argument("--allow-parity-failure", action="store_true", help="write the bundle even if a gate fails")
     p.add_argument("--no-weights", action="store_true",
                    help="leave the safetensors weights (torch reference backend) out of the bundle")
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                          overlap=args.overlap, max_batch=args.max_batch, max_vocab=args.max_vocab,
                          precision=args.precision, engine=args.engine, opset=args.opset, modalities=mods,
                          allow_parity_failure=args.allow_parity_failure, include_weights=not args.no_weights,
-                         timing_cache=args.timing_cache, ort_optimize=args.ort_optimize)
+                         timing_cache=args.timing_cache, ort_optimize=args.ort_optimize,
+                         overrides={"head": args.head} if args.head else {})
     try:
         out = export_bundle(opts)
     except (ParityFailure, TensorRTUnavailable, FileNotFoundError, ValueError) as e:

@@ -78,6 +78,11 @@ def load_model(opts: ExportOptions) -> tuple[nn.Module, dict[str, Any]]:
     from rsvl_train.checkpoint import load_checkpoint, load_default, read_checkpoint_config
 
     overrides = dict(opts.overrides)
+    if overrides.get("head") == "paper" and "num_classes" not in overrides:
+        from rsvl_train.factory import get_model_config
+
+        base = read_checkpoint_config(opts.checkpoint)["config"] if opts.checkpoint else get_model_config(opts.model)
+        overrides["num_classes"] = base.get("num_classes") or len(base["classes"])
     if opts.tile:
         overrides["tile_size"] = int(opts.tile)  # sizes that depend on the tile (e.g. Swin's grid) follow it
     if opts.checkpoint:
@@ -274,8 +279,11 @@ class Exporter:
         image_inputs = list(graphs["image"]["inputs"])
         task = model.config.get("task", "semantic")
         tile = next(iter(image_spec.example_inputs.values())).shape[-1]
-        for k in o.parity_vocabs:
-            if task == "semantic":
+        fixed_k = model.config.get("num_classes") if model.config.get("head") == "paper" else None
+        for k in ((int(fixed_k),) if fixed_k else o.parity_vocabs):
+            if task == "semantic" and fixed_k:
+                ids, mask = model.tokenize(model.prompts([c["name"] for c in model.config["classes"]])[:k])
+            elif task == "semantic":
                 ids, mask = model.tokenize(parity_vocabulary(model, k))
             else:
                 ids, mask = model.tokenize(REFERRING_EXAMPLES[:k] if k <= len(REFERRING_EXAMPLES) else

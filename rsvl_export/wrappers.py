@@ -104,6 +104,9 @@ def graph_specs(model: nn.Module, tile: int, modalities: tuple[str, ...] = ("opt
     g = torch.Generator().manual_seed(0)
     task = model.config.get("task", "semantic")
     if task == "semantic":
+        fixed_k = model.config.get("num_classes") if model.config.get("head") == "paper" else None
+        if fixed_k:
+            example_vocab = int(fixed_k)  # the paper head's classifier fixes K: a static axis
         ids, mask = _example_tokens(model, example_vocab)
         with torch.no_grad():
             text_emb = model.encode_text(ids, mask)
@@ -111,12 +114,13 @@ def graph_specs(model: nn.Module, tile: int, modalities: tuple[str, ...] = ("opt
                          {"input_ids": {0: "K"}, "attention_mask": {0: "K"}})
         optical = torch.randn(example_batch, 3, tile, tile, generator=g)
         sar = torch.randn(example_batch, 1, tile, tile, generator=g)
+        k_axis = {} if fixed_k else {"text_emb": {0: "K"}}
         if modalities == ("optical",):
             image = GraphSpec("image", SemanticImageOptical(model), {"optical": optical, "text_emb": text_emb},
-                              ["logits"], {"optical": {0: "B"}, "text_emb": {0: "K"}})
+                              ["logits"], {"optical": {0: "B"}, **k_axis})
         else:
             image = GraphSpec("image", SemanticImage(model), {"optical": optical, "sar": sar, "text_emb": text_emb},
-                              ["logits"], {"optical": {0: "B"}, "sar": {0: "B"}, "text_emb": {0: "K"}})
+                              ["logits"], {"optical": {0: "B"}, "sar": {0: "B"}, **k_axis})
         return [text, image]
     # referring: text batch == image batch (one expression per tile)
     ids, mask = _example_tokens(model, example_batch)

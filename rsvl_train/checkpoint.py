@@ -137,6 +137,15 @@ def load_default(name: str, **overrides: Any) -> tuple[nn.Module, bool]:
     Returns ``(model, trained)``; logs a warning when the weights are random."""
     config = get_model_config(name, **overrides)
     ckpt = default_weights(config)
+    if ckpt is not None:
+        shipped = read_checkpoint_config(ckpt).get("config", {})
+        ignore = {"tile_size", "default_weights", "name"}  # sizes the weights do not depend on
+        diff = sorted(k for k in set(shipped) | set(config) if k not in ignore and shipped.get(k) != config.get(k))
+        if diff:
+            log.warning("%s: the shipped weights were trained with other settings (%s); they do not fit, "
+                        "so the weights are random/ImageNet-initialised — train this variant with rsvl-train",
+                        name, ", ".join(diff))
+            ckpt = None
     model = create_model_from_config(config)
     if ckpt is None:
         log.warning("%s: no trained weights shipped for this model; exporting random/ImageNet-initialised "

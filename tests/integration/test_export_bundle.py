@@ -105,3 +105,22 @@ def test_tensorrt_required_without_tensorrt_fails_clearly(tmp_path: Path) -> Non
                "--out", str(tmp_path / "b"), "--max-batch", "2"])
     assert rc == 1
     assert not (tmp_path / "b").exists()  # nothing half-written under the final name
+
+
+def test_paper_head_export_fixes_k(tmp_path: Path) -> None:
+    """The released fixed-K classifier: K is static in the graph, recorded in the manifest, and the
+    runtime refuses another vocabulary size with the fix."""
+    from rsvl_export.pipeline import ExportOptions, export_bundle
+    from rsvl_runtime import Segmenter, VocabularyError
+
+    out = export_bundle(ExportOptions(model="tsmnet-tiny", tile=64, precision="fp32", engine="none", max_batch=2,
+                                      parity_batches=(1, 2), include_weights=False, out=str(tmp_path / "paper"),
+                                      overrides={"head": "paper"}))
+    m = Bundle.load(out).manifest
+    assert m["head"] == "paper" and m["fixed_vocabulary_size"] == 7
+    assert m["graphs"]["image"]["inputs"]["text_emb"]["shape"][0] == 7
+    seg = Segmenter.load(out)
+    labels, probs = seg.predict(np.zeros((3, 64, 64), np.uint8), np.full((1, 64, 64), -12.0, np.float32))
+    assert probs.shape == (7, 64, 64)
+    with pytest.raises(VocabularyError, match="fixed-K"):
+        seg.set_vocabulary("water,building,road")
