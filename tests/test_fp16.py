@@ -108,12 +108,11 @@ def test_ort_load_failure_is_reported(tmp_path: Path) -> None:
 
 def test_precision_plan_selects_nodes_by_module_scope() -> None:
     """``fp16_modules`` keeps every node outside the named modules in FP32 (scope metadata)."""
-    import onnx
     from onnx import TensorProto, helper
 
     from rsvl_export.fp16 import NAME_SCOPES, nodes_outside_modules
 
-    def node(name: str, scopes: str) -> onnx.NodeProto:
+    def node(name: str, scopes: str):
         n = helper.make_node("Relu", [f"{name}_in"], [f"{name}_out"], name=name)
         n.metadata_props.add(key=NAME_SCOPES, value=scopes)
         return n
