@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sar-units", choices=("db", "linear"), default=None, help="SAR values (default: the bundle's)")
     p.add_argument("--align", action="store_true", help="reproject the SAR onto the optical grid first")
     p.add_argument("--no-scores", action="store_true", help="skip scores.tif")
+    p.add_argument("--no-cog", action="store_true",
+                   help="keep tiled GeoTIFFs with overviews but skip the COG rewrite (faster on huge scenes)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     from .batch_cli import add_batch_arguments
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.nodata is not None or args.sar_nodata is not None:
         nodata = {k: v for k, v in (("optical", args.nodata), ("sar", args.sar_nodata)) if v is not None}
     opts = dict(tile=args.tile, overlap=args.overlap, bands=_bands(args.bands), nodata=nodata,
-                progress=not args.quiet)
+                progress=not args.quiet, cog=False if args.no_cog else None)
     if bundle.task == "referring":
         if not args.refer:
             raise ValueError(f"{bundle.root} is a referring bundle: pass --refer \"an expression\"")
