@@ -6,6 +6,7 @@ export wrappers that were exported to ONNX, so it is the reference for parity an
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ class TorchGraph:
         self.name = f"torch:{type(module).__name__}"
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
+        torch = importlib.import_module("torch")  # lazily: the runtime never needs torch otherwise
 
         args = []
         for n in self.input_names:
@@ -42,7 +43,7 @@ class TorchGraph:
 
 def torch_sessions(bundle: Bundle, precision: str = "auto"):
     try:
-        import torch
+        torch = importlib.import_module("torch")
 
         from rsvl_export.wrappers import (ReferringImage, ReferringText, SemanticImage, SemanticImageOptical,
                                           SemanticText)
