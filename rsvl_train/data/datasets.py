@@ -207,7 +207,10 @@ class _OptSarBase(Dataset):
         preprocess: Mapping[str, Mapping[str, Any]],
         modalities: Sequence[str] = ("optical", "sar"),
         augment: bool = False,
+        dirs: Mapping[str, str] | None = None,
     ) -> None:
+        if dirs:
+            self.dirs = {**type(self).dirs, **dirs}
         self.root = Path(root)
         self.split = split
         self.modalities = tuple(modalities)
@@ -350,19 +353,6 @@ class OptSarSegDataset(_OptSarBase):
     name = "YESeg-OPT-SAR-like"
     dirs = {"optical": "opt", "sar": "sar", "label": "lbl", "description": "txt"}
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        preprocess: Mapping[str, Mapping[str, Any]],
-        modalities: Sequence[str] = ("optical", "sar"),
-        augment: bool = False,
-        dirs: Mapping[str, str] | None = None,
-    ) -> None:
-        if dirs:
-            self.dirs = {**type(self).dirs, **dirs}
-        super().__init__(root, split, preprocess, modalities, augment)
-
     def layout_help(self) -> str:
         d = self.dirs
         return (
@@ -414,19 +404,6 @@ class SWJTUVisionLanguageDataset(_OptSarBase):
 
     name = "SWJTU-Vision-Language"
     dirs = {"optical": "optical", "sar": "sar", "label": "label", "description": "text"}
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        preprocess: Mapping[str, Mapping[str, Any]],
-        modalities: Sequence[str] = ("optical", "sar"),
-        augment: bool = False,
-        dirs: Mapping[str, str] | None = None,
-    ) -> None:
-        if dirs:
-            self.dirs = {**type(self).dirs, **dirs}
-        super().__init__(root, split, preprocess, modalities, augment)
 
     def layout_help(self) -> str:
         d = self.dirs
