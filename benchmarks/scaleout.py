@@ -11,7 +11,6 @@ and prints the timings (``ray.init`` included) as JSON.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
@@ -19,28 +18,12 @@ from pathlib import Path
 import numpy as np
 
 
-def write_job(root: Path, n: int, size: int) -> Path:
-    from rsvl_train.data.synthetic import write_misregistered_pair, write_scene
-
-    rows = []
-    for i in range(n - 1):
-        write_scene(root / f"s{i:02d}", size, size, seed=100 + i, workers=1)
-        rows.append({"id": f"s{i:02d}", "optical": f"s{i:02d}/optical.tif", "sar": f"s{i:02d}/sar.tif"})
-    write_misregistered_pair(root / "bad", kind="resolution", height=size, width=size, seed=7)
-    rows.append({"id": "bad", "optical": "bad/optical.tif", "sar": "bad/sar.tif"})
-    manifest = root / "scenes.csv"
-    with manifest.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["id", "optical", "sar"])
-        w.writeheader()
-        w.writerows(rows)
-    return manifest
-
-
 def main(argv: list[str] | None = None) -> int:
     import rasterio
 
     from rsvl_runtime.batch import records_from_manifest, run_local
     from rsvl_runtime.ray_runner import run_ray
+    from rsvl_train.data.synthetic import write_scene_job
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", required=True)
@@ -49,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="/tmp/rsvl-scaleout")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    manifest = write_job(out / "data", args.scenes, args.size)
+    manifest = write_scene_job(out / "data", args.scenes - 1, args.size, args.size, seed=100, bad_kind="resolution")
     recs = records_from_manifest(manifest)
 
     t = time.perf_counter()

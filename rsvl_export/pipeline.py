@@ -216,7 +216,7 @@ class Exporter:
                 self._ort_variant(model, work, graphs, task)
         engines: list[dict[str, Any]] = []
         with self.timer.step("build", f"TensorRT engines (--engine {o.engine})"):
-            engines = self._engines(work, graphs, tile, task)
+            engines = self._engines(work, graphs)
         with self.timer.step("bundle", f"tokenizer, vocabulary cache, manifest -> {out}"):
             manifest = self._bundle(model, work, graphs, engines, tile, task, weights)
             if out.exists():
@@ -229,7 +229,7 @@ class Exporter:
     def _ranges(self) -> dict[str, tuple[int, int]]:
         return {"B": (1, self.opts.max_batch), "K": (1, self.opts.max_vocab)}
 
-    def _engines(self, work: Path, graphs: dict[str, Any], tile: int, task: str) -> list[dict[str, Any]]:
+    def _engines(self, work: Path, graphs: dict[str, Any]) -> list[dict[str, Any]]:
         from .engines import build_image_engine
 
         o = self.opts

@@ -21,6 +21,7 @@ from .synthetic import (
     referring_expressions,
     write_corrupt_tif,
     write_misregistered_pair,
+    write_scene_job,
     write_scene,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "referring_expressions",
     "write_corrupt_tif",
     "write_misregistered_pair",
+    "write_scene_job",
     "write_scene",
     *_DATASET_NAMES,
 ]

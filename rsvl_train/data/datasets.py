@@ -103,6 +103,17 @@ def _short_list(items: Sequence[str], n: int = 10) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _missing_files(names: Sequence[str], files: Mapping[str, Mapping[str, Path]],
+                   where: Mapping[str, Path]) -> list[str]:
+    """One line per role whose folder lacks some of ``names``: how many, where, and which."""
+    problems = []
+    for role, have in files.items():
+        missing = [n for n in names if n not in have]
+        if missing:
+            problems.append(f"{len(missing)} missing in {str(where[role])!r}: {_short_list(missing)}")
+    return problems
+
+
 def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a raster as ``[C, H, W]`` plus a boolean nodata mask ``[H, W]`` (or None).
 
@@ -260,11 +271,7 @@ class _OptSarBase(Dataset):
         """Names present in every required role; a mismatch raises with the missing files."""
         roles = ["label", *self.modalities]
         union = sorted(set().union(*(set(files[r]) for r in roles)))
-        problems = []
-        for r in roles:
-            missing = [n for n in union if n not in files[r]]
-            if missing:
-                problems.append(f"{len(missing)} missing in {str(where[r])!r}: {_short_list(missing)}")
+        problems = _missing_files(union, {r: files[r] for r in roles}, where)
         if problems:
             raise DatasetError(
                 f"{type(self).__name__}: the {'/'.join(roles)} file sets under root={str(self.root)!r} "
@@ -433,11 +440,7 @@ class SWJTUVisionLanguageDataset(_OptSarBase):
         split_file = self.root / "splits" / f"{self.split}.txt"
         if split_file.is_file():
             wanted = [ln.strip() for ln in split_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
-            problems = []
-            for role in files:
-                missing = [n for n in wanted if n not in files[role]]
-                if missing:
-                    problems.append(f"{len(missing)} missing in {str(where[role])!r}: {_short_list(missing)}")
+            problems = _missing_files(wanted, files, where)
             if problems:
                 raise DatasetError(
                     f"{cls}: split list {str(split_file)!r} names images that are not there; "

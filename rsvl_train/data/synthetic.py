@@ -1131,6 +1131,37 @@ def write_misregistered_pair(
     return files
 
 
+def write_scene_job(
+    root: str | Path,
+    n_good: int,
+    height: int,
+    width: int,
+    seed: int = 10,
+    bad_kind: Literal["crs", "resolution", "shift"] = "crs",
+    bad_index: int | None = None,
+) -> Path:
+    """A batch job: ``n_good`` co-registered scenes (``root/sceneNN/``) plus one misregistered pair
+    (``root/bad/``), listed in ``root/scenes.csv`` (``id,optical,sar``, paths relative to ``root``;
+    the bad pair at ``bad_index``, default last). Returns the manifest path."""
+    import csv
+
+    root = Path(root)
+    rows = []
+    for i in range(n_good):
+        name = f"scene{i}"
+        write_scene(root / name, height, width, seed=seed + i, workers=1)
+        rows.append({"id": name, "optical": f"{name}/optical.tif", "sar": f"{name}/sar.tif"})
+    write_misregistered_pair(root / "bad", kind=bad_kind, height=height, width=width, seed=seed - 7)
+    bad = {"id": "bad", "optical": "bad/optical.tif", "sar": "bad/sar.tif"}
+    rows.insert(len(rows) if bad_index is None else bad_index, bad)
+    manifest = root / "scenes.csv"
+    with manifest.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "optical", "sar"])
+        w.writeheader()
+        w.writerows(rows)
+    return manifest
+
+
 def write_corrupt_tif(path: str | Path, seed: int = 0, size: int = 64, keep_fraction: float = 0.5) -> Path:
     """Write a valid single-band float32 GeoTIFF, then truncate it to ``keep_fraction`` of its bytes."""
     p = Path(path)

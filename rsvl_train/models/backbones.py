@@ -58,6 +58,16 @@ class _Deconv2x(nn.Sequential):
         super().__init__(*layers)
 
 
+def open_clip_config(name: str) -> dict[str, Any]:
+    """open_clip's architecture config for ``name`` (e.g. ``"ViT-B-16"``); an unknown name raises."""
+    import open_clip
+
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ValueError(f"open_clip has no model config {name!r}")
+    return cfg
+
+
 class ClipViTPyramid(nn.Module):
     """open_clip ViT (CLIP visual tower architecture) -> 4-scale pyramid.
 
@@ -78,12 +88,9 @@ class ClipViTPyramid(nn.Module):
         quick_gelu: bool = False,
     ) -> None:
         super().__init__()
-        import open_clip
         from open_clip.transformer import LayerNorm, QuickGELU, VisionTransformer
 
-        cfg = open_clip.get_model_config(clip_model)
-        if cfg is None:
-            raise ValueError(f"open_clip has no model config {clip_model!r}")
+        cfg = open_clip_config(clip_model)
         vc = cfg["vision_cfg"]
         width, patch = int(vc["width"]), int(vc["patch_size"])
         self.vit = VisionTransformer(

@@ -116,12 +116,11 @@ class ClipTextEncoder(TextEncoder):
         quick_gelu: bool = False,
     ) -> None:
         super().__init__()
-        import open_clip
         from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer
 
-        cfg = open_clip.get_model_config(clip_model)
-        if cfg is None:
-            raise ValueError(f"open_clip has no model config {clip_model!r}")
+        from .backbones import open_clip_config
+
+        cfg = open_clip_config(clip_model)
         tc = cfg["text_cfg"]
         clip_dim = int(cfg["embed_dim"])
         self.clip = TextTransformer(
