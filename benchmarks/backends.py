@@ -307,18 +307,16 @@ class TensorRTRunner(OrtRunner):
     engine = "tensorrt"
 
     def __init__(self) -> None:
-        super().__init__("tensorrt", "TensorRT engine", "tensorrt", "fp16")
+        super().__init__("tensorrt", "TensorRT engine (bundle's flavour)", "tensorrt", "fp16")
 
     def unavailable(self, ctx: BenchContext) -> str | None:
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            return "tensorrt is not importable (pip install tensorrt on an NVIDIA GPU machine)"
-        if not ctx.bundle.manifest.get("engines"):
-            return "the bundle has no TensorRT engine (export on the GPU with --engine tensorrt)"
-        if not ctx.device.startswith("cuda"):
-            return "needs a CUDA GPU"
-        return None
+        from rsvl_runtime.backends.tensorrt import bundle_engine, check_engine
+
+        eng = bundle_engine(ctx.bundle.manifest, "image")
+        if eng is None:
+            return "the bundle has no TensorRT engine (export with --engine tensorrt-rtx, or rebuild-engine)"
+        check = check_engine(ctx.bundle.path(eng["file"]), eng)
+        return None if check.ok else f"{check.describe()}: {check.reason}"
 
     def setup(self, ctx: BenchContext) -> None:
         from rsvl_runtime.backends import load_sessions
@@ -329,7 +327,7 @@ class TensorRTRunner(OrtRunner):
         self.precision = s.precision
         self.device = "cuda"
         eng = next((e for e in ctx.bundle.manifest["engines"] if e.get("graph") == "image"), {})
-        self.info.update(file=eng.get("file"), tensorrt_version=eng.get("tensorrt_version"))
+        self.info.update(file=eng.get("file"), flavour=eng.get("flavour"), tensorrt_version=eng.get("version"))
 
     def skip_batch(self, ctx: BenchContext, batch: int, first_batch: bool) -> str | None:
         hi = ctx.bundle.manifest.get("limits", {}).get("max_batch")

@@ -3,7 +3,7 @@ engines where possible, check parity and write a bundle.
 
     rsvl-export --model tsmnet --precision fp16 [--checkpoint runs/x/best.safetensors] [--out DIR]
     rsvl-export inspect DIR                 # print and verify a bundle's manifest
-    rsvl-export rebuild-engine DIR          # (re)build the TensorRT engine on this GPU machine
+    rsvl-export rebuild-engine DIR          # (re)build the TensorRT engines on this machine
     rsvl-export triton DIR REPO             # write + validate a Triton model repository
 """
 
@@ -13,8 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from rsvl_runtime.backends.tensorrt import ENGINE_CHOICES as ENGINES
+
 PRECISIONS = ("fp32", "fp16")
-ENGINES = ("auto", "tensorrt", "none")
 
 
 def _model_names() -> list[str]:
@@ -36,7 +37,12 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-vocab", type=int, default=256, help="largest vocabulary K (TensorRT profile)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp16")
     p.add_argument("--engine", choices=ENGINES, default="auto",
-                   help="auto: build when tensorrt imports and a GPU is present; tensorrt: require it; none")
+                   help="TensorRT engines for the image and text graphs. auto: enterprise TensorRT when it imports "
+                        "and a GPU is present, else TensorRT-RTX when it imports (builds on the CPU, no GPU "
+                        "needed), else none; tensorrt / tensorrt-rtx: require that flavour; none (default: auto)")
+    p.add_argument("--target-cc", default=None,
+                   help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9 (default: the library's, "
+                        "8.0/8.6/8.9/12.x)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--modalities", default="optical,sar",
                    help="image graph inputs: optical,sar (default) or optical (optical-only export)")
@@ -51,6 +57,10 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-cache", help="TensorRT timing cache file (default ~/.cache/rsvl/trt_timing.cache)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def _targets(text: str | None) -> tuple[str, ...] | None:
+    return tuple(t.strip() for t in text.split(",") if t.strip()) if text else None
 
 
 def _inspect(argv: list[str]) -> int:
@@ -69,14 +79,25 @@ def _inspect(argv: list[str]) -> int:
 
 
 def _rebuild(argv: list[str]) -> int:
+    from rsvl_runtime.backends.tensorrt import TensorRTUnavailable
+    from rsvl_runtime.bundle import BundleError
+
     from .rebuild import rebuild_engine
 
     p = argparse.ArgumentParser(prog="rsvl-export rebuild-engine",
-                                description="build the bundle's TensorRT engine on this GPU machine")
+                                description="(re)build the bundle's TensorRT engines on this machine")
     p.add_argument("bundle")
-    p.add_argument("--precision", choices=PRECISIONS, default=None)
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="default: the bundle's")
+    p.add_argument("--engine", choices=[e for e in ENGINES if e != "none"], default="auto",
+                   help="flavour (default auto: TensorRT with a GPU, else TensorRT-RTX)")
+    p.add_argument("--target-cc", default=None, help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9")
     args = p.parse_args(argv)
-    rebuild_engine(Path(args.bundle), args.precision)
+    try:
+        paths = rebuild_engine(Path(args.bundle), args.precision, args.engine, _targets(args.target_cc))
+    except (TensorRTUnavailable, BundleError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"rsvl-export rebuild-engine: error: {e}", file=sys.stderr)
+        return 2
+    print("engines: " + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -108,18 +129,21 @@ def main(argv: list[str] | None = None) -> int:
     if not mods or set(mods) - {"optical", "sar"} or "optical" not in mods:
         print("rsvl-export: error: --modalities must be 'optical,sar' or 'optical'", file=sys.stderr)
         return 2
+    from rsvl_runtime.backends.tensorrt import TensorRTUnavailable
+    from rsvl_runtime.backends.tensorrt.build import EngineBuildError
+
     from .pipeline import ExportOptions, ParityFailure, export_bundle
-    from .tensorrt_build import TensorRTUnavailable
 
     opts = ExportOptions(model=args.model, checkpoint=args.checkpoint, out=args.out, tile=args.tile,
                          overlap=args.overlap, max_batch=args.max_batch, max_vocab=args.max_vocab,
                          precision=args.precision, engine=args.engine, opset=args.opset, modalities=mods,
                          allow_parity_failure=args.allow_parity_failure, include_weights=not args.no_weights,
                          timing_cache=args.timing_cache, ort_optimize=args.ort_optimize,
+                         engine_targets=_targets(args.target_cc),
                          overrides={"head": args.head} if args.head else {})
     try:
         out = export_bundle(opts)
-    except (ParityFailure, TensorRTUnavailable, FileNotFoundError, ValueError) as e:
+    except (ParityFailure, TensorRTUnavailable, EngineBuildError, FileNotFoundError, ValueError) as e:
         print(f"rsvl-export: error: {e}", file=sys.stderr)
         return 1
     print(f"bundle: {out}\ninspect it with: rsvl-export inspect {out}")

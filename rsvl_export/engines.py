@@ -1,54 +1,71 @@
-"""TensorRT engines of a bundle: optimisation profiles from the graph's dynamic axes, and the
-build step shared by ``rsvl-export`` and ``rsvl-export rebuild-engine``."""
+"""The TensorRT engines of a bundle: which flavour builds them, their optimisation profiles
+(from the graphs' dynamic axes and ``--max-batch`` / ``--max-vocab``), and the build step shared
+by ``rsvl-export`` and ``rsvl-export rebuild-engine``. The build itself lives in the runtime's
+TensorRT backend (``rsvl_runtime.backends.tensorrt.build``)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .tensorrt_build import TensorRTUnavailable, build_engine, tensorrt_available, trtexec_command
+from rsvl_runtime.backends.tensorrt import choose_flavour, graph_profiles
+from rsvl_runtime.backends.tensorrt.build import build_engine
+from rsvl_runtime.segmenter import TEXT_CHUNK
 
 log = logging.getLogger("rsvl.export")
 
-
-def engine_profiles(inputs: dict[str, Any], max_batch: int, max_vocab: int
-                    ) -> dict[str, tuple[list[int], list[int], list[int]]]:
-    """TensorRT optimisation profile (min, opt, max) per image-graph input: the symbolic axes
-    B in 1..max_batch and K in 1..max_vocab; the static axes (tile size, bands) fixed."""
-    sizes = {"B": (1, max(1, min(8, max_batch)), max_batch), "K": (1, max(1, min(16, max_vocab)), max_vocab)}
-    profiles = {}
-    for name, meta in inputs.items():
-        lo, mid, hi = [], [], []
-        for d in meta["shape"]:
-            a, b, c = sizes.get(d, (1, 1, 1)) if isinstance(d, str) else (d, d, d)
-            lo.append(a), mid.append(b), hi.append(c)
-        profiles[name] = (lo, mid, hi)
-    return profiles
+#: Graphs that get an engine, in build order.
+ENGINE_GRAPHS = ("image", "text")
 
 
-def build_image_engine(src: Path, out_dir: Path, precision: str, inputs: dict[str, Any], max_batch: int,
-                       max_vocab: int, required: bool, timing_cache: str | None = None) -> dict[str, Any] | None:
-    """Build ``image.<precision>.engine`` from ``src`` into ``out_dir`` and return its manifest entry.
+def axis_sizes(graph: str, max_batch: int, max_vocab: int) -> dict[str, tuple[int, int, int]]:
+    """(min, opt, max) per symbolic axis. Image graph: B tiles, K classes. Text graph: K prompts
+    (the runtime encodes at most ``TEXT_CHUNK`` per call), B referring expressions."""
+    batch = (1, max(1, min(8, max_batch)), max_batch)
+    if graph == "text":
+        return {"K": (1, min(16, TEXT_CHUNK), TEXT_CHUNK), "B": (1, 1, max_batch)}
+    return {"B": batch, "K": (1, max(1, min(16, max_vocab)), max_vocab)}
 
-    Without TensorRT or a GPU: raise :class:`TensorRTUnavailable` when ``required``, else log the
-    exact ``trtexec`` command for the target machine and return None.
-    """
-    profiles = engine_profiles(inputs, max_batch, max_vocab)
-    fp16 = precision == "fp16"
-    ok, reason = tensorrt_available()
-    if not ok:
-        cmd = trtexec_command(src, profiles, fp16)
-        if required:
-            raise TensorRTUnavailable(f"--engine tensorrt: {reason}. Build on the target GPU machine with "
-                                      f"`rsvl-export rebuild-engine BUNDLE` or:\n  {cmd}")
-        log.info("  no engine built (%s). On the target GPU machine run `rsvl-export rebuild-engine BUNDLE`, or:\n"
-                 "    %s", reason, cmd)
-        return None
+
+def engine_profiles(graph: str, inputs: Mapping[str, Any], max_batch: int, max_vocab: int
+                    ) -> dict[str, dict[str, list[int]]]:
+    """Optimisation profile of one graph's inputs (static axes fixed, symbolic ones ranged)."""
+    return graph_profiles(inputs, axis_sizes(graph, max_batch, max_vocab))
+
+
+def engine_source(graphs: Mapping[str, Any], graph: str, precision: str) -> tuple[str, str]:
+    """(ONNX file, precision) an engine is built from: the FP16 ONNX when the bundle has one for
+    that graph (strongly typed builds take precision from it), else the FP32 ONNX."""
+    g = graphs[graph]
+    if precision == "fp16" and "fp16" in g:
+        return g["fp16"], "fp16"
+    return g["fp32"], "fp32"
+
+
+def build_bundle_engines(work: Path, graphs: Mapping[str, Any], precision: str, engine: str, max_batch: int,
+                         max_vocab: int, targets: Sequence[str] | None = None,
+                         timing_cache: str | None = None) -> list[dict[str, Any]]:
+    """Build the image and text engines of the bundle in ``work`` with the flavour ``engine``
+    resolves to (``auto`` | ``tensorrt`` | ``tensorrt-rtx`` | ``none``) and return their manifest
+    entries. ``auto`` without any TensorRT logs why and returns []; a named flavour that cannot
+    build raises ``TensorRTUnavailable``."""
+    name, why = choose_flavour(engine)
+    log.info("  %s", why)
+    if name is None:
+        return []
     cache = Path(timing_cache) if timing_cache else Path.home() / ".cache" / "rsvl" / "trt_timing.cache"
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    name = f"image.{precision}.engine"
-    info = build_engine(src, out_dir / name, profiles, fp16=fp16, timing_cache_path=cache)
-    meta = info.to_dict() if hasattr(info, "to_dict") else dict(vars(info))
-    meta.update({"graph": "image", "file": name, "precision": precision})
-    return meta
+    entries = []
+    for graph in ENGINE_GRAPHS:
+        if graph not in graphs:
+            continue
+        src, prec = engine_source(graphs, graph, precision)
+        profiles = engine_profiles(graph, graphs[graph]["inputs"], max_batch, max_vocab)
+        info = build_engine(work / src, work / f"{graph}.{prec}.engine", profiles, flavour_name=name, precision=prec,
+                            graph=graph, targets=targets, timing_cache_path=cache)
+        entries.append(info.to_dict())
+    return entries
+
+
+__all__ = ["ENGINE_GRAPHS", "axis_sizes", "build_bundle_engines", "engine_profiles", "engine_source"]

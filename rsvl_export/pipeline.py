@@ -42,7 +42,8 @@ class ExportOptions:
     max_batch: int = 32
     max_vocab: int = 256
     precision: str = "fp16"  # "fp32" | "fp16"
-    engine: str = "auto"  # "auto" | "tensorrt" | "none"
+    engine: str = "auto"  # "auto" | "tensorrt" | "tensorrt-rtx" | "none"
+    engine_targets: tuple[str, ...] | None = None  # TensorRT-RTX compute capabilities ("8.6", ...)
     opset: int = 18
     modalities: tuple[str, ...] = ("optical", "sar")
     allow_parity_failure: bool = False
@@ -101,7 +102,7 @@ def _versions() -> dict[str, str]:
 
     out = {}
     for pkg in ("rsvl", "torch", "onnx", "onnxruntime", "onnxscript", "onnxconverter-common", "timm",
-                "open_clip_torch", "transformers", "tokenizers", "tensorrt"):
+                "open_clip_torch", "transformers", "tokenizers", "tensorrt", "tensorrt-rtx"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -142,14 +143,10 @@ class Exporter:
     # ---------------------------------------------------------------- steps
     def run(self) -> Path:
         o = self.opts
-        if o.engine == "tensorrt":  # fail before minutes of export, not after
-            from .tensorrt_build import TensorRTUnavailable, tensorrt_available
+        if o.engine != "none":  # a named flavour that cannot build fails before minutes of export, not after
+            from rsvl_runtime.backends.tensorrt import choose_flavour
 
-            ok, reason = tensorrt_available()
-            if not ok:
-                raise TensorRTUnavailable(f"--engine tensorrt: {reason}. Export with --engine auto here and build "
-                                          "the engine on the target GPU machine with `rsvl-export rebuild-engine "
-                                          "BUNDLE` (needs `pip install tensorrt` and an NVIDIA GPU)")
+            choose_flavour(o.engine)
         with self.timer.step("load", f"model {o.model}" + (f" from {o.checkpoint}" if o.checkpoint else "")):
             model, weights = load_model(o)
         cfg = model.config
@@ -230,15 +227,11 @@ class Exporter:
         return {"B": (1, self.opts.max_batch), "K": (1, self.opts.max_vocab)}
 
     def _engines(self, work: Path, graphs: dict[str, Any]) -> list[dict[str, Any]]:
-        from .engines import build_image_engine
+        from .engines import build_bundle_engines
 
         o = self.opts
-        if o.engine == "none":
-            return []
-        meta = build_image_engine(work / graphs["image"][o.precision if o.precision in graphs["image"] else "fp32"],
-                                  work, o.precision, graphs["image"]["inputs"], o.max_batch, o.max_vocab,
-                                  required=o.engine == "tensorrt", timing_cache=o.timing_cache)
-        return [meta] if meta else []
+        return build_bundle_engines(work, graphs, o.precision, o.engine, o.max_batch, o.max_vocab,
+                                    targets=o.engine_targets, timing_cache=o.timing_cache)
 
     def _ort_variant(self, model: nn.Module, work: Path, graphs: dict[str, Any], task: str) -> None:
         """``image.ort.onnx``: the fastest ORT-CPU graph that keeps parity with ``image.onnx``

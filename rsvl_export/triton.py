@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from rsvl_runtime.backends.tensorrt import bundle_engine
+
 log = logging.getLogger("rsvl.triton")
 
 PathLike = str | os.PathLike[str]
@@ -146,6 +148,13 @@ def _place_graph(bundle_root: Path, rel: str, version_dir: Path, link: str) -> N
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def triton_engine(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The image engine Triton's ``tensorrt`` backend can serve: an enterprise TensorRT engine
+    (Triton links enterprise TensorRT; TensorRT-RTX engines are served through the Python model)."""
+    eng = bundle_engine(manifest, "image")
+    return eng if eng is not None and eng.get("flavour", "tensorrt") == "tensorrt" else None
 
 
 def _engine_cc_key(cc: Any) -> str:
@@ -324,7 +333,7 @@ def write_triton_repository(bundle_dir: PathLike, repo_dir: PathLike, max_batch:
     repo.mkdir(parents=True, exist_ok=True)
     t = bundle.tile_size
     limit = int(m.get("limits", {}).get("max_batch") or 8)
-    engine = next((e for e in m.get("engines") or [] if e.get("graph", "image") == "image"), None)
+    engine = triton_engine(m)
     prof_max = _profile_batch_max(engine) if engine else None
     cap = min(x for x in (limit, prof_max) if x)
     mb = cap if max_batch is None else int(max_batch)
@@ -345,13 +354,13 @@ def write_triton_repository(bundle_dir: PathLike, repo_dir: PathLike, max_batch:
 
     # ---- TensorRT engine, tensorrt backend
     if engine:
-        cc = _engine_cc_key(engine.get("compute_capability", ""))
+        cc = _engine_cc_key((engine.get("targets") or [""])[0])
         fname = f"model_sm{cc.replace('.', '')}.plan"
         d = repo / f"{name}_image_trt"
         _place(bundle.root / engine["file"], d / "1" / fname, link)
         extra = (f"default_model_filename: {_q(fname)}\n"
                  f"cc_model_filenames [ {{ key: {_q(cc)} value: {_q(fname)} }} ]\n")
-        params = {"tensorrt_version": str(engine.get("tensorrt_version", "")),
+        params = {"tensorrt_version": str(engine.get("version", "")),
                   "precision": str(engine.get("precision", "")), "max_batch": str(prof_max or "")}
         (d / "config.pbtxt").write_text(_graph_config(f"{name}_image_trt", "tensorrt_plan", "tensorrt", image,
                                                       extra=extra, params=params), encoding="utf-8")
@@ -660,7 +669,7 @@ def validate_repository(repo_dir: PathLike, bundle_dir: PathLike) -> list[str]:
     m = bundle.manifest
     name = _safe_name(bundle.model)
     t = bundle.tile_size
-    engine = next((e for e in m.get("engines") or [] if e.get("graph", "image") == "image"), None)
+    engine = triton_engine(m)
     expected = {name, f"{name}_image", f"{name}_text"} | ({f"{name}_image_trt"} if engine else set())
     found = {p.parent.name for p in repo.glob("*/config.pbtxt")}
     for missing in sorted(expected - found):
@@ -712,7 +721,7 @@ def validate_repository(repo_dir: PathLike, bundle_dir: PathLike) -> list[str]:
         if cfg is not None:
             if cfg["backend"] != "tensorrt" or cfg["platform"] not in ("", "tensorrt_plan"):
                 problems.append(f"{model}: expected the tensorrt backend, got {cfg['backend']!r}/{cfg['platform']!r}")
-            cc = _engine_cc_key(engine.get("compute_capability", ""))
+            cc = _engine_cc_key((engine.get("targets") or [""])[0])
             files = cfg["cc_model_filenames"]
             if cc not in files:
                 problems.append(f"{model}: cc_model_filenames has {sorted(files)}, not the engine's compute "

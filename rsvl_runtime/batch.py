@@ -15,7 +15,11 @@ Scenes come from a manifest or from folders:
   and ``*`` wildcards: ``"scenes/{id}_{modality}.tif"``, ``"tiles/*/{modality}.tif"``.
 
 A scene that cannot be paired (or whose file is missing) becomes a record with an ``error``;
-it is reported in the summary and never stops the job.
+it is reported in the summary and never stops the job. Files that find no partner while others
+are paired are listed in one warning (they run as single-modality scenes when the bundle allows
+it). Scene ids equal to the batch's own files (``summary.csv``, ``summary.parquet``) are
+refused. A CSV row with more fields than the header, or a JSON value that is not a path, refuses
+the manifest with the file and line named.
 
 :func:`run_local` runs the records in this process with one loaded :class:`Segmenter`; the Ray
 runner (:mod:`rsvl_runtime.ray_runner`) calls the same :func:`process_scene` in its actors. Each
@@ -55,6 +59,8 @@ SUMMARY_COLUMNS = ("scene", "status", "error", "tiles", "seconds", "width", "hei
 AREA_PREFIX = "area_m2:"
 STATUSES = ("ok", "skipped", "error")
 _ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
+#: Names of the batch's own files in the output folder: never a scene id (case-insensitive).
+RESERVED_IDS = (SUMMARY_CSV, SUMMARY_PARQUET)
 
 
 class BatchInputError(ValueError):
@@ -94,6 +100,10 @@ def _finish_records(records: list[SceneRecord], modes: Sequence[str] | None) -> 
         elif not _ID_OK.match(r.id) or r.id in (".", ".."):
             r.error = (f"scene id {r.id!r} cannot be a folder name: use letters, digits and . _ - + = @ "
                        "(no slashes or spaces)")
+        elif r.id.lower() in RESERVED_IDS:
+            r.error = (f"scene id {r.id!r} is reserved: it is the name of a batch output file "
+                       f"({', '.join(RESERVED_IDS)}); give the scene another id (the manifest's id column, "
+                       "or rename its files)")
         elif r.id in seen:
             r.error = f"duplicate scene id {r.id!r}: every scene needs its own id (its output folder)"
         elif not r.optical and not r.sar:
@@ -110,6 +120,36 @@ def _finish_records(records: list[SceneRecord], modes: Sequence[str] | None) -> 
                            f"the bundle needs {' or '.join(modes)} input")
         seen.add(r.id)
     return records
+
+
+def _csv_rows(p: Path) -> list[dict[str, str]]:
+    """Rows of a CSV manifest, keys lower-cased; a row with more fields than the header is refused."""
+    with p.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [c.strip().lower() for c in (reader.fieldnames or [])]
+        if not set(header) & {"optical", "sar"}:
+            raise BatchInputError(f"{p}: a manifest needs the columns id, optical, sar "
+                                  f"(found {sorted(header) or 'none'})")
+        rows = []
+        for row in reader:
+            extra = row.pop(None, None)  # DictReader's key for fields beyond the header
+            if extra:
+                raise BatchInputError(
+                    f"{p} line {reader.line_num}: {len(header) + len(extra)} fields but the header has "
+                    f"{len(header)} ({', '.join(header)}); extra value(s) {extra}. Quote paths that contain "
+                    "commas, or remove the extra fields")
+            rows.append({(k or "").strip().lower(): (v or "").strip() for k, v in row.items()})
+    return rows
+
+
+def _check_row_values(p: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse manifest values that are not file paths or ids (JSON lists, objects, numbers)."""
+    for i, row in enumerate(rows):
+        for key in ("id", "optical", "sar"):
+            v = row.get(key)
+            if v is not None and not isinstance(v, str) and not (key == "id" and isinstance(v, int)):
+                raise BatchInputError(f"{p} scene {i + 1}: {key!r} is {type(v).__name__} {v!r}; give "
+                                      f"{'an id' if key == 'id' else 'a file path'} as a string")
 
 
 def records_from_manifest(path: PathLike, modes: Sequence[str] | None = None) -> list[SceneRecord]:
@@ -129,13 +169,8 @@ def records_from_manifest(path: PathLike, modes: Sequence[str] | None = None) ->
             raise BatchInputError(f"{p}: expected a list of {{\"id\", \"optical\", \"sar\"}} objects "
                                   "(or {\"scenes\": [...]})")
     else:
-        with p.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            cols = {c.strip().lower() for c in (reader.fieldnames or [])}
-            if not cols & {"optical", "sar"}:
-                raise BatchInputError(f"{p}: a manifest needs the columns id, optical, sar "
-                                      f"(found {sorted(cols) or 'none'})")
-            rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
+        rows = _csv_rows(p)
+    _check_row_values(p, rows)
 
     def resolve(v: Any) -> str | None:
         if v is None or str(v).strip() == "":
@@ -177,7 +212,21 @@ def records_from_folders(optical_dir: PathLike, sar_dir: PathLike,
     for sid in sorted(set(opt) | set(sar)):
         o, s = opt.get(sid), sar.get(sid)
         records.append(SceneRecord(sid, str(o) if o else None, str(s) if s else None))
-    return _finish_records(records, modes)
+    return _warn_unpaired(_finish_records(records, modes), f"{optical_dir} and {sar_dir}",
+                          "by file name (a trailing _optical/_opt/_sar in the stem is ignored)")
+
+
+def _warn_unpaired(records: list[SceneRecord], where: str, how: str) -> list[SceneRecord]:
+    """Log one warning listing the files that found no partner, when the input pairs files at all
+    (some scenes have both modalities): they run as single-modality scenes (or fail, when the
+    bundle needs both). Returns ``records``."""
+    single = [r for r in records if bool(r.optical) != bool(r.sar)]
+    if not single or not any(r.optical and r.sar for r in records):
+        return records
+    files = ", ".join(f"{r.optical or r.sar} (no {'sar' if r.optical else 'optical'} partner)" for r in single)
+    log.warning("%d unpaired file(s) in %s, paired %s: %s. They run as single-modality scenes when the bundle "
+                "allows it; rename them to pair them", len(single), where, how, files)
+    return records
 
 
 def _pattern_regex(pattern: str) -> tuple[re.Pattern[str], bool]:
@@ -226,7 +275,8 @@ def records_from_pattern(pattern: str, modes: Sequence[str] | None = None) -> li
     if not found:
         raise BatchInputError(f"no files match {pattern!r}")
     records = [SceneRecord(sid, d.get("optical"), d.get("sar")) for sid, d in sorted(found.items())]
-    return _finish_records(records, modes)
+    return _warn_unpaired(_finish_records(records, modes), repr(pattern),
+                          "by the scene id the pattern matches ({id} or the * wildcards)")
 
 
 def discover_records(inputs: PathLike, modes: Sequence[str] | None = None) -> list[SceneRecord]:
@@ -329,7 +379,7 @@ def process_scene(seg: Any, record: SceneRecord | Mapping[str, Any], out_dir: Pa
         opts = {"progress": False, **dict(options or {})}
         result = seg.predict_raster(rec.optical, rec.sar, folder, **opts)
     except Exception as e:  # noqa: BLE001 - one bad scene never stops the job
-        msg = f"{type(e).__name__}: {e}"
+        msg = _error_message(e, rec)
         log.warning("%s: failed: %s", rec.id, msg)
         return _row(rec, "error", folder, msg, seconds=round(time.perf_counter() - t0, 3))
     log.info("%s: %s", rec.id, result.summary() if hasattr(result, "summary") else "done")
@@ -337,13 +387,22 @@ def process_scene(seg: Any, record: SceneRecord | Mapping[str, Any], out_dir: Pa
                 width=int(result.width), height=int(result.height), **_area_columns(result.classes))
 
 
-def load_segmenter(bundle: Any, vocab: Any = None, backend: str = "auto", precision: str = "auto",
-                   batch: int | None = None, threads: int | None = None) -> Any:
-    """Load the bundle's :class:`Segmenter` once and set the vocabulary (None: the bundle's default)."""
-    from .bundle import Bundle
-    from .segmenter import Segmenter
+def _error_message(e: BaseException, rec: SceneRecord) -> str:
+    """``Type: message`` of a per-scene failure, with the scene's files when the message names none."""
+    msg = f"{type(e).__name__}: {e}"
+    files = [f"{m} {p}" for m, p in (("optical", rec.optical), ("sar", rec.sar)) if p]
+    if files and not any(str(p) in msg for p in (rec.optical, rec.sar) if p):
+        msg += f" (scene {rec.id}: {', '.join(files)})"
+    return msg
 
-    b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+
+def load_segmenter(bundle: Any, vocab: Any = None, backend: str = "auto", precision: str = "auto",
+                   batch: int | None = None, threads: int | None = None, expect_digest: str | None = None) -> Any:
+    """Load the bundle's :class:`Segmenter` once and set the vocabulary (None: the bundle's default);
+    ``expect_digest`` pins the bundle (see :func:`rsvl_runtime.segmenter.open_bundle`)."""
+    from .segmenter import Segmenter, open_bundle
+
+    b = open_bundle(bundle, expect_digest)
     if b.task != "semantic":
         raise ValueError(f"{b.root} is a {b.task} bundle; batch runs support semantic (TSMNet) bundles")
     seg = Segmenter.load(b, backend=backend, precision=precision, batch=batch, threads=threads)
@@ -438,12 +497,13 @@ def _as_records(records: Iterable[SceneRecord | Mapping[str, Any]]) -> list[Scen
 def run_local(records: Iterable[SceneRecord | Mapping[str, Any]], bundle: Any, out_dir: PathLike,
               vocab: Any = None, backend: str = "auto", *, precision: str = "auto", batch: int | None = None,
               threads: int | None = None, options: Mapping[str, Any] | None = None, resume: bool = True,
-              segmenter: Any = None, on_row: Callable[[dict[str, Any]], None] | None = None) -> BatchResult:
+              segmenter: Any = None, on_row: Callable[[dict[str, Any]], None] | None = None,
+              expect_digest: str | None = None) -> BatchResult:
     """Run every record in this process with one loaded model.
 
     ``bundle``: path or :class:`Bundle`; ``vocab``: classes (None: the bundle's default);
     ``options``: ``predict_raster`` options (``bands``, ``nodata``, ``sar_units``, ``write_scores``,
-    ...). ``resume=False`` reruns complete scenes. Writes ``out_dir/<id>/`` per scene and
+    ...). ``resume=False`` reruns complete scenes; ``expect_digest`` pins the bundle. Writes ``out_dir/<id>/`` per scene and
     ``summary.csv`` / ``summary.parquet`` (also when interrupted, with the scenes done so far).
     """
     t0 = time.perf_counter()
@@ -455,7 +515,7 @@ def run_local(records: Iterable[SceneRecord | Mapping[str, Any]], bundle: Any, o
     try:
         for rec in recs:
             if seg is None and not rec.error:
-                seg = load_segmenter(bundle, vocab, backend, precision, batch, threads)
+                seg = load_segmenter(bundle, vocab, backend, precision, batch, threads, expect_digest)
             row = process_scene(seg, rec, out_dir, options, resume=resume)
             rows.append(row)
             if on_row is not None:

@@ -38,13 +38,14 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="rerun scenes whose output folder is already complete")
 
 
-def _bands(text: str | None) -> list[int] | None:
+def parse_bands(text: str | None, flag: str = "--bands") -> list[int] | None:
+    """``"3,2,1"`` -> ``[3, 2, 1]`` (None for no value); the one band-list parser of ``rsvl-infer``."""
     if not text:
         return None
     try:
         return [int(b) for b in str(text).split(",") if b.strip()]
     except ValueError:
-        raise ValueError(f"{text!r}: give 1-based band indexes separated by commas, e.g. 3,2,1") from None
+        raise ValueError(f"{flag} {text!r}: give 1-based band indexes separated by commas, e.g. 3,2,1") from None
 
 
 def _vocab(args: argparse.Namespace) -> Any:
@@ -58,19 +59,19 @@ def _vocab(args: argparse.Namespace) -> Any:
 
 
 def scene_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``predict_raster`` options from ``rsvl-infer``'s arguments."""
+    """``predict_raster`` options from ``rsvl-infer``'s arguments (one scene or a batch)."""
     nodata = getattr(args, "nodata", None)
     sar_nodata = getattr(args, "sar_nodata", None)
     opts: dict[str, Any] = {
         "tile": getattr(args, "tile", None), "overlap": getattr(args, "overlap", None),
-        "bands": _bands(getattr(args, "bands", None)), "sar_bands": _bands(getattr(args, "sar_bands", None)),
+        "bands": parse_bands(getattr(args, "bands", None), "--bands"),
+        "sar_bands": parse_bands(getattr(args, "sar_bands", None), "--sar-bands"),
         "sar_units": getattr(args, "sar_units", None), "write_scores": not getattr(args, "no_scores", False),
-        "progress": False,
+        "cog": False if getattr(args, "no_cog", False) else None,
+        "sar_check": not getattr(args, "no_sar_check", False), "progress": False,
     }
-    if sar_nodata is not None:
+    if nodata is not None or sar_nodata is not None:
         opts["nodata"] = {"optical": nodata, "sar": sar_nodata}
-    elif nodata is not None:
-        opts["nodata"] = {"optical": nodata, "sar": None}
     return {k: v for k, v in opts.items() if v is not None}
 
 
@@ -78,7 +79,7 @@ def run_batch(args: argparse.Namespace) -> int:
     """Run ``--inputs`` (locally or with ``--ray``); prints the summary. 0 when every scene is ok or
     skipped, 1 when some failed (see OUT/summary.csv)."""
     from .batch import discover_records, run_local
-    from .bundle import Bundle
+    from .segmenter import open_bundle
 
     if getattr(args, "optical", None) or getattr(args, "sar", None):
         raise ValueError("give either --inputs (many scenes) or --optical/--sar (one scene), not both")
@@ -87,7 +88,7 @@ def run_batch(args: argparse.Namespace) -> int:
     if getattr(args, "align", False):
         raise ValueError("--align is not available with --inputs: co-register the pairs first "
                          "(or run the scenes one by one with --align)")
-    bundle = Bundle.load(args.bundle)
+    bundle = open_bundle(args.bundle, getattr(args, "expect_digest", None))
     records = discover_records(args.inputs, modes=bundle.modes)
     if not records:
         raise ValueError(f"--inputs {args.inputs}: no scenes found")

@@ -3,8 +3,50 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from .bundle import Bundle
+
+
+def _profile_summary(profiles: dict) -> str:
+    """``optical B 1..8, text_emb K 1..64``: the dynamic axes of each input's profile."""
+    parts = []
+    for name, p in (profiles or {}).items():
+        ranges = [f"{lo}..{hi}" for lo, hi in zip(p["min"], p["max"]) if lo != hi]
+        if ranges:
+            parts.append(f"{name} {' '.join(ranges)}")
+    return ", ".join(parts) or "static"
+
+
+def engine_tables(b: Bundle) -> list[Any]:
+    """One key/value table per engine: flavour, version, targets, profiles, size, build time, sha256,
+    and whether it is valid on this machine (``get_engine_validity`` where the flavour has it) and
+    why not."""
+    from rich.table import Table
+
+    from .backends.tensorrt import check_engine
+
+    tables = []
+    for eng in b.manifest.get("engines") or []:
+        check = check_engine(b.path(eng["file"]), eng)
+        t = Table(title=f"TensorRT engine {eng['file']}", show_header=False)
+        t.add_column("key", style="bold")
+        t.add_column("value")
+        for key, value in (
+                ("graph / precision", f"{eng.get('graph', 'image')} / {eng.get('precision')}"),
+                ("flavour", f"{eng.get('flavour', 'tensorrt')} {eng.get('version') or eng.get('tensorrt_version')}"),
+                ("targets", "compute capability " + "/".join(eng.get("targets") or [str(eng.get("compute_capability"))])),
+                ("built on", f"{eng.get('built_on', eng.get('gpu'))} in {eng.get('build_seconds', '?')} s"),
+                ("profiles", _profile_summary(eng.get("profiles") or {})),
+                ("size", f"{eng.get('bytes', 0) / 2**20:.1f} MB, sha256 {str(eng.get('sha256', ''))[:16]}… (verified)"),
+                ("valid here", "yes" if check.ok else f"[yellow]no[/yellow]: {check.reason}")):
+            t.add_row(key, value)
+        tables.append(t)
+    if not tables:
+        t = Table(title="TensorRT engines", show_header=False)
+        t.add_row("none", "build them: rsvl-export rebuild-engine BUNDLE --engine tensorrt-rtx")
+        tables.append(t)
+    return tables
 
 
 def print_bundle(path: str | os.PathLike[str]) -> Bundle:
@@ -22,6 +64,7 @@ def print_bundle(path: str | os.PathLike[str]) -> Bundle:
     rows = [
         ("model", f"{m['model']} ({m.get('architecture')}, task {m['task']}, head {m.get('head')})"),
         ("format", str(m["format_version"])),
+        ("digest", b.digest),
         ("precision / opset", f"{m.get('precision')} / {m.get('opset')}"),
         ("modes", ", ".join(b.modes)),
         ("tile", f"{b.tile_size} px, overlap {b.overlap}"),
@@ -51,15 +94,8 @@ def print_bundle(path: str | os.PathLike[str]) -> Bundle:
             g.add_row(gname, files, ins, outs, str(meta.get("exporter", "")))
         con.print(g)
 
-    e = Table(title="TensorRT engines")
-    for col in ("file", "precision", "TensorRT", "GPU", "compute capability"):
-        e.add_column(col)
-    for eng in m.get("engines") or []:
-        e.add_row(eng.get("file", ""), eng.get("precision", ""), str(eng.get("tensorrt_version")),
-                  str(eng.get("gpu")), str(eng.get("compute_capability")))
-    if not m.get("engines"):
-        e.add_row("none", "-", "-", "-", "build on the GPU machine: rsvl-export rebuild-engine BUNDLE")
-    con.print(e)
+    for table in engine_tables(b):
+        con.print(table)
 
     parity = b.read_parity()
     if parity:

@@ -36,7 +36,8 @@ def linear_to_db(x: np.ndarray) -> np.ndarray:
     return (10.0 * np.log10(np.maximum(x.astype(np.float32), LINEAR_FLOOR))).astype(np.float32)
 
 
-def _stats(spec: ModalitySpec, n_bands: int) -> tuple[np.ndarray, np.ndarray]:
+def band_stats(spec: ModalitySpec, n_bands: int) -> tuple[np.ndarray, np.ndarray]:
+    """The spec's per-band ``mean`` and ``std`` as ``[n_bands, 1, 1]`` float32 (one value per band)."""
     mean = np.asarray(spec["mean"], dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(spec["std"], dtype=np.float32).reshape(-1, 1, 1)
     if mean.shape[0] != n_bands or std.shape[0] != n_bands:
@@ -50,7 +51,7 @@ def _stats(spec: ModalitySpec, n_bands: int) -> tuple[np.ndarray, np.ndarray]:
 def normalize_optical(dn: np.ndarray, spec: ModalitySpec) -> np.ndarray:
     """Digital numbers ``[..., C, H, W]`` -> normalised float32, as the bundle declares."""
     x = dn.astype(np.float32) / np.float32(spec.get("scale", 255.0))
-    mean, std = _stats(spec, x.shape[-3])
+    mean, std = band_stats(spec, x.shape[-3])
     return ((x - mean) / std).astype(np.float32)
 
 
@@ -60,7 +61,7 @@ def normalize_sar(values: np.ndarray, spec: ModalitySpec, units: str | None = No
     if units not in SAR_UNITS:
         raise ValueError(f"SAR units must be one of {SAR_UNITS}, got {units!r}")
     x = linear_to_db(values) if units == "linear" else values.astype(np.float32)
-    mean, std = _stats(spec, x.shape[-3])
+    mean, std = band_stats(spec, x.shape[-3])
     return ((x - mean) / std).astype(np.float32)
 
 

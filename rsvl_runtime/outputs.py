@@ -13,10 +13,11 @@ Folder layout (semantic task)::
 
 The referring task writes ``mask.tif`` (uint8 0/1, nodata 255) instead of labels/scores.
 
-Atomicity: every file is written under a temporary name in the same folder
-(``.<name>.<random>.tmp``) and renamed with ``os.replace`` only when all of them are ready
-(:class:`OutputStage`); ``done.json`` is removed when a run starts and written after the
-renames, so :func:`is_complete` tells a finished folder from an interrupted one.
+Atomicity: a run writes into a temporary sibling folder (:mod:`rsvl_runtime.transaction`);
+there every file is written under a temporary name (``.<name>.<random>.tmp``) and renamed with
+``os.replace`` when all of them are ready (:class:`OutputStage`), ``done.json`` is written after
+the renames, and the folder then replaces the output folder in one step. A previous complete
+result stays untouched until then; :func:`is_complete` tells a finished folder from any other.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import io
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .bundle import atomic_write_text
+from .transaction import DISK_RESERVE_BYTES, disk_full, no_space_error
 
 PathLike = str | os.PathLike[str]
 Color = tuple[int, int, int]
@@ -106,6 +109,13 @@ class OutputStage:
         """Temporary path of the staged file ``name``."""
         return self._files[name]
 
+    def adopt(self, name: str, path: PathLike) -> Path:
+        """Stage an existing temporary file (a checkpointed raster of a resumed run)."""
+        if name in self._files:
+            raise ValueError(f"{name} is already staged")
+        self._files[name] = Path(path)
+        return self._files[name]
+
     def __contains__(self, name: str) -> bool:
         return name in self._files
 
@@ -152,12 +162,17 @@ class GeoTiffRowWriter:
     tile is written once. ``zlevel``: deflate level (1 is ~9x faster than 6 for ~15 % more
     bytes; the runner uses it for the K-band scores). :meth:`close` builds internal overviews and, when ``cog`` and the COG
     driver is available, rewrites the file as a Cloud Optimized GeoTIFF (same temporary path).
+
+    :meth:`checkpoint` makes the rows written so far durable (a valid TIFF on disk) and returns
+    the crc32 of the rows of the open block row; ``resume=(rows, crc)`` reopens such a file and
+    continues after its first ``rows`` rows (ValueError when the file does not match). A flush
+    that leaves the disk full raises :class:`~rsvl_runtime.transaction.OutputError` at once.
     """
 
     def __init__(self, path: PathLike, *, width: int, height: int, count: int, crs: Any,
                  transform: Any, nodata: float | None, descriptions: Sequence[str] | None = None,
                  overview_resampling: Resampling = Resampling.mode, cog: bool | None = None,
-                 block: int = BLOCK, zlevel: int = 6) -> None:
+                 block: int = BLOCK, zlevel: int = 6, resume: tuple[int, int] | None = None) -> None:
         self.path = Path(path)
         self.width, self.height, self.count, self.block = width, height, count, block
         self.overview_resampling = overview_resampling
@@ -169,14 +184,52 @@ class GeoTiffRowWriter:
                          "compress": "deflate", "zlevel": zlevel, "BIGTIFF": "IF_SAFER",
                          "NUM_THREADS": "ALL_CPUS"}
         self.zlevel = zlevel
-        self._ds = rasterio.open(self.path, "w", **self._profile)
-        if descriptions:
-            for i, d in enumerate(descriptions, start=1):
-                self._ds.set_band_description(i, str(d))
         self._buf = np.empty((count, min(block, height), width), np.uint8)
         self._buf_y0 = 0  # scene row of self._buf[:, 0]
         self._filled = 0
         self.rows_written = 0
+        if resume is not None:
+            self._reopen(*resume)
+            return
+        self._ds = rasterio.open(self.path, "w", **self._profile)
+        if descriptions:
+            for i, d in enumerate(descriptions, start=1):
+                self._ds.set_band_description(i, str(d))
+
+    def _reopen(self, rows: int, crc: int) -> None:
+        self._ds = rasterio.open(self.path, "r+", NUM_THREADS="ALL_CPUS")
+        if (self._ds.width, self._ds.height, self._ds.count) != (self.width, self.height, self.count):
+            self._ds.close()
+            raise ValueError(f"{self.path}: checkpointed raster has another shape")
+        self._buf_y0 = rows // self.block * self.block
+        self._filled = rows - self._buf_y0
+        self.rows_written = self._buf_y0
+        if self._filled:
+            self._buf[:, :self._filled] = self._ds.read(window=Window(0, self._buf_y0, self.width, self._filled))
+        if self._crc() != crc:
+            self._ds.close()
+            raise ValueError(f"{self.path}: checkpointed rows do not match their checksum")
+
+    def _crc(self) -> int:
+        return zlib.crc32(np.ascontiguousarray(self._buf[:, :self._filled]).tobytes())
+
+    def checkpoint(self) -> int:
+        """Write the buffered rows (also a partial block row, kept in the buffer), close and
+        reopen the file so that it is a valid TIFF on disk; returns the crc32 of the buffer."""
+        if self._filled:
+            self._write(self._filled)
+        self._ds.close()
+        self._check_space()
+        self._ds = rasterio.open(self.path, "r+", NUM_THREADS="ALL_CPUS")
+        return self._crc()
+
+    def _write(self, n: int) -> None:
+        self._ds.write(self._buf[:, :n], window=Window(0, self._buf_y0, self.width, n))
+        self._check_space()
+
+    def _check_space(self) -> None:
+        if disk_full(self.path.parent):
+            raise no_space_error(self.path.parent, OSError(f"less than {DISK_RESERVE_BYTES >> 20} MiB free"))
 
     def write(self, rows: np.ndarray) -> None:
         """Append the next rows ``[count, n, width]`` (or ``[n, width]`` for one band)."""
@@ -198,8 +251,7 @@ class GeoTiffRowWriter:
             return
         if self._buf_y0 + self._filled > self.height:
             raise ValueError(f"more rows written than the raster's height {self.height}")
-        win = Window(0, self._buf_y0, self.width, self._filled)
-        self._ds.write(self._buf[:, :self._filled], window=win)
+        self._write(self._filled)
         self._buf_y0 += self._filled
         self.rows_written = self._buf_y0
         self._filled = 0
@@ -239,6 +291,18 @@ class GeoTiffRowWriter:
             self._ds.close()
 
 
+#: Fraction of the raw (uncompressed) output bytes taken as a floor of what a run writes:
+#: deflate-compressed labels/scores are rarely smaller (see :func:`estimate_output_bytes`).
+ESTIMATE_FRACTION = 0.05
+
+
+def estimate_output_bytes(width: int, height: int, bands: int) -> int:
+    """A floor of the bytes the output rasters of a run need (uint8 ``bands`` x ``width`` x
+    ``height`` at :data:`ESTIMATE_FRACTION` of their raw size, plus 1 MB for overviews and the
+    small files): a destination with less free space cannot hold the result."""
+    return int(width * height * bands * ESTIMATE_FRACTION) + (1 << 20)
+
+
 # ----------------------------------------------------------------------------- class statistics
 def default_colors(n: int) -> list[Color]:
     """``n`` distinguishable colours (golden-angle hues)."""
@@ -273,6 +337,22 @@ class ClassStats:
         self.area_m2 += areas[:self.n_classes]
         self.nodata_pixels += int(counts[LABEL_NODATA])
         self.nodata_area_m2 += float(areas[LABEL_NODATA])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able state (floats round-trip exactly)."""
+        return {"pixels": self.pixels.tolist(), "area_m2": self.area_m2.tolist(),
+                "nodata_pixels": self.nodata_pixels, "nodata_area_m2": self.nodata_area_m2}
+
+    @classmethod
+    def from_dict(cls, n_classes: int, doc: Mapping[str, Any]) -> ClassStats:
+        """Inverse of :meth:`to_dict` (ValueError when it does not fit ``n_classes``)."""
+        st = cls(n_classes)
+        st.pixels = np.asarray(doc["pixels"], np.int64)
+        st.area_m2 = np.asarray(doc["area_m2"], np.float64)
+        if st.pixels.shape != (n_classes,) or st.area_m2.shape != (n_classes,):
+            raise ValueError("class statistics of another vocabulary size")
+        st.nodata_pixels, st.nodata_area_m2 = int(doc["nodata_pixels"]), float(doc["nodata_area_m2"])
+        return st
 
     @property
     def valid_area_m2(self) -> float:
@@ -425,7 +505,8 @@ def _now() -> str:
 
 # ----------------------------------------------------------------------------- done marker
 def clear_done(out_dir: PathLike) -> None:
-    """Remove the completion marker (call before (re)writing any output of the folder)."""
+    """Remove the completion marker (marks a folder incomplete; runs no longer call this: they
+    replace the whole folder when done)."""
     (Path(out_dir) / DONE).unlink(missing_ok=True)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +23,20 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
+
+from .normalization import OPTICAL_DTYPES
 
 PathLike = str | os.PathLike[str]
 
 #: Authalic (equal-area) radius of the WGS84 ellipsoid, metres: a sphere of the same area.
 EARTH_AUTHALIC_RADIUS_M = 6371007.181
 
-OPTICAL_DTYPES = ("uint8", "uint16")
 SAR_DTYPES = ("float32", "float64")
+#: GDAL's names of the optical data types, for the ``gdal_translate -ot`` hint.
+GDAL_TYPE_NAMES = {"uint8": "Byte", "uint16": "UInt16"}
 
 #: Origin/resolution tolerance of the co-registration check, as a fraction of a pixel.
 GRID_TOLERANCE_PX = 1e-3
@@ -44,14 +48,20 @@ class RasterInputError(ValueError):
 
 # ----------------------------------------------------------------------------- opening
 def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
-    """Open a raster for reading; missing or unreadable files raise :class:`RasterInputError`."""
+    """Open a raster for reading; missing or unreadable files raise :class:`RasterInputError`.
+
+    rasterio's ``NotGeoreferencedWarning`` is silenced: :mod:`rsvl_runtime.checks` reports a
+    missing georeferencing itself, with the fix.
+    """
     p = Path(path)
     if not p.exists():
         raise RasterInputError(f"input raster not found: {p}")
     if p.is_dir():
         raise RasterInputError(f"input raster {p} is a directory, not a raster file")
     try:
-        return rasterio.open(p)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(p)
     except RasterioIOError as e:
         raise RasterInputError(f"cannot read raster {p}: {e}. The file is corrupt, truncated or not "
                                "a raster GDAL can read (expected a GeoTIFF)") from e
@@ -114,27 +124,49 @@ def check_dtype(ds: rasterio.io.DatasetReader, bands: Sequence[int], spec: Mappi
                 modality: str) -> str:
     """Refuse a data type the bundle cannot scale; returns the raster's dtype name.
 
-    Optical: uint8 or uint16, and the one the spec declares (its ``scale`` depends on it).
-    SAR: float32/float64 (dB or linear intensity, see ``units``).
+    The rule is :func:`check_input_dtype`'s, shared with the Python API's arrays.
     """
     dtypes = {ds.dtypes[b - 1] for b in bands}
     if len(dtypes) != 1:
         raise RasterInputError(f"{modality} raster {ds.name}: the selected bands {list(bands)} have mixed "
                                f"data types {sorted(dtypes)}; convert them to one type")
-    dtype = dtypes.pop()
+    label = "optical raster" if modality == "optical" else "SAR raster"
+    return check_input_dtype(dtypes.pop(), spec, modality, f"{label} {ds.name}")
+
+
+def accepted_dtypes(spec: Mapping[str, Any], modality: str) -> tuple[str, ...]:
+    """The data types an input of ``modality`` may have for this bundle (see :func:`check_input_dtype`)."""
     if modality == "optical":
         want = str(spec.get("dtype", "uint8"))
-        if dtype not in OPTICAL_DTYPES or dtype != want:
-            raise RasterInputError(
-                f"optical raster {ds.name} is {dtype} but the bundle expects {want} digital numbers "
-                f"(scaled by {spec.get('scale', 255.0)}); supply a {want} optical raster "
-                f"(e.g. `gdal_translate -ot {want.capitalize()} -scale ...`)")
-    else:
-        if dtype not in SAR_DTYPES:
-            raise RasterInputError(
-                f"SAR raster {ds.name} is {dtype} but the bundle expects floating-point backscatter "
-                "(dB, or linear intensity with --sar-units linear); calibrate/convert it to float32")
-    return dtype
+        return (want,) if want in OPTICAL_DTYPES else ()
+    return SAR_DTYPES
+
+
+def check_input_dtype(dtype: Any, spec: Mapping[str, Any], modality: str, source: str) -> str:
+    """The one data-type rule of the inputs, for rasters (CLI, batch) and arrays (Python API).
+
+    Optical: the integer digital numbers the bundle's ``scale`` was made for: ``spec["dtype"]``
+    (``uint8``, or ``uint16`` when the bundle declares it); floats (reflectance 0..1), other
+    integers, bool, complex and object data are refused. SAR: float32/float64 (dB, or linear
+    intensity with ``--sar-units linear``). ``source`` names the input in the message
+    (``"optical raster a.tif"``, ``"optical array"``). Returns the dtype name.
+    """
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    accepted = accepted_dtypes(spec, modality)
+    if name in accepted:
+        return name
+    if modality == "optical":
+        want = str(spec.get("dtype", "uint8"))
+        scale = spec.get("scale", 255.0)
+        raise RasterInputError(
+            f"{source} is {name} but the bundle expects {want} digital numbers (scaled by {scale}; "
+            f"accepted: {', '.join(accepted) or 'none'}); supply {want} data: a raster with "
+            f"`gdal_translate -ot {GDAL_TYPE_NAMES.get(want, want)} -scale ...`, an array with "
+            f"`np.clip(np.rint(reflectance * {scale}), 0, {scale}).astype('{want}')`")
+    raise RasterInputError(
+        f"{source} is {name} but the bundle expects floating-point backscatter (accepted: "
+        f"{', '.join(SAR_DTYPES)}; dB, or linear intensity with --sar-units linear); "
+        "calibrate/convert it to float32")
 
 
 def resolve_nodata(ds: rasterio.io.DatasetReader, override: float | None) -> float | None:
@@ -243,39 +275,111 @@ def align_to(src_path: PathLike, ref_path: PathLike, out_path: PathLike, *,
 
     Reads through a ``WarpedVRT`` one window of ``block_rows`` rows at a time, so memory stays
     bounded. Areas outside the source footprint become nodata: the source's nodata (or
-    ``src_nodata``), else NaN for float data, else 0. Written atomically to ``out_path``.
+    ``src_nodata``), else NaN for float data, else 0. A source with only ground control points
+    is first warped with its GCPs (:func:`warp_gcps`, a temporary file). Written atomically to
+    ``out_path``.
     """
     out = Path(out_path)
-    with open_raster(ref_path) as ref, open_raster(src_path) as src:
-        nodata = src.nodata if src.nodata is not None else src_nodata
-        dst_nodata = nodata if nodata is not None else (
-            float("nan") if np.issubdtype(np.dtype(src.dtypes[0]), np.floating) else 0)
-        vrt_opts: dict[str, Any] = {"crs": ref.crs, "transform": ref.transform, "width": ref.width,
-                                    "height": ref.height, "resampling": resampling, "nodata": dst_nodata}
-        if nodata is not None:
-            vrt_opts["src_nodata"] = nodata
-        profile = {"driver": "GTiff", "width": ref.width, "height": ref.height, "count": src.count,
-                   "dtype": src.dtypes[0], "crs": ref.crs, "transform": ref.transform,
-                   "nodata": dst_nodata, "tiled": True, "blockxsize": 256, "blockysize": 256,
-                   "compress": "deflate", "BIGTIFF": "IF_SAFER"}
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    with open_raster(src_path) as src:
+        gcp_only = georeferencing(src) == GEOREF_GCPS
+    if gcp_only:
+        # rasterio's WarpedVRT ignores the GCPs when it is given a destination grid: two steps
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.gcps.", suffix=".tmp")
         os.close(fd)
         try:
-            with WarpedVRT(src, **vrt_opts) as vrt, rasterio.open(tmp, "w", **profile) as dst:
+            warp_gcps(src_path, tmp, resampling=resampling, block_rows=block_rows)
+            return align_to(tmp, ref_path, out, resampling=resampling, block_rows=block_rows,
+                            src_nodata=src_nodata)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    with open_raster(ref_path) as ref, open_raster(src_path) as src:
+        grid = {"crs": ref.crs, "transform": ref.transform, "width": ref.width, "height": ref.height}
+        return _write_warped(src, out, grid, resampling=resampling, block_rows=block_rows,
+                             src_nodata=src_nodata)
+
+
+def warp_gcps(src_path: PathLike, out_path: PathLike, *, resampling: Resampling = Resampling.bilinear,
+              block_rows: int = 512) -> Path:
+    """Warp a raster that has only ground control points onto a north-up grid in the GCPs' CRS
+    (GDAL's suggested output grid for the GCP transform), streamed like :func:`align_to`."""
+    with open_raster(src_path) as src:
+        gcps, crs = src.gcps
+        if not gcps or crs is None:
+            raise RasterInputError(f"raster {src.name} has no ground control points with a CRS to warp with")
+        return _write_warped(src, Path(out_path), {"crs": crs}, resampling=resampling, block_rows=block_rows)
+
+
+def _write_warped(src: rasterio.io.DatasetReader, out: Path, grid: Mapping[str, Any], *,
+                  resampling: Resampling, block_rows: int, src_nodata: float | None = None) -> Path:
+    """Write ``src`` warped onto ``grid`` (``crs`` and optionally ``transform``/``width``/
+    ``height``; without them GDAL suggests the grid) to ``out``: tiled GeoTIFF, atomic."""
+    nodata = src.nodata if src.nodata is not None else src_nodata
+    dst_nodata = nodata if nodata is not None else (
+        float("nan") if np.issubdtype(np.dtype(src.dtypes[0]), np.floating) else 0)
+    vrt_opts: dict[str, Any] = {**grid, "resampling": resampling, "nodata": dst_nodata}
+    if nodata is not None:
+        vrt_opts["src_nodata"] = nodata
+    if src.crs is None and src.gcps[1] is not None:
+        vrt_opts["src_crs"] = src.gcps[1]  # GCP-only source: warp with its GCPs
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with WarpedVRT(src, **vrt_opts) as vrt:
+            profile = {"driver": "GTiff", "width": vrt.width, "height": vrt.height, "count": src.count,
+                       "dtype": src.dtypes[0], "crs": vrt.crs, "transform": vrt.transform,
+                       "nodata": dst_nodata, "tiled": True, "blockxsize": 256, "blockysize": 256,
+                       "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+            with rasterio.open(tmp, "w", **profile) as dst:
                 for i in range(1, src.count + 1):
                     if src.descriptions[i - 1]:
                         dst.set_band_description(i, src.descriptions[i - 1])
-                for y0 in range(0, ref.height, block_rows):
-                    win = Window(0, y0, ref.width, min(block_rows, ref.height - y0))
+                for y0 in range(0, vrt.height, block_rows):
+                    win = Window(0, y0, vrt.width, min(block_rows, vrt.height - y0))
                     dst.write(vrt.read(window=win), window=win)
-            mask = os.umask(0o022)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return out
+
+
+# ----------------------------------------------------------------------------- georeferencing
+#: :func:`georeferencing` kinds.
+GEOREF_OK, GEOREF_GCPS, GEOREF_NO_CRS, GEOREF_NONE = "ok", "gcps", "no-crs", "none"
+
+
+def georeferencing(ds: Any) -> str:
+    """How ``ds`` is georeferenced: ``"ok"`` (a CRS and a geotransform), ``"gcps"`` (only ground
+    control points, with their CRS), ``"no-crs"`` (a geotransform but no CRS) or ``"none"``
+    (neither: a PNG/JPEG, or an identity transform)."""
+    has_transform = not ds.transform.is_identity
+    if ds.crs is not None and has_transform:
+        return GEOREF_OK
+    gcps, gcp_crs = ds.gcps
+    if gcps and gcp_crs is not None and not has_transform:
+        return GEOREF_GCPS
+    if has_transform:
+        return GEOREF_NO_CRS
+    return GEOREF_NONE
+
+
+def footprint(ds: Any, crs: Any = None) -> tuple[float, float, float, float]:
+    """``(left, bottom, right, top)`` of ``ds`` in ``crs`` (default: its own CRS, or for a
+    GCP-only raster the CRS of its GCPs, from the GCP extent)."""
+    from rasterio.warp import transform_bounds
+
+    if georeferencing(ds) == GEOREF_GCPS:
+        gcps, own = ds.gcps
+        xs, ys = [g.x for g in gcps], [g.y for g in gcps]
+        bounds, own_crs = (min(xs), min(ys), max(xs), max(ys)), own
+    else:
+        bounds, own_crs = tuple(ds.bounds), ds.crs
+    if crs is None or own_crs is None or crs == own_crs:
+        return tuple(float(v) for v in bounds)  # type: ignore[return-value]
+    return tuple(float(v) for v in transform_bounds(own_crs, crs, *bounds, densify_pts=21))  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- area
@@ -288,7 +392,8 @@ def pixel_area_m2(ds: Any) -> np.ndarray:
     ``[lat0, lat1]`` on a sphere of the WGS84 authalic radius ``R``; a pixel of ``dlon`` degrees
     covers ``R² · dlon_rad · |sin(lat1) − sin(lat0)|`` (the spherical approximation is within
     ~0.5 % of the ellipsoid). Rotated/sheared geographic transforms use the row-centre latitude.
-    No CRS: map units are assumed to be metres.
+    No CRS: map units are assumed to be metres (``predict_raster`` refuses such inputs first, see
+    :func:`rsvl_runtime.checks.check_georeferenced`).
     """
     t = ds.transform
     height = int(ds.height)

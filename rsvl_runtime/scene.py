@@ -12,15 +12,20 @@ a few batches in the queue and the writers' 512-row block buffers.
 inputs already normalised; a missing modality is ``None``). Nodata pixels (declared nodata,
 the ``nodata`` override, NaN/inf in SAR) are fed as 0 (the normalised mean) and come out as
 255 in labels/mask and 0 in scores.
+
+Outputs are transactional (:mod:`rsvl_runtime.transaction`: lock, temporary sibling folder,
+one swap at the end, early free-space check) and a large scene interrupted mid-way resumes
+from its last checkpointed strip (:mod:`rsvl_runtime.resume`), bit-identical to a full run.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from . import outputs as out
+from . import resume
 from .bundle import sha256_file
 from .normalization import normalize_optical, normalize_sar
 from .raster_io import (
@@ -50,6 +56,7 @@ from .tiling import (
     blend_window,
     pad_to_tile,
 )
+from .transaction import OutputTransaction, disk_full, is_no_space, no_space_error
 
 PredictFn = Callable[[np.ndarray | None, np.ndarray | None], np.ndarray]
 NodataArg = float | Mapping[str, float | None] | None
@@ -61,6 +68,8 @@ POSTPROCESS_ELEMENTS = 1 << 20
 SCORES_ZLEVEL = 1
 #: Columns normalised at once when preparing a strip (bounds temporaries).
 NORMALIZE_COLUMNS = 2048
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -221,9 +230,10 @@ class _BatchBuilder:
         return out
 
 
-def iter_scene_items(sources: _Sources, grid: TileGrid, batch: int,
-                     stats: _ReadStats | None = None) -> Iterator[_Strip | _Batch]:
-    """Strips (validity masks) and batches of normalised tiles, in row-major tile order."""
+def iter_scene_items(sources: _Sources, grid: TileGrid, batch: int, stats: _ReadStats | None = None,
+                     start: int = 0) -> Iterator[_Strip | _Batch]:
+    """Strips (validity masks) and batches of normalised tiles, in row-major tile order, from
+    the tile of row-major index ``start`` (a resumed run)."""
     datasets = {}
     try:
         for name, src in (("optical", sources.optical), ("sar", sources.sar)):
@@ -232,13 +242,14 @@ def iter_scene_items(sources: _Sources, grid: TileGrid, batch: int,
         builder = _BatchBuilder(batch, grid.tile, {name: len(src.bands) for name, src in
                                                    (("optical", sources.optical), ("sar", sources.sar))
                                                    if src is not None})
-        for row in range(len(grid.row_offsets)):
+        n_cols = len(grid.col_offsets)
+        for row in range(start // n_cols, len(grid.row_offsets)):
             t0 = time.perf_counter()
             valid, norm = _normalised_strip(datasets, sources, grid, row)
             if stats is not None:
                 stats.seconds += time.perf_counter() - t0
             yield _Strip(row, valid)
-            for tile in grid.row_tiles(row):
+            for tile in grid.row_tiles(row)[max(0, start - row * n_cols):]:
                 full = builder.add(tile, norm)
                 if full is not None:
                     yield full
@@ -347,13 +358,13 @@ def labels_and_scores(logits: np.ndarray, valid: np.ndarray,
 
 
 class _Sink:
-    """Turns finished rows into labels/scores, writes them and counts classes."""
+    """Turns finished rows into labels/scores, writes them, counts classes, checkpoints."""
 
-    def __init__(self, labels_writer: out.GeoTiffRowWriter, scores_writer: out.GeoTiffRowWriter | None,
-                 stats: out.ClassStats, row_areas: np.ndarray, valids: dict[int, np.ndarray],
+    def __init__(self, job: _Job, row_areas: np.ndarray, valids: dict[int, np.ndarray],
                  width: int, channels: int) -> None:
-        self.labels_writer, self.scores_writer = labels_writer, scores_writer
-        self.stats, self.row_areas = stats, row_areas
+        self.job = job
+        self.labels_writer, self.scores_writer = job.labels, job.scores
+        self.stats, self.row_areas = job.stats, row_areas
         self.valids = valids  # strip index -> [strip_height, W] validity, filled by the reader
         self.chunk = max(1, POSTPROCESS_ELEMENTS // (channels * width))
         self.postprocess_s = 0.0
@@ -362,6 +373,10 @@ class _Sink:
     def emit(self, fin: FinishedRows) -> None:
         """Softmax/argmax the finished rows chunk by chunk, write them, count the classes."""
         valid = self.valids.pop(fin.strip)[:fin.n_rows]
+        for k in [k for k in self.valids if k < fin.strip]:  # rows only read to align batches
+            del self.valids[k]
+        if fin.strip < self.job.plan.strip:  # written before the run was resumed
+            return
         for i in range(0, fin.n_rows, self.chunk):
             t0 = time.perf_counter()
             rows = slice(i, min(i + self.chunk, fin.n_rows))
@@ -374,6 +389,9 @@ class _Sink:
                 self.scores_writer.write(scores)
             self.postprocess_s += t1 - t0
             self.write_s += time.perf_counter() - t1
+        t1 = time.perf_counter()
+        self.job.checkpointer.strip_done(fin.strip + 1, fin.y0 + fin.n_rows)
+        self.write_s += time.perf_counter() - t1
 
 
 # ----------------------------------------------------------------------------- input records
@@ -421,19 +439,139 @@ def _expected_channels(raw: Any, n_classes: int, task: str) -> int:
     return n_classes
 
 
-def _open_writers(stage: out.OutputStage, ref: Any, task: str, class_names: Sequence[str],
-                  write_scores: bool, cog: bool | None) -> tuple[out.GeoTiffRowWriter, out.GeoTiffRowWriter | None]:
-    common = {"width": ref.width, "height": ref.height, "crs": ref.crs, "transform": ref.transform, "cog": cog}
-    name = out.MASK if task == "referring" else out.LABELS
-    labels = out.GeoTiffRowWriter(stage.temp(name), count=1, nodata=out.LABEL_NODATA,
-                                  overview_resampling=Resampling.mode, **common)
+@dataclass(frozen=True)
+class _OutputSpec:
+    """What a run writes (also part of its resume signature)."""
+
+    task: str
+    class_names: tuple[str, ...]
+    write_scores: bool
+    cog: bool | None
+
+    @property
+    def raster_name(self) -> str:
+        return out.MASK if self.task == "referring" else out.LABELS
+
+    @property
+    def bands(self) -> int:
+        """Output raster bands: labels/mask plus one score band per class."""
+        return 1 + (len(self.class_names) if self.task == "semantic" and self.write_scores else 0)
+
+
+@dataclass
+class _Job:
+    """The output side of one run: its transaction, staged files, writers, class statistics,
+    where it starts (:class:`~rsvl_runtime.resume.ResumePlan`) and its checkpoints."""
+
+    txn: OutputTransaction
+    spec: _OutputSpec
+    stage: out.OutputStage
+    labels: out.GeoTiffRowWriter
+    scores: out.GeoTiffRowWriter | None
+    stats: out.ClassStats
+    plan: resume.ResumePlan
+    checkpointer: resume.Checkpointer
+
+    @property
+    def writers(self) -> list[out.GeoTiffRowWriter]:
+        return [w for w in (self.labels, self.scores) if w is not None]
+
+    def record_probe(self, logits: np.ndarray) -> None:
+        """Remember the crc of the scene's first batch (the first one of a fresh run)."""
+        if self.checkpointer.cp.probe is None:
+            self.checkpointer.cp.probe = resume.logits_crc(logits)
+
+
+def _open_writers(stage: out.OutputStage, ref: Any, spec: _OutputSpec,
+                  cp: resume.Checkpoint | None) -> tuple[out.GeoTiffRowWriter, out.GeoTiffRowWriter | None]:
+    """New row writers, or (``cp``) the checkpointed rasters of a resumed run reopened."""
+    common = {"width": ref.width, "height": ref.height, "crs": ref.crs, "transform": ref.transform, "cog": spec.cog}
+
+    def path_and_resume(name: str) -> dict[str, Any]:
+        if cp is None:
+            return {"path": stage.temp(name)}
+        f = cp.files[name]
+        return {"path": stage.adopt(name, stage.out_dir / f["temp"]), "resume": (cp.rows, int(f["crc"]))}
+
+    labels = out.GeoTiffRowWriter(count=1, nodata=out.LABEL_NODATA, overview_resampling=Resampling.mode,
+                                  **path_and_resume(spec.raster_name), **common)
     scores = None
-    if task == "semantic" and write_scores:
-        scores = out.GeoTiffRowWriter(stage.temp(out.SCORES), count=len(class_names),
-                                      nodata=out.SCORE_NODATA, descriptions=list(class_names),
-                                      overview_resampling=Resampling.average, zlevel=SCORES_ZLEVEL,
-                                      **common)
+    if spec.bands > 1:
+        try:
+            scores = out.GeoTiffRowWriter(count=len(spec.class_names), nodata=out.SCORE_NODATA,
+                                          descriptions=list(spec.class_names),
+                                          overview_resampling=Resampling.average, zlevel=SCORES_ZLEVEL,
+                                          **path_and_resume(out.SCORES), **common)
+        except BaseException:
+            labels.abort()
+            raise
     return labels, scores
+
+
+def _signature(sources: _Sources, spec: _OutputSpec, tiling: Mapping[str, Any], window: str,
+               bundle_info: Mapping[str, Any] | None) -> str:
+    """Everything that changes the result: inputs (path, size, mtime), bands, nodata, specs,
+    outputs, tiling and the bundle (its digest, backend, precision)."""
+    mods = [m for m in (sources.optical, sources.sar) if m is not None]
+    return resume.signature({
+        "inputs": {m.modality: resume.input_fingerprint(m.path) for m in mods},
+        "bands": {m.modality: list(m.bands) for m in mods}, "nodata": {m.modality: m.nodata for m in mods},
+        "specs": [sources.optical_spec, sources.sar_spec], "sar_units": sources.sar_units,
+        "outputs": asdict(spec), "tiling": dict(tiling), "window": window,
+        "bundle": {k: v for k, v in (bundle_info or {}).items() if k != "bundle"}})
+
+
+def _probe(predict_fn: PredictFn, sources: _Sources, grid: TileGrid, batch: int) -> int:
+    """crc32 of the logits of the scene's first batch."""
+    items = iter_scene_items(sources, grid, batch)
+    try:
+        first = next(i for i in items if isinstance(i, _Batch))
+    finally:
+        items.close()
+    return resume.logits_crc(np.asarray(predict_fn(first.optical, first.sar), np.float32))
+
+
+def _find_checkpoint(txn: OutputTransaction, leftovers: list[Path], sig: str,
+                     probe: Callable[[], int]) -> resume.Checkpoint | None:
+    """Adopt the checkpointed folder of a killed run with the same signature and model output."""
+    found = None
+    for p in leftovers:
+        cp = resume.Checkpoint.load(p)
+        if found is None and cp is not None and cp.signature == sig:
+            if cp.probe == probe():
+                txn.adopt(p)
+                found = cp
+            else:
+                log.warning("%s: the model's output changed since the interrupted run; starting over", p)
+    txn.drop_leftovers([p for p in leftovers if p.exists()])
+    return found
+
+
+def _open_job(txn: OutputTransaction, cp: resume.Checkpoint | None, sig: str, ref: Any,
+              grid: TileGrid, spec: _OutputSpec, batch: int) -> _Job:
+    """Writers and statistics of a fresh run, or of the checkpoint ``cp`` (resumed)."""
+    stage = out.OutputStage(txn.tmp)
+    if cp is not None:
+        try:
+            stats = out.ClassStats.from_dict(len(spec.class_names), cp.stats)
+            plan = resume.resume_plan(grid, cp.next_strip, batch)
+            if plan.rows != cp.rows:
+                raise ValueError(f"checkpoint at row {cp.rows} is not a strip boundary of the grid")
+            labels, scores = _open_writers(stage, ref, spec, cp)
+            log.info("%s: resuming at row %d of %d", txn.out_dir, cp.rows, grid.height)
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint is only a lost head start
+            log.warning("%s: cannot resume (%s); starting over", txn.out_dir, e)
+            stage.discard()
+            resume.clear(txn.tmp)
+            cp = None
+    if cp is None:
+        cp = resume.Checkpoint(sig, None)  # type: ignore[arg-type]
+        stats = out.ClassStats(len(spec.class_names))
+        labels, scores = _open_writers(stage, ref, spec, None)
+        plan = resume.ResumePlan()
+    writers = {spec.raster_name: labels, **({out.SCORES: scores} if scores is not None else {})}
+    ckpt = resume.Checkpointer(txn.tmp, cp, writers, stats, len(grid.row_offsets))
+    return _Job(txn, spec, stage, labels, scores, stats, plan, ckpt)
 
 
 def _check_args(task: str, class_names: Sequence[str], colors: Sequence[Sequence[int]] | None,
@@ -499,44 +637,58 @@ def _run_scene(predict_fn: PredictFn, optical: str | Path | None, sar: str | Pat
     sources = prepare_sources(optical, sar, optical_spec=optical_spec, sar_spec=sar_spec,
                               sar_units=sar_units, bands=bands, sar_bands=sar_bands, nodata=nodata)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out.clear_done(out_dir)
-    hasher = _InputHasher({m.modality: m.path for m in (sources.optical, sources.sar) if m is not None},
-                          hash_inputs)
+    spec = _OutputSpec(task, tuple(class_names), write_scores, cog)
+    tiling = {"tile": tile, "overlap": overlap, "batch": batch}
+    txn = OutputTransaction(out_dir)
     with rasterio.open(sources.reference.path) as ref:
         grid = TileGrid(ref.height, ref.width, tile, overlap)
-        row_areas = pixel_area_m2(ref)
-        crs = ref.crs.to_string() if ref.crs is not None else None
-        stage = out.OutputStage(out_dir)
+        leftovers = txn.begin(out.estimate_output_bytes(grid.width, grid.height, spec.bands))
         try:
-            labels_w, scores_w = _open_writers(stage, ref, task, class_names, write_scores, cog)
-            writers = [w for w in (labels_w, scores_w) if w is not None]
-            try:
-                stats = out.ClassStats(len(class_names))
-                timings = _infer(predict_fn, sources, grid, batch, prefetch, window, labels_w, scores_w,
-                                 stats, row_areas, len(class_names), task, progress)
-                t0 = time.perf_counter()
-                for w in writers:
-                    w.close()
-            except BaseException:
-                for w in writers:
-                    w.abort()
-                raise
-            timings["rasters_finalize_s"] = time.perf_counter() - t0
-            result = _finish(stage, out_dir, sources, grid, stats, class_names, palette, crs, ref,
-                             timings, t_start, task, bundle_info, hasher,
-                             {"tile": tile, "overlap": overlap, "batch": batch})
-        except BaseException:
-            stage.discard()
+            sig = _signature(sources, spec, tiling, window, bundle_info)
+            cp = _find_checkpoint(txn, leftovers, sig, lambda: _probe(predict_fn, sources, grid, batch))
+            job = _open_job(txn, cp, sig, ref, grid, spec, batch)
+            hasher = _InputHasher({m.modality: m.path for m in (sources.optical, sources.sar) if m is not None},
+                                  hash_inputs)
+            result = _run_job(job, predict_fn, sources, grid, batch, prefetch, window, ref, palette,
+                              bundle_info, hasher, tiling, t_start, progress, out_dir)
+        except BaseException as e:
+            txn.abort(keep=isinstance(e, KeyboardInterrupt))
+            if not isinstance(e, KeyboardInterrupt) and (is_no_space(e) or disk_full(txn.tmp.parent)):
+                raise no_space_error(txn.out_dir, e) from e
             raise
+        finally:
+            txn.close()
     if progress:
         _print_summary(result)
     return result
 
 
+def _run_job(job: _Job, predict_fn: PredictFn, sources: _Sources, grid: TileGrid, batch: int,
+             prefetch: int, window: str, ref: Any, palette: list[tuple[int, int, int]],
+             bundle_info: Mapping[str, Any] | None, hasher: _InputHasher, tiling: Mapping[str, Any],
+             t_start: float, progress: bool, out_dir: Path) -> SceneResult:
+    """Inference into the job's writers, finalised rasters, reports, then the swap."""
+    class_names, task = list(job.spec.class_names), job.spec.task
+    try:
+        timings = _infer(predict_fn, sources, grid, batch, prefetch, window, job, pixel_area_m2(ref),
+                         len(class_names), task, progress)
+        resume.clear(job.txn.tmp)  # finalising is not resumable: a kill from here starts over
+        t0 = time.perf_counter()
+        for w in job.writers:
+            w.close()
+    except BaseException:
+        for w in job.writers:
+            w.abort()
+        raise
+    timings["rasters_finalize_s"] = time.perf_counter() - t0
+    timings["resumed_at_row"] = float(job.plan.rows)
+    crs = ref.crs.to_string() if ref.crs is not None else None
+    return _finish(job, out_dir, sources, grid, class_names, palette, crs, ref, timings, t_start, task,
+                   bundle_info, hasher, tiling)
+
+
 def _infer(predict_fn: PredictFn, sources: _Sources, grid: TileGrid, batch: int, prefetch: int,
-           window: str, labels_w: out.GeoTiffRowWriter, scores_w: out.GeoTiffRowWriter | None,
-           stats: out.ClassStats, row_areas: np.ndarray, n_classes: int, task: str,
+           window: str, job: _Job, row_areas: np.ndarray, n_classes: int, task: str,
            progress: bool) -> dict[str, float]:
     """The tile loop: prefetch, predict, blend, emit finished rows. Returns timings."""
     from tqdm.auto import tqdm
@@ -547,8 +699,10 @@ def _infer(predict_fn: PredictFn, sources: _Sources, grid: TileGrid, batch: int,
     acc: RowAccumulator | None = None
     sink: _Sink | None = None
     predict_s = blend_s = 0.0
-    bar = tqdm(total=grid.n_tiles, unit="tile", desc="tiles", disable=not progress, leave=False)
-    reader = Prefetcher(iter_scene_items(sources, grid, batch, read_stats), prefetch)
+    plan = job.plan
+    bar = tqdm(total=grid.n_tiles, initial=plan.first_tile, unit="tile", desc="tiles",
+               disable=not progress, leave=False)
+    reader = Prefetcher(iter_scene_items(sources, grid, batch, read_stats, plan.first_tile), prefetch)
     try:
         for item in reader:
             if isinstance(item, _Strip):
@@ -558,11 +712,14 @@ def _infer(predict_fn: PredictFn, sources: _Sources, grid: TileGrid, batch: int,
             raw = predict_fn(item.optical, item.sar)
             if acc is None:
                 channels = _expected_channels(raw, n_classes, task)
-                acc = RowAccumulator(grid, channels, blend_window(grid.tile, window))
-                sink = _Sink(labels_w, scores_w, stats, row_areas, valids, grid.width, channels)
+                acc = RowAccumulator(grid, channels, blend_window(grid.tile, window), plan.first_row)
+                sink = _Sink(job, row_areas, valids, grid.width, channels)
             logits = _check_logits(raw, len(item.tiles), acc.channels, grid.tile)
+            job.record_probe(logits)
             predict_s += time.perf_counter() - tp
             for i, t in enumerate(item.tiles):
+                if t.row < plan.first_row:  # computed only to keep the batches of the full run
+                    continue
                 tb = time.perf_counter()
                 acc.add(t, logits[i], sink.emit)  # type: ignore[union-attr]
                 blend_s += time.perf_counter() - tb
@@ -580,13 +737,15 @@ def _infer(predict_fn: PredictFn, sources: _Sources, grid: TileGrid, batch: int,
             "write_s": sink.write_s}
 
 
-def _finish(stage: out.OutputStage, out_dir: Path, sources: _Sources, grid: TileGrid,
-            stats: out.ClassStats, class_names: Sequence[str], palette: list[tuple[int, int, int]],
+def _finish(job: _Job, out_dir: Path, sources: _Sources, grid: TileGrid,
+            class_names: Sequence[str], palette: list[tuple[int, int, int]],
             crs: str | None, ref: Any, timings: dict[str, float], t_start: float, task: str,
             bundle_info: Mapping[str, Any] | None, hasher: _InputHasher,
             tiling: Mapping[str, Any]) -> SceneResult:
-    """Class table, preview and report into the stage, commit everything, then done.json."""
+    """Class table, preview and report into the stage, commit them in the temporary folder,
+    done.json, then swap the folder in."""
     t0 = time.perf_counter()
+    stage, stats = job.stage, job.stats
     table = stats.table(class_names, palette)
     out.write_classes_json(stage.temp(out.CLASSES), table, stats, crs)
     raster_name = out.MASK if task == "referring" else out.LABELS
@@ -606,9 +765,11 @@ def _finish(stage: out.OutputStage, out_dir: Path, sources: _Sources, grid: Tile
                      bundle_info=bundle_info)
     timings["reports_s"] = time.perf_counter() - t0
     committed = stage.commit()
-    out.write_done(out_dir, committed, {"task": task, "timings": timings, "inputs": inputs,
-                                        "raster": raster, "class_names": list(class_names)})
-    return SceneResult(out_dir=out_dir, outputs={**committed, out.DONE: out_dir / out.DONE}, classes=table,
+    out.write_done(stage.out_dir, committed, {"task": task, "timings": timings, "inputs": inputs,
+                                              "raster": raster, "class_names": list(class_names)})
+    job.txn.commit()
+    outputs = {name: out_dir / name for name in committed}
+    return SceneResult(out_dir=out_dir, outputs={**outputs, out.DONE: out_dir / out.DONE}, classes=table,
                        tiles=grid.n_tiles, seconds=time.perf_counter() - t_start, width=grid.width,
                        height=grid.height, crs=crs, timings=timings)
 

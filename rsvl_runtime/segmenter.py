@@ -14,13 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .backends import Sessions, load_sessions
 from .bundle import Bundle, BundleError
+from .checks import check_array, preflight, sar_array_valid
 from .normalization import normalize_optical, normalize_sar
 from .text import BundleTokenizer
 from .tiling import TileGrid, blend_tiles, pad_to_tile
@@ -31,6 +33,38 @@ log = logging.getLogger("rsvl.runtime")
 
 #: Prompts encoded per text-graph call (bounded memory for big vocabularies).
 TEXT_CHUNK = 256
+#: Label of nodata pixels in ``predict``'s uint8 labels (as in labels.tif); uint16 labels
+#: (more than 255 classes) use ``LABEL_NODATA_U16``.
+LABEL_NODATA = 255
+LABEL_NODATA_U16 = 65535
+
+BundleArg = str | os.PathLike[str] | Bundle
+
+
+def open_bundle(bundle: BundleArg, expect_digest: str | None = None) -> Bundle:
+    """A verified :class:`Bundle` from a path (or an already loaded one).
+
+    ``expect_digest`` pins the bundle: :meth:`Bundle.load` refuses a bundle whose digest differs.
+    A loaded :class:`Bundle` given with ``expect_digest`` is re-opened from its folder so the same
+    check applies. The one bundle opener of the API, ``rsvl-infer`` and batch runs.
+    """
+    if isinstance(bundle, Bundle):
+        if expect_digest is None:
+            return bundle
+        bundle = bundle.root
+    return Bundle.load(bundle, expect_digest=expect_digest)
+
+
+def label_array(probs: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """argmax labels of ``probs [K, H, W]``: uint8 (nodata 255) for K <= 255 classes, else
+    uint16 (nodata 65535), so class ids never wrap; ``valid`` False -> nodata, probabilities 0."""
+    k = probs.shape[0]
+    dtype, nodata = (np.uint8, LABEL_NODATA) if k <= LABEL_NODATA else (np.uint16, LABEL_NODATA_U16)
+    labels = probs.argmax(0).astype(dtype)
+    if valid is not None and not valid.all():
+        labels[~valid] = nodata
+        probs[:, ~valid] = 0.0
+    return labels
 
 
 def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -38,19 +72,6 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     np.exp(z, out=z)
     z /= z.sum(axis=axis, keepdims=True)
     return z
-
-
-def _as_chw(arr: np.ndarray, bands: int, what: str) -> np.ndarray:
-    if arr.ndim == 2 and bands == 1:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise ValueError(f"{what} must be [C, H, W] (or [H, W] for one band), got shape {arr.shape}")
-    if arr.shape[0] != bands and arr.shape[-1] == bands:
-        arr = np.moveaxis(arr, -1, 0)
-    if arr.shape[0] != bands:
-        raise ValueError(f"{what} has {arr.shape[0]} bands, the bundle expects {bands}; "
-                         "reorder or select bands (e.g. --bands 3,2,1)")
-    return arr
 
 
 class _BundleModel:
@@ -73,10 +94,15 @@ class _BundleModel:
         self.timings: dict[str, float] = {}
 
     @classmethod
-    def load(cls, bundle: str | os.PathLike[str] | Bundle, backend: str = "auto", precision: str = "auto",
-             batch: int | None = None, threads: int | None = None, **kwargs: Any):
-        """Open (and verify) a bundle and load its graphs on ``backend``."""
-        b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    def load(cls, bundle: BundleArg, backend: str = "auto", precision: str = "auto",
+             batch: int | None = None, threads: int | None = None, *, expect_digest: str | None = None,
+             **kwargs: Any):
+        """Open (and verify) a bundle and load its graphs on ``backend``.
+
+        ``expect_digest``: the bundle digest a deployment pins (``rsvl-infer --expect-digest``);
+        a bundle with another digest is refused (:func:`open_bundle`).
+        """
+        b = open_bundle(bundle, expect_digest)
         return cls(b, load_sessions(b, backend, precision, threads), batch=batch, **kwargs)
 
     @property
@@ -128,7 +154,9 @@ class Segmenter(_BundleModel):
         emb = self._bundle_cache(vocab)
         if emb is None:
             key = vocabulary_key(self.bundle.digest, vocab, self.templates)
-            emb = self.cache.get_or_encode(key, vocab, lambda: self.encode(vocab))
+            emb = self.cache.get_or_encode(key, vocab, lambda: self.encode(vocab), bundle_digest=self.bundle.digest,
+                                           templates=self.templates,
+                                           width=self.bundle.manifest.get("embedding_dim") or None)
         self.timings["vocabulary_s"] = time.perf_counter() - t0
         self.classes, self.text_emb = vocab, emb.astype(np.float32)
         return vocab
@@ -175,26 +203,39 @@ class Segmenter(_BundleModel):
         return np.concatenate(out).astype(np.float32, copy=False)
 
     def _check_mode(self, has_optical: bool, has_sar: bool) -> None:
+        if not has_optical and not has_sar:
+            raise ValueError("no input: both optical and SAR are None; give an optical and/or a SAR image "
+                             f"(this bundle supports {self.bundle.modes})")
         mode = "optical+sar" if has_optical and has_sar else ("optical" if has_optical else "sar")
         if mode not in self.bundle.modes:
             raise ValueError(f"this bundle supports {self.bundle.modes}, not {mode!r} input; "
                              + ("pass the SAR image (--sar)" if not has_sar else "pass the optical image"))
 
     # ---------------------------------------------------------------- numpy API
-    def predict(self, optical: np.ndarray | None, sar: np.ndarray | None = None, sar_units: str | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, optical: np.ndarray | None, sar: np.ndarray | None = None, sar_units: str | None = None,
+                *, sar_check: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Tiled prediction on in-memory arrays.
 
-        ``optical``: ``[3, H, W]`` (or ``[H, W, 3]``) uint8/uint16 digital numbers; ``sar``: ``[1, H, W]``
-        or ``[H, W]`` in dB (or linear with ``sar_units="linear"``). Returns ``labels [H, W]`` uint8 class
-        ids and ``probabilities [K, H, W]`` float32.
+        ``optical``: ``[3, H, W]`` (or ``[H, W, 3]``) digital numbers in the bundle's dtype (uint8, or
+        uint16 when the bundle declares it); ``sar``: ``[1, H, W]`` or ``[H, W]`` float32/float64 in dB
+        (or linear with ``sar_units="linear"``). The data types are checked as ``rsvl-infer`` checks
+        rasters (:func:`rsvl_runtime.raster_io.check_input_dtype`); NaN/inf SAR pixels are nodata,
+        and implausible SAR units are refused unless ``sar_check=False`` (see
+        :mod:`rsvl_runtime.checks`). Returns ``labels [H, W]`` class ids (uint8, 255 = nodata; uint16
+        above 255 classes) and ``probabilities [K, H, W]`` float32 (0 at nodata pixels).
         """
         self._check_mode(optical is not None, sar is not None)
-        norm = {}
+        norm: dict[str, np.ndarray] = {}
+        valid = None
         if optical is not None:
-            norm["optical"] = normalize_optical(_as_chw(np.asarray(optical), 3, "optical"), self.modalities["optical"])
+            opt = check_array(optical, "optical", self.modalities["optical"])
+            norm["optical"] = normalize_optical(opt, self.modalities["optical"])
         if sar is not None:
-            norm["sar"] = normalize_sar(_as_chw(np.asarray(sar), 1, "sar"), self.modalities["sar"], units=sar_units)
+            s = check_array(sar, "sar", self.modalities["sar"])
+            valid = sar_array_valid(s, self.modalities["sar"], sar_units, sar_check=sar_check)
+            with np.errstate(invalid="ignore"):
+                norm["sar"] = normalize_sar(s, self.modalities["sar"], units=sar_units)
+            norm["sar"][:, ~valid] = 0.0  # the normalised mean, as the raster path feeds nodata
         shapes = {v.shape[1:] for v in norm.values()}
         if len(shapes) != 1:
             raise ValueError(f"optical and SAR differ in size {sorted(shapes)}; co-register them first")
@@ -202,7 +243,7 @@ class Segmenter(_BundleModel):
         grid = TileGrid(h, w, self.tile, self.overlap)
         logits = blend_tiles(grid, len(self.classes), self._tile_logits(grid, norm))
         probs = softmax(logits, axis=0)
-        return probs.argmax(0).astype(np.uint8), probs
+        return label_array(probs, valid), probs
 
     def _tile_logits(self, grid: TileGrid, norm: dict[str, np.ndarray]):
         tiles = list(grid.tiles())
@@ -217,10 +258,16 @@ class Segmenter(_BundleModel):
     def predict_raster(self, optical_path: str | os.PathLike[str] | None, sar_path: str | os.PathLike[str] | None = None,
                        out_dir: str | os.PathLike[str] = "rsvl_out", **options: Any):
         """Tiled inference over GeoTIFFs, streamed window by window; writes labels.tif, scores.tif,
-        classes.json, preview.png and report.html atomically into ``out_dir``."""
+        classes.json, preview.png and report.html atomically into ``out_dir``.
+
+        The inputs are checked first (:func:`rsvl_runtime.checks.preflight`: georeferencing, data
+        types, nodata share, SAR units); ``sar_check=False`` turns an implausible-SAR-units refusal
+        into a warning. The other ``options`` are :func:`rsvl_runtime.scene.run_scene`'s.
+        """
         from .scene import run_scene
 
         self._check_mode(optical_path is not None, sar_path is not None)
+        _preflight(self.modalities, optical_path, sar_path, options)
         tile = int(options.pop("tile", None) or self.tile)
         overlap = options.pop("overlap", None)
         overlap = self.overlap if overlap is None else float(overlap)
@@ -268,9 +315,11 @@ class Referrer(_BundleModel):
         return np.concatenate(out)
 
     def predict(self, image: np.ndarray, expression: str) -> tuple[np.ndarray, np.ndarray]:
-        """``image [3,H,W]`` uint8 + expression -> (mask ``[H,W]`` uint8 0/1, probability ``[H,W]``)."""
+        """``image [3,H,W]`` in the bundle's optical dtype (checked as ``rsvl-infer`` checks rasters)
+        + expression -> (mask ``[H,W]`` uint8 0/1, probability ``[H,W]``)."""
+        img = check_array(image, "optical", self.modalities["optical"], what="image array")
         self.set_expression(expression)
-        x = normalize_optical(_as_chw(np.asarray(image), 3, "image"), self.modalities["optical"])
+        x = normalize_optical(img, self.modalities["optical"])
         grid = TileGrid(x.shape[1], x.shape[2], self.tile, self.overlap)
 
         def tiles():
@@ -288,6 +337,9 @@ class Referrer(_BundleModel):
         """Referring segmentation over a GeoTIFF; writes mask.tif and the report."""
         from .scene import run_scene
 
+        if optical_path is None:
+            raise ValueError("referring segmentation needs the optical raster")
+        _preflight(self.modalities, optical_path, None, options)
         self.set_expression(expression)
         options.pop("tile", None)
         overlap = options.pop("overlap", None)
@@ -296,3 +348,11 @@ class Referrer(_BundleModel):
                          optical_spec=self.modalities["optical"], sar_spec=None, tile=self.tile,
                          overlap=self.overlap if overlap is None else float(overlap), batch=self.batch,
                          task="referring", bundle_info={**self.info(), "expression": expression}, **options)
+
+
+def _preflight(modalities: Mapping[str, Any], optical: Any, sar: Any, options: dict[str, Any]) -> None:
+    """:func:`rsvl_runtime.checks.preflight` with ``predict_raster``'s options; pops ``sar_check``."""
+    sar_check = bool(options.pop("sar_check", True))
+    preflight(optical, sar, optical_spec=modalities.get("optical"), sar_spec=modalities.get("sar"),
+              sar_units=options.get("sar_units"), bands=options.get("bands"),
+              sar_bands=options.get("sar_bands"), nodata=options.get("nodata"), sar_check=sar_check)

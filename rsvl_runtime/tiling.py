@@ -201,9 +201,14 @@ class RowAccumulator:
     rows ``[y_r, y_r + strip_height)`` of the current row of tiles ``r``. Tiles must arrive in
     row-major order (:meth:`TileGrid.tiles`); when a tile of the next row arrives, the rows above
     it are final and returned as :class:`FinishedRows`, and the buffer slides down.
+
+    ``start_row``: the first row of tiles fed (a resumed run); rows of strips it does not fully
+    cover are emitted with partial sums and must be discarded by the caller
+    (:func:`rsvl_runtime.resume.resume_plan` picks a start that leaves the wanted rows exact).
     """
 
-    def __init__(self, grid: TileGrid, channels: int, window: np.ndarray | None = None) -> None:
+    def __init__(self, grid: TileGrid, channels: int, window: np.ndarray | None = None,
+                 start_row: int = 0) -> None:
         if channels < 1:
             raise ValueError(f"need at least one logit channel, got {channels}")
         self.grid = grid
@@ -215,7 +220,9 @@ class RowAccumulator:
         h = grid.strip_height
         self._acc = np.zeros((channels, h, grid.width), np.float32)
         self._wsum = np.zeros((h, grid.width), np.float32)
-        self._row = 0
+        if not 0 <= start_row < len(self._rows):
+            raise ValueError(f"start_row {start_row} outside the grid's {len(self._rows)} rows of tiles")
+        self._row = start_row
         self._done = False
 
     @property

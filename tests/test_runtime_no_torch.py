@@ -25,7 +25,9 @@ def run_without_torch(code: str) -> subprocess.CompletedProcess:
 def test_runtime_imports_without_torch() -> None:
     r = run_without_torch("""
         import rsvl_runtime, rsvl_runtime.cli, rsvl_runtime.scene, rsvl_runtime.outputs, rsvl_runtime.raster_io
-        import rsvl_runtime.backends.onnxruntime_backend, rsvl_runtime.backends.tensorrt_backend
+        import rsvl_runtime.backends.onnxruntime_backend, rsvl_runtime.backends.tensorrt
+        import rsvl_runtime.backends.tensorrt.session, rsvl_runtime.backends.tensorrt.build
+        import rsvl_runtime.backends.tensorrt.validity
         import sys
         assert "torch" not in sys.modules
         try:

@@ -215,15 +215,16 @@ def test_interruption_leaves_no_final_named_output(tmp_path: Path) -> None:
     assert not [t for t in threading.enumerate() if t.name == "rsvl-reader"]  # reader stopped
 
 
-def test_interrupted_rerun_invalidates_previous_complete_output(tmp_path: Path) -> None:
+def test_failed_rerun_keeps_previous_complete_output(tmp_path: Path) -> None:
     opt, sar, _, _ = _scene(tmp_path, 150, 150)
     _run(LinearModel(5), opt, sar, tmp_path / "out")
     assert out.is_complete(tmp_path / "out")
+    before = _leftovers(tmp_path / "out")
     with pytest.raises(RuntimeError):
         _run(LinearModel(5, fail_after=2, error=RuntimeError), opt, sar, tmp_path / "out")
-    assert not out.is_complete(tmp_path / "out")
-    assert out.DONE not in _leftovers(tmp_path / "out")
-    assert not [n for n in _leftovers(tmp_path / "out") if n.endswith(".tmp")]
+    assert out.is_complete(tmp_path / "out")  # the new result replaces the old only when complete
+    assert _leftovers(tmp_path / "out") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["optical.tif", "out", "sar.tif"]  # no temporaries
 
 
 def test_referring_task_writes_mask(tmp_path: Path) -> None:

@@ -1,22 +1,23 @@
-"""TensorRT build (rsvl_export.tensorrt_build) and runtime backend (rsvl_runtime.backends.tensorrt_backend).
+"""The TensorRT backend (``rsvl_runtime.backends.tensorrt``), both flavours.
 
 Three layers:
 
-* tests marked ``tensorrt`` build and run a real engine; they skip with the reason
-  "tensorrt is not importable (no TensorRT on this machine)" (or "no CUDA GPU") where that is so;
-* tests that run everywhere check the messages and checks that do not need TensorRT:
-  ``TensorRTUnavailable`` when tensorrt is missing, ``trtexec_command``, ``EngineMismatchError``
-  from a manifest whose TensorRT version / compute capability differs from the installed one,
-  profile checks;
-* a fake ``tensorrt`` module (mimicking the documented Python API: Builder, OnnxParser,
-  optimisation profile, timing cache, Runtime, execution context with set_input_shape /
-  set_tensor_address / execute_async_v3) that "executes" the ONNX graph with ONNX Runtime,
-  so the build flow and the session's shape/buffer plumbing run on CPU.
+* **real TensorRT-RTX** (installed by the dev extras, builds on the CPU): engines of the toy graph
+  and of the session test bundle's image and text graphs are built for real; their manifest
+  entries, ``rsvl-export inspect`` (validity via ``get_engine_validity``, a tampered engine), the
+  runtime's one-line refusal without a GPU and ``--engine auto`` are checked on them;
+* checks that need no TensorRT at all: profiles, commands, version parsing, flavour choice;
+* a fake module for what the real library cannot show without a GPU: running a session (shape
+  and buffer plumbing, the RTX runtime cache and CUDA-graph setting), enterprise TensorRT's
+  build flags and timing cache, refusal of an engine from another version/GPU before
+  deserialising, and an out-of-memory build.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import types
@@ -28,33 +29,43 @@ import onnx
 import pytest
 import torch
 
-import rsvl_export.tensorrt_build as tb
-import rsvl_runtime.backends.tensorrt_backend as tbk
+import rsvl_runtime.backends.tensorrt.probe as probe
+import rsvl_runtime.backends.tensorrt.session as session_mod
 from rsvl_export.parity import ParityReport, ort_session
-from rsvl_export.tensorrt_build import EngineInfo, build_engine, tensorrt_available, trtexec_command
-from rsvl_runtime.backends.tensorrt_backend import (
-    TENSORRT_MISSING,
+from rsvl_runtime.backends.tensorrt import (
     EngineMismatchError,
-    TensorRTSession,
+    GpuInfo,
     TensorRTUnavailable,
-    check_engine_compatible,
+    check_engine,
     check_shape_in_profile,
+    choose_flavour,
+    graph_profiles,
+    import_flavour,
+    require_engine,
+    trtexec_command,
+    version_tuple,
     versions_match,
 )
+from rsvl_runtime.backends.tensorrt.build import RTX_DEFAULT_TARGETS, EngineBuildError, EngineInfo, build_engine
+from rsvl_runtime.backends.tensorrt.flavours import can_build
+from rsvl_runtime.backends.tensorrt.session import TensorRTSession
 from rsvl_runtime.bundle import BundleError
 from tests.export_toy import TILE, example_inputs, exported_toy_fp16
 
 PROFILES = {"optical": ([1, 3, TILE, TILE], [2, 3, TILE, TILE], [4, 3, TILE, TILE]),
             "text_emb": ([1, 8], [8, 8], [32, 8])}
-META = {"graph": "image", "file": "image.fp16.engine", "onnx": "image.fp16.onnx", "precision": "fp16",
-        "tensorrt_version": "10.13.0.35", "compute_capability": "9.0", "gpu": "NVIDIA H100 80GB HBM3",
-        "profiles": {n: {"min": p[0], "opt": p[1], "max": p[2]} for n, p in PROFILES.items()}}
 
-#: (False, "tensorrt is not importable (no TensorRT on this machine)") here; real-engine tests skip with it.
-TRT_OK, TRT_REASON = tensorrt_available()
+RTX_OK, RTX_REASON = can_build("tensorrt-rtx")
+needs_rtx = pytest.mark.skipif(not RTX_OK, reason=RTX_REASON)
+NO_GPU = probe.gpu_info() is None
 
 
-# =========================================================================== everywhere
+@pytest.fixture(scope="module")
+def fp16_graph():
+    return exported_toy_fp16()
+
+
+# =========================================================================== no TensorRT needed
 def test_trtexec_command_has_the_exact_shapes() -> None:
     cmd = trtexec_command("bundle/image.fp16.onnx", PROFILES, fp16=True)
     assert cmd == ("trtexec --onnx=bundle/image.fp16.onnx --stronglyTyped "
@@ -62,98 +73,233 @@ def test_trtexec_command_has_the_exact_shapes() -> None:
                    "--optShapes=optical:2x3x32x32,text_emb:8x8 "
                    "--maxShapes=optical:4x3x32x32,text_emb:32x8 "
                    "--saveEngine=bundle/image.fp16.engine")
-    cmd = trtexec_command("my dir/image.onnx", META["profiles"], fp16=False, engine_path="out/e.engine",
+    cmd = trtexec_command("my dir/image.onnx", PROFILES, fp16=False, engine_path="out/e.engine",
                           timing_cache="tc.cache", workspace_gb=2)
     assert "--onnx='my dir/image.onnx'" in cmd and "--saveEngine=out/e.engine" in cmd
     assert "--memPoolSize=workspace:2048M" in cmd and "--timingCacheFile=tc.cache" in cmd
-
-
-def test_trtexec_command_refuses_bad_profiles() -> None:
     with pytest.raises(ValueError, match="min <= opt <= max"):
         trtexec_command("x.onnx", {"text_emb": ([8, 8], [1, 8], [32, 8])}, True)
 
 
-def test_missing_tensorrt_gives_a_message_with_the_way_to_build_on_the_target(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(sys.modules, "tensorrt", None)          # `import tensorrt` -> ImportError
-    ok, reason = tensorrt_available()
-    assert not ok and reason == TENSORRT_MISSING
-    with pytest.raises(TensorRTUnavailable) as ei:
-        build_engine(tmp_path / "image.fp16.onnx", tmp_path / "image.fp16.engine", PROFILES, fp16=True)
-    msg = str(ei.value)
-    assert "tensorrt is not importable" in msg
-    assert "pip install tensorrt" in msg and "--engine tensorrt" in msg and "rebuild-engine" in msg
-    assert trtexec_command(tmp_path / "image.fp16.onnx", PROFILES, True,
-                           engine_path=tmp_path / "image.fp16.engine") in msg
-    assert "--minShapes=optical:1x3x32x32,text_emb:1x8" in msg and "--stronglyTyped" in msg
-    # the runtime says the same kind of thing
-    with pytest.raises(TensorRTUnavailable, match="pip install tensorrt.*--backend onnxruntime"):
-        tbk.import_tensorrt()
+def test_profiles_come_from_the_manifest_axes() -> None:
+    inputs = {"optical": {"dtype": "float32", "shape": ["B", 3, 64, 64]},
+              "text_emb": {"dtype": "float32", "shape": ["K", 128]}}
+    prof = graph_profiles(inputs, {"B": (1, 8, 32), "K": (1, 16, 256)})
+    assert prof == {"optical": {"min": [1, 3, 64, 64], "opt": [8, 3, 64, 64], "max": [32, 3, 64, 64]},
+                    "text_emb": {"min": [1, 128], "opt": [16, 128], "max": [256, 128]}}
+    with pytest.raises(ValueError, match="dynamic axis 'K' without a size range"):
+        graph_profiles(inputs, {"B": (1, 8, 32)})
 
 
-def _fake_machine(monkeypatch, version: str, cc: str, gpu: str = "NVIDIA GeForce RTX 3090") -> None:
-    monkeypatch.setattr(tbk, "installed_tensorrt_version", lambda: version)
-    monkeypatch.setattr(tbk, "gpu_info", lambda device=0: {"name": gpu, "compute_capability": cc})
-
-
-@pytest.mark.parametrize("version, cc, names", [
-    ("10.9.0.34", "9.0", ["TensorRT 10.13.0.35", "installed here: 10.9.0.34"]),
-    ("10.13.0.35", "8.6", ["compute capability 9.0 (NVIDIA H100 80GB HBM3)", "this GPU: 8.6, NVIDIA GeForce RTX 3090"]),
-    ("10.9.0.34", "8.6", ["TensorRT 10.13.0.35", "compute capability 9.0", "8.6"]),
-])
-def test_engine_mismatch_is_refused_before_deserialising(monkeypatch, tmp_path: Path, version: str, cc: str,
-                                                         names: list[str]) -> None:
-    engine = tmp_path / "image.fp16.engine"
-    engine.write_bytes(b"serialized engine")
-    _fake_machine(monkeypatch, version, cc)
-
-    def no_tensorrt_please():
-        raise AssertionError("the engine must not be deserialised before the version/GPU check")
-
-    monkeypatch.setattr(tbk, "import_tensorrt", no_tensorrt_please)
-    with pytest.raises(EngineMismatchError) as ei:
-        TensorRTSession(engine, META)
-    msg = str(ei.value)
-    for n in names:
-        assert n in msg, (n, msg)
-    assert f"rsvl-export rebuild-engine {tmp_path}" in msg
-    assert "trtexec --onnx=" in msg and "--maxShapes=optical:4x3x32x32,text_emb:32x8" in msg
-    assert isinstance(ei.value, BundleError)                 # the CLI's bundle error handling catches it
-
-
-def test_matching_versions_pass_the_check(monkeypatch, tmp_path: Path) -> None:
-    _fake_machine(monkeypatch, "10.13.0.35", "9.0")
-    assert check_engine_compatible(tmp_path / "e.engine", META) == ("10.13.0.35", "9.0")
+def test_versions_parse_and_match() -> None:
+    assert version_tuple("1.7.1.116") == (1, 7, 1, 116) and version_tuple("10.13.0rc1.x") == (10, 13, 0)
     assert versions_match("10.13.0", "10.13.0.35") and not versions_match("10.13.0", "10.13.2")
-
-
-def test_manifest_without_version_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(EngineMismatchError, match="lacks tensorrt_version/compute_capability"):
-        check_engine_compatible(tmp_path / "e.engine", {"graph": "image", "precision": "fp16"})
-
-
-def test_no_gpu_is_reported(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(tbk, "installed_tensorrt_version", lambda: "10.13.0.35")
-    monkeypatch.setattr(tbk, "gpu_info", lambda device=0: None)
-    with pytest.raises(TensorRTUnavailable, match="no CUDA GPU found"):
-        check_engine_compatible(tmp_path / "e.engine", META)
+    assert not versions_match("", "1.7")
 
 
 def test_shape_outside_profile_names_both_shapes() -> None:
     check_shape_in_profile("text_emb", (20, 8), PROFILES["text_emb"])
     with pytest.raises(ValueError, match=r"'text_emb' has shape \[40, 8\].*min \[1, 8\] \.\. max \[32, 8\]"):
         check_shape_in_profile("text_emb", (40, 8), PROFILES["text_emb"])
-    with pytest.raises(ValueError, match=r"shape \[2, 3, 64, 64\]"):
-        check_shape_in_profile("optical", (2, 3, 64, 64), META["profiles"]["optical"])
 
 
-def test_runtime_backend_imports_without_torch_or_tensorrt() -> None:
-    code = ("import sys; import rsvl_runtime.backends.tensorrt_backend as m; "
+def test_enterprise_tensorrt_missing_or_a_stub_is_named_with_the_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)                 # `import tensorrt` -> ImportError
+    with pytest.raises(TensorRTUnavailable, match=r"tensorrt is not importable.*pip install tensorrt"):
+        import_flavour("tensorrt")
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))   # the index's stub
+    with pytest.raises(TensorRTUnavailable, match="stub without the TensorRT libraries"):
+        import_flavour("tensorrt")
+    with pytest.raises(TensorRTUnavailable, match=r"--engine tensorrt: tensorrt is not importable"):
+        choose_flavour("tensorrt")
+    assert choose_flavour("none") == (None, "--engine none")
+
+
+def test_auto_picks_tensorrt_rtx_without_a_gpu(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setattr(probe, "gpu_info", lambda device=0: None)
+    name, why = choose_flavour("auto")
+    if RTX_OK:
+        assert name == "tensorrt-rtx", why
+        assert "ahead-of-time on the CPU" in why and "tensorrt is not importable" in why
+    else:
+        assert name is None and "pip install 'rsvl[tensorrt-rtx]'" in why
+    # with a GPU and enterprise TensorRT importable, auto prefers enterprise TensorRT
+    fake = types.ModuleType("tensorrt")
+    fake.__version__, fake.Builder = "10.13.0.35", object  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(probe, "gpu_info", lambda device=0: GpuInfo("Fake L4", "8.9"))
+    assert choose_flavour("auto")[0] == "tensorrt"
+
+
+def test_backend_imports_without_torch_or_tensorrt() -> None:
+    code = ("import sys; import rsvl_runtime.backends.tensorrt as m; import rsvl_runtime.backends.tensorrt.session; "
+            "import rsvl_runtime.backends.tensorrt.validity, rsvl_runtime.backends.tensorrt.build; "
             "assert 'torch' not in sys.modules, 'torch imported'; "
-            "assert 'tensorrt' not in sys.modules, 'tensorrt imported eagerly'")
+            "assert 'tensorrt' not in sys.modules and 'tensorrt_rtx' not in sys.modules, 'tensorrt imported eagerly'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# =========================================================================== fake TensorRT
+# =========================================================================== real TensorRT-RTX
+@pytest.mark.tensorrt
+@needs_rtx
+def test_rtx_builds_the_fp16_toy_engine_on_this_machine(fp16_graph, tmp_path: Path) -> None:
+    import tensorrt_rtx
+
+    result, _, _ = fp16_graph
+    engine = tmp_path / "image.fp16.engine"
+    info = build_engine(result.path, engine, PROFILES, flavour_name="tensorrt-rtx", precision="fp16")
+    assert isinstance(info, EngineInfo)
+    assert (info.flavour, info.version, info.precision, info.graph) == ("tensorrt-rtx", tensorrt_rtx.__version__,
+                                                                        "fp16", "image")
+    assert info.strongly_typed and info.targets == list(RTX_DEFAULT_TARGETS)
+    assert info.bytes == engine.stat().st_size > 100_000
+    assert info.sha256 == hashlib.sha256(engine.read_bytes()).hexdigest()
+    assert info.profiles["text_emb"] == {"min": [1, 8], "opt": [8, 8], "max": [32, 8]}
+    assert info.inputs == ["optical", "text_emb"] and info.outputs == ["logits"] and info.build_seconds > 0
+    assert not list(tmp_path.glob(".*.tmp"))                       # written atomically, nothing left over
+    json.dumps(info.to_dict())
+    # explicit targets are recorded; an unknown one is refused with the known ones
+    info86 = build_engine(result.path, tmp_path / "e86.engine", PROFILES, precision="fp16", targets=["8.6"])
+    assert info86.targets == ["8.6"]
+    with pytest.raises(ValueError, match=r"compute capability 9\.0 is not a TensorRT-RTX target \(known: .*SM86"):
+        build_engine(result.path, tmp_path / "e90.engine", PROFILES, precision="fp16", targets=["9.0"])
+    assert not (tmp_path / "e90.engine").exists()
+
+
+@pytest.mark.tensorrt
+@needs_rtx
+def test_rtx_build_refuses_a_wrong_precision_or_profile(fp16_graph, tmp_path: Path) -> None:
+    result, res32, _ = fp16_graph
+    with pytest.raises(ValueError, match="has no FP16 tensors.*image.fp16.onnx"):
+        build_engine(res32.path, tmp_path / "e.engine", PROFILES, precision="fp16")
+    with pytest.raises(ValueError, match="contains FP16 tensors but precision is fp32"):
+        build_engine(result.path, tmp_path / "e.engine", PROFILES, precision="fp32")
+    with pytest.raises(ValueError, match=r"'text_emb'.*dynamic shape \[-1, 8\] but no optimisation profile"):
+        build_engine(result.path, tmp_path / "e.engine", {"optical": PROFILES["optical"]}, precision="fp16")
+    with pytest.raises(ValueError, match=r"min shape \[1, 3, 64, 64\] .* graph's shape \[-1, 3, 32, 32\]"):
+        build_engine(result.path, tmp_path / "e.engine", {**PROFILES, "optical": ([1, 3, 64, 64],) * 3},
+                     precision="fp16")
+    assert not (tmp_path / "e.engine").exists()
+
+
+@pytest.fixture(scope="module")
+def rtx_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session test bundle with real TensorRT-RTX engines for its image and text graphs,
+    built through ``rsvl-export rebuild-engine --engine auto`` (which picks RTX on a machine without
+    enterprise TensorRT)."""
+    if not RTX_OK:
+        pytest.skip(RTX_REASON)
+    from rsvl_export.cli import main
+
+    dst = tmp_path_factory.mktemp("rtx") / "tsmnet-tiny-64"
+    shutil.copytree(tiny_bundle, dst, ignore=shutil.ignore_patterns("weights.safetensors"))
+    m = json.loads((dst / "manifest.json").read_text())
+    m["files"].pop("weights.safetensors", None)
+    m["weights"]["file"] = None
+    from rsvl_runtime.bundle import write_manifest
+
+    write_manifest(dst, m)
+    # `auto` must pick TensorRT-RTX where enterprise TensorRT cannot build (CI); name it where it can
+    engine = "tensorrt-rtx" if can_build("tensorrt")[0] else "auto"
+    assert main(["rebuild-engine", str(dst), "--engine", engine]) == 0
+    return dst
+
+
+@pytest.mark.tensorrt
+def test_rtx_engines_of_the_test_bundle_are_in_the_manifest(rtx_bundle: Path) -> None:
+    import tensorrt_rtx
+
+    from rsvl_runtime.bundle import Bundle, sha256_file
+
+    b = Bundle.load(rtx_bundle)                                   # every hash verified, engines included
+    engines = {e["graph"]: e for e in b.manifest["engines"]}
+    assert set(engines) == {"image", "text"}
+    img, txt = engines["image"], engines["text"]
+    assert img["file"] == "image.fp16.engine" and img["onnx"] == "image.fp16.onnx" and img["precision"] == "fp16"
+    assert txt["file"] == "text.fp32.engine" and txt["onnx"] == "text.onnx" and txt["precision"] == "fp32"
+    for e in (img, txt):
+        assert e["flavour"] == "tensorrt-rtx" and e["version"] == tensorrt_rtx.__version__
+        assert e["targets"] == list(RTX_DEFAULT_TARGETS) and e["strongly_typed"] is True
+        assert e["bytes"] == (rtx_bundle / e["file"]).stat().st_size
+        assert e["sha256"] == sha256_file(rtx_bundle / e["file"]) == b.manifest["files"][e["file"]]["sha256"]
+        assert e["build_seconds"] > 0
+    limits = b.manifest["limits"]                                 # max_batch 8, max_vocab 64 in the fixture
+    assert img["profiles"]["optical"] == {"min": [1, 3, 64, 64], "opt": [8, 3, 64, 64],
+                                          "max": [limits["max_batch"], 3, 64, 64]}
+    assert img["profiles"]["text_emb"]["max"] == [limits["max_vocab"], b.manifest["embedding_dim"]]
+    L = b.manifest["text"]["max_length"]
+    assert txt["profiles"]["input_ids"] == {"min": [1, L], "opt": [16, L], "max": [256, L]}
+
+
+@pytest.mark.tensorrt
+def test_inspect_says_whether_each_engine_is_valid_here(rtx_bundle: Path, tmp_path: Path, capsys) -> None:
+    from rsvl_export.cli import main
+    from rsvl_runtime.bundle import write_manifest
+
+    assert main(["inspect", str(rtx_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "TensorRT engine image.fp16.engine" in out and "TensorRT engine text.fp32.engine" in out
+    assert "tensorrt-rtx" in out and "8.0/8.6/8.9/12.0/12.1" in out
+    if NO_GPU:
+        assert "no: this machine has no NVIDIA GPU" in out
+    # a tampered engine is named (its sha256 no longer matches the manifest)
+    bad = tmp_path / "bad"
+    shutil.copytree(rtx_bundle, bad)
+    with open(bad / "image.fp16.engine", "r+b") as f:
+        f.write(b"\x00" * 16)
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "image.fp16.engine" in err and "does not match the manifest" in err
+    # the same corruption with a re-hashed manifest: TensorRT-RTX's own check names it malformed
+    m = json.loads((bad / "manifest.json").read_text())
+    from rsvl_runtime.bundle import sha256_file
+
+    m["files"]["image.fp16.engine"]["sha256"] = sha256_file(bad / "image.fp16.engine")
+    write_manifest(bad, m)
+    check = check_engine(bad / "image.fp16.engine", m["engines"][0])
+    assert not check.ok and check.mismatch and "not a valid engine (corrupt or truncated)" in check.reason
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU: the no-GPU refusal does not apply")
+def test_runtime_refuses_rtx_engines_without_a_gpu_in_one_line(rtx_bundle: Path, tmp_path: Path, caplog,
+                                                               capsys) -> None:
+    import logging
+
+    import tensorrt_rtx
+
+    from rsvl_runtime.backends import load_sessions
+    from rsvl_runtime.bundle import Bundle
+    from rsvl_runtime.cli import main as infer
+
+    b = Bundle.load(rtx_bundle)
+    with pytest.raises(TensorRTUnavailable) as ei:
+        load_sessions(b, "tensorrt")
+    msg = str(ei.value)
+    v = tensorrt_rtx.__version__
+    assert msg.startswith(f"image.fp16.engine (tensorrt-rtx {v}, for compute capability 8.0/8.6/8.9/12.0/12.1) "
+                          "cannot run here: this machine has no NVIDIA GPU")
+    assert f"Installed here: tensorrt-rtx {v}." in msg
+    assert "Fix: run with `--backend onnxruntime`" in msg
+    assert f"`rsvl-export rebuild-engine {rtx_bundle} --engine tensorrt-rtx`" in msg and "\n" not in msg
+    # auto falls back to ONNX Runtime and says why
+    with caplog.at_level(logging.INFO, logger="rsvl.runtime"):
+        s = load_sessions(b, "auto")
+    assert s.backend.startswith("onnxruntime")
+    assert "image.fp16.engine (tensorrt-rtx) needs an NVIDIA GPU and this machine has none" in caplog.text
+    # the CLI: one line, exit 2
+    from rsvl_train.data.synthetic import write_scene
+
+    scene = write_scene(tmp_path / "scene", 64, 64, seed=2)
+    rc = infer(["--bundle", str(rtx_bundle), "--optical", str(scene.optical), "--sar", str(scene.sar),
+                "--out", str(tmp_path / "out"), "--backend", "tensorrt"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("rsvl-infer: error: image.fp16.engine (tensorrt-rtx")
+    assert not (tmp_path / "out" / "done.json").exists()
+
+
+# =========================================================================== fake TensorRT (GPU-only paths)
 class FakeMemory:
     """Device memory as host bytearrays keyed by fake pointers."""
 
@@ -161,6 +307,9 @@ class FakeMemory:
         self.blocks: dict[int, bytearray] = {}
         self._next = 1 << 20
         self.freed = 0
+
+    def set_device(self, device: int) -> None:
+        pass
 
     def malloc(self, nbytes: int) -> int:
         ptr, self._next = self._next, self._next + nbytes + 256
@@ -191,12 +340,15 @@ class FakeMemory:
         return np.frombuffer(bytes(self.blocks[ptr][:n]), dtype=dtype).reshape(shape)
 
 
-def make_fake_tensorrt(version: str, memory: FakeMemory) -> types.ModuleType:
-    """A stand-in for the `tensorrt` module with the documented API surface we call."""
-    trt = types.ModuleType("tensorrt")
+def make_fake_tensorrt(module: str, version: str, memory: FakeMemory, validity: tuple[str, int] = ("VALID", 0)
+                       ) -> types.ModuleType:
+    """A stand-in for ``tensorrt`` / ``tensorrt_rtx`` with the documented API surface we call; the
+    'engine' executes the ONNX with ONNX Runtime."""
+    trt = types.ModuleType(module)
     trt.__version__ = version
     built: dict[str, Any] = {}
     trt.built = built  # type: ignore[attr-defined]
+    rtx = module == "tensorrt_rtx"
 
     class ILogger:
         INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
@@ -219,6 +371,12 @@ def make_fake_tensorrt(version: str, memory: FakeMemory) -> types.ModuleType:
 
     class TensorIOMode:
         INPUT, OUTPUT = "INPUT", "OUTPUT"
+
+    class EngineInvalidityDiagnostics:
+        VERSION_MISMATCH, UNSUPPORTED_CC, MALFORMED_ENGINE, CUDA_ERROR = 1, 2, 32, 64
+
+    class CudaGraphStrategy:
+        DISABLED, WHOLE_GRAPH_CAPTURE = "DISABLED", "WHOLE_GRAPH_CAPTURE"
 
     class _Tensor:
         def __init__(self, name: str, shape: list[int]) -> None:
@@ -248,9 +406,6 @@ def make_fake_tensorrt(version: str, memory: FakeMemory) -> types.ModuleType:
             self.network.outputs = [_Tensor(vi.name, dims(vi)) for vi in m.graph.output]
             self.network.onnx = path
             return True
-
-        def get_error(self, i: int) -> str:  # pragma: no cover
-            return ""
 
     class _Profile:
         def __init__(self) -> None:
@@ -294,8 +449,6 @@ def make_fake_tensorrt(version: str, memory: FakeMemory) -> types.ModuleType:
             return self.cache
 
     class Builder:
-        platform_has_fast_fp16 = True
-
         def __init__(self, logger: ILogger) -> None:
             pass
 
@@ -309,6 +462,8 @@ def make_fake_tensorrt(version: str, memory: FakeMemory) -> types.ModuleType:
             return _Profile()
 
         def build_serialized_network(self, network: _Network, config: _Config) -> bytes:
+            if built.get("oom"):
+                raise MemoryError("std::bad_alloc")
             built.update(flags=network.flags, config_flags=sorted(config.flags), pools=config.pools,
                          cache_blob=config.cache.blob if config.cache else None)
             payload = {"onnx": network.onnx, "profiles": config.profiles[0].shapes,
@@ -339,6 +494,29 @@ def make_fake_tensorrt(version: str, memory: FakeMemory) -> types.ModuleType:
                 memory.blocks[self.addresses[name]][:out.nbytes] = np.ascontiguousarray(out, np.float32).tobytes()
             return True
 
+    class _RuntimeCache:
+        def __init__(self) -> None:
+            self.blob = b""
+
+        def deserialize(self, blob: bytes) -> bool:
+            self.blob = bytes(blob)
+            built["runtime_cache_loaded"] = self.blob
+            return True
+
+        def serialize(self) -> bytes:
+            return b"rtx-runtime-cache:" + self.blob[-4:] + b"+1"
+
+    class _RuntimeConfig:
+        def __init__(self) -> None:
+            self.cuda_graph_strategy = CudaGraphStrategy.DISABLED
+            self.cache: _RuntimeCache | None = None
+
+        def create_runtime_cache(self) -> _RuntimeCache:
+            return _RuntimeCache()
+
+        def set_runtime_cache(self, cache: _RuntimeCache) -> None:
+            self.cache = cache
+
     class _Engine:
         def __init__(self, payload: dict[str, Any]) -> None:
             self.inputs, self.outputs, self.profiles = payload["inputs"], payload["outputs"], payload["profiles"]
@@ -358,8 +536,17 @@ def make_fake_tensorrt(version: str, memory: FakeMemory) -> types.ModuleType:
         def get_tensor_profile_shape(self, name: str, profile: int) -> list[list[int]]:
             return self.profiles[name]
 
-        def create_execution_context(self) -> _Context:
+        def create_execution_context(self, config: _RuntimeConfig | None = None) -> _Context:
+            built["context_config"] = config
             return _Context(self)
+
+        if rtx:
+            def create_runtime_config(self) -> _RuntimeConfig:
+                return _RuntimeConfig()
+
+    class _Validity:
+        def __init__(self, name: str) -> None:
+            self.name = name
 
     class Runtime:
         def __init__(self, logger: ILogger) -> None:
@@ -369,8 +556,13 @@ def make_fake_tensorrt(version: str, memory: FakeMemory) -> types.ModuleType:
             built["deserialised"] = built.get("deserialised", 0) + 1
             return _Engine(json.loads(data))
 
+        if rtx:
+            def get_engine_validity(self, data: bytes) -> tuple[_Validity, int]:
+                built["validity_checked"] = built.get("validity_checked", 0) + 1
+                return _Validity(validity[0]), validity[1]
+
     for obj in (ILogger, Logger, NetworkDefinitionCreationFlag, BuilderFlag, MemoryPoolType, TensorIOMode,
-                OnnxParser, Builder, Runtime):
+                OnnxParser, Builder, Runtime, EngineInvalidityDiagnostics, CudaGraphStrategy):
         setattr(trt, obj.__name__, obj)
     trt.nptype = lambda dt: np.dtype(dt)  # type: ignore[attr-defined]
     return trt
@@ -378,80 +570,56 @@ def make_fake_tensorrt(version: str, memory: FakeMemory) -> types.ModuleType:
 
 @pytest.fixture
 def fake_trt(monkeypatch):
-    """Install a fake tensorrt 10.13 on a fake 'GPU' (compute capability 9.0)."""
+    """Install a fake flavour module on a fake 'GPU' (default: enterprise TensorRT 10.13 on compute
+    capability 9.0)."""
     memory = FakeMemory()
 
-    def install(version: str = "10.13.0.35"):
-        trt = make_fake_tensorrt(version, memory)
-        monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        gpu = lambda device=0: {"name": "Fake H100", "compute_capability": "9.0"}  # noqa: E731
-        monkeypatch.setattr(tbk, "gpu_info", gpu)
-        monkeypatch.setattr(tb, "gpu_info", gpu)
-        monkeypatch.setattr(tbk, "device_memory", lambda: memory)
-        monkeypatch.setattr(tbk, "_cudart", lambda: None)
+    def install(version: str = "10.13.0.35", module: str = "tensorrt", cc: str = "9.0",
+                validity: tuple[str, int] = ("VALID", 0)):
+        trt = make_fake_tensorrt(module, version, memory, validity)
+        monkeypatch.setitem(sys.modules, module, trt)
+        monkeypatch.setattr(probe, "gpu_info", lambda device=0: GpuInfo(f"Fake GPU sm{cc}", cc))
+        monkeypatch.setattr(session_mod, "device_memory", lambda: memory)
         return trt, memory
 
     return install
 
 
-@pytest.fixture(scope="module")
-def fp16_graph():
-    return exported_toy_fp16()
-
-
-def test_fake_build_is_strongly_typed_from_the_fp16_onnx(fake_trt, fp16_graph, tmp_path: Path) -> None:
+def test_fake_enterprise_build_is_strongly_typed_with_a_timing_cache(fake_trt, fp16_graph, tmp_path: Path) -> None:
     trt, _ = fake_trt("10.13.0.35")
     result, _, _ = fp16_graph
     cache = tmp_path / "trt.cache"
-    info = build_engine(result.path, tmp_path / "image.fp16.engine", PROFILES, fp16=True, timing_cache_path=cache,
-                        workspace_gb=1)
-    assert isinstance(info, EngineInfo) and info.strongly_typed and info.precision == "fp16"
+    info = build_engine(result.path, tmp_path / "image.fp16.engine", PROFILES, flavour_name="tensorrt",
+                        precision="fp16", timing_cache_path=cache, workspace_gb=1)
+    assert info.strongly_typed and info.flavour == "tensorrt" and info.targets == ["9.0"]
+    assert info.built_on == "Fake GPU sm9.0 (compute capability 9.0)"
     assert trt.built["flags"] == 1 << 1 and trt.built["config_flags"] == []     # no BuilderFlag.FP16
     assert trt.built["pools"] == {"WORKSPACE": 1 << 30}
-    assert info.tensorrt_version == "10.13.0.35" and info.compute_capability == "9.0" and info.gpu == "Fake H100"
-    assert info.profiles["text_emb"] == {"min": [1, 8], "opt": [8, 8], "max": [32, 8]}
     assert cache.read_bytes().startswith(b"timing-cache:") and not info.timing_cache_loaded
-    d = info.to_dict()
-    assert d["file"] == "image.fp16.engine" and d["onnx"] == "image.fp16.onnx" and "engine_path" not in d
-    json.dumps(d)
-    # a second build loads the timing cache written by the first
-    info2 = build_engine(result.path, tmp_path / "image.fp16.engine", PROFILES, fp16=True, timing_cache_path=cache)
+    info2 = build_engine(result.path, tmp_path / "image.fp16.engine", PROFILES, flavour_name="tensorrt",
+                         timing_cache_path=cache)
     assert info2.timing_cache_loaded and trt.built["cache_blob"].startswith(b"timing-cache:")
+    fake_trt("10.8.0.43")                                        # before 10.12: weak typing + the FP16 flag
+    info3 = build_engine(result.path, tmp_path / "e.engine", PROFILES, flavour_name="tensorrt")
+    assert not info3.strongly_typed and sys.modules["tensorrt"].built["config_flags"] == ["FP16"]
 
 
-def test_fake_build_before_10_12_uses_the_fp16_flag(fake_trt, fp16_graph, tmp_path: Path) -> None:
-    trt, _ = fake_trt("10.8.0.43")
+def test_fake_out_of_memory_build_leaves_no_engine(fake_trt, fp16_graph, tmp_path: Path) -> None:
+    trt, _ = fake_trt("1.7.1.116", module="tensorrt_rtx")
+    trt.built["oom"] = True
     result, _, _ = fp16_graph
-    info = build_engine(result.path, tmp_path / "e.engine", PROFILES, fp16=True)
-    assert not info.strongly_typed and trt.built["flags"] == 0 and trt.built["config_flags"] == ["FP16"]
-
-
-def test_fake_build_refuses_fp32_onnx_for_a_strongly_typed_fp16_engine(fake_trt, fp16_graph, tmp_path) -> None:
-    fake_trt("10.13.0.35")
-    _, res32, _ = fp16_graph
-    with pytest.raises(ValueError, match="has no FP16 tensors.*image.fp16.onnx"):
-        build_engine(res32.path, tmp_path / "e.engine", PROFILES, fp16=True)
-
-
-@pytest.mark.parametrize("profiles, match", [
-    ({"optical": PROFILES["optical"]}, r"'text_emb'.*dynamic shape \[-1, 8\] but no optimisation profile"),
-    ({**PROFILES, "sar": ([1, 1, 32, 32],) * 3}, r"\['sar'\], which are not inputs"),
-    ({**PROFILES, "optical": ([1, 3, 64, 64],) * 3}, r"min shape \[1, 3, 64, 64\] .* graph's shape \[-1, 3, 32, 32\]"),
-])
-def test_fake_build_checks_profiles_against_the_graph(fake_trt, fp16_graph, tmp_path, profiles, match) -> None:
-    fake_trt("10.13.0.35")
-    result, _, _ = fp16_graph
-    with pytest.raises(ValueError, match=match):
-        build_engine(result.path, tmp_path / "e.engine", profiles, fp16=True)
+    with pytest.raises(EngineBuildError, match=r"ran out of memory building image.fp16.engine from "
+                                               r"image.fp16.onnx \(workspace 4 GB\): lower --max-batch"):
+        build_engine(result.path, tmp_path / "image.fp16.engine", PROFILES)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_fake_session_runs_at_two_batches_and_two_vocabularies(fake_trt, fp16_graph, tmp_path: Path) -> None:
     trt, memory = fake_trt("10.13.0.35")
     result, _, model = fp16_graph
     engine = tmp_path / "image.fp16.engine"
-    info = build_engine(result.path, engine, PROFILES, fp16=True)
-    meta = {**info.to_dict(), "graph": "image"}
-    sess = TensorRTSession(engine, meta)
+    info = build_engine(result.path, engine, PROFILES, flavour_name="tensorrt")
+    sess = TensorRTSession(engine, info.to_dict())
     assert sess.input_names == ["optical", "text_emb"] and sess.output_names == ["logits"]
     assert sess.profiles["optical"]["max"] == [4, 3, TILE, TILE]
     ref_sess = ort_session(result.path)
@@ -474,36 +642,70 @@ def test_fake_session_runs_at_two_batches_and_two_vocabularies(fake_trt, fp16_gr
     assert memory.blocks == {} and trt.built["deserialised"] == 1
 
 
-def test_fake_session_refuses_an_engine_from_another_tensorrt(fake_trt, fp16_graph, tmp_path: Path) -> None:
-    trt, _ = fake_trt("10.13.0.35")
+def test_fake_rtx_session_keeps_its_runtime_cache_and_uses_cuda_graphs(fake_trt, fp16_graph, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    trt, _ = fake_trt("1.7.1.116", module="tensorrt_rtx", cc="8.9")
+    monkeypatch.setenv("RSVL_CACHE_DIR", str(tmp_path / "cache"))
     result, _, _ = fp16_graph
     engine = tmp_path / "image.fp16.engine"
-    meta = build_engine(result.path, engine, PROFILES, fp16=True).to_dict()
-    fake_trt("10.14.1.48")                                      # TensorRT upgraded on this machine
-    with pytest.raises(EngineMismatchError, match=r"TensorRT 10.13.0.35 \(installed here: 10.14.1.48\)"):
-        TensorRTSession(engine, meta)
-    assert "deserialised" not in sys.modules["tensorrt"].built
+    meta = build_engine(result.path, engine, PROFILES).to_dict()
+    sess = TensorRTSession(engine, meta)
+    assert trt.built["validity_checked"] == 1                  # checked before deserialising
+    assert trt.built["context_config"].cuda_graph_strategy == "WHOLE_GRAPH_CAPTURE"
+    sess.run({n: t.numpy() for n, t in example_inputs(b=2, k=3).items()})
+    sess.close()
+    cache_file = tmp_path / "cache" / "tensorrt-rtx" / f"{meta['sha256'][:32]}.cache"
+    assert cache_file.read_bytes() == b"rtx-runtime-cache:+1"
+    TensorRTSession(engine, meta).close()                       # a second launch loads it
+    assert trt.built["runtime_cache_loaded"] == b"rtx-runtime-cache:+1"
 
 
-# =========================================================================== real TensorRT
-@pytest.mark.tensorrt
-@pytest.mark.skipif(not TRT_OK, reason=TRT_REASON)
-def test_real_engine_builds_and_matches_eager(fp16_graph, tmp_path: Path) -> None:
-    result, _, model = fp16_graph
+@pytest.mark.parametrize("validity, reason", [
+    (("INVALID", 2), "not built for this GPU's compute capability"),
+    (("INVALID", 1), "built by another TensorRT version"),
+])
+def test_fake_rtx_engine_the_gpu_refuses_is_named_before_deserialising(fake_trt, fp16_graph, tmp_path: Path,
+                                                                       validity, reason) -> None:
+    """What an H200 (sm 9.0, outside the RTX support matrix) may answer: one line, nothing deserialised."""
+    result, _, _ = fp16_graph
+    trt, _ = fake_trt("1.7.1.116", module="tensorrt_rtx", cc="9.0", validity=validity)
     engine = tmp_path / "image.fp16.engine"
-    info = build_engine(result.path, engine, PROFILES, fp16=True, timing_cache_path=tmp_path / "tc.cache")
-    assert info.bytes > 0 and info.compute_capability.count(".") == 1
-    sess = TensorRTSession(engine, info.to_dict())
-    report = ParityReport()
-    for b, k in ((1, 3), (3, 20)):
-        x = {n: t.numpy() for n, t in example_inputs(b=b, k=k, seed=90 + b + k).items()}
-        with torch.no_grad():
-            ref = model(**{n: torch.from_numpy(v) for n, v in x.items()}).numpy()
-        report.check("image", "fp16", "logits", ref, sess.run(x)["logits"], kind="logits", batch=b, vocab=k,
-                     backend="tensorrt")
-    report.raise_on_failure()
-    with pytest.raises(ValueError, match="outside the engine's optimisation profile"):
-        sess.run({n: t.numpy() for n, t in example_inputs(b=5, k=3).items()})
-    wrong = {**info.to_dict(), "compute_capability": "1.0"}
-    with pytest.raises(EngineMismatchError, match="compute capability 1.0"):
-        TensorRTSession(engine, wrong)
+    meta = build_engine(result.path, engine, PROFILES).to_dict()
+    with pytest.raises(EngineMismatchError) as ei:
+        TensorRTSession(engine, meta)
+    msg = str(ei.value)
+    assert msg.startswith("image.fp16.engine (tensorrt-rtx 1.7.1.116, for compute capability 8.0/8.6/8.9/12.0/12.1) "
+                          f"cannot run here: {reason}. This machine: Fake GPU sm9.0 (compute capability 9.0), "
+                          "tensorrt-rtx 1.7.1.116.")
+    assert "--backend onnxruntime" in msg and f"rsvl-export rebuild-engine {tmp_path} --engine tensorrt-rtx" in msg
+    assert "deserialised" not in trt.built and isinstance(ei.value, BundleError)
+
+
+@pytest.mark.parametrize("installed, cc, fragment", [
+    ("10.14.1.48", "9.0", "it was built by tensorrt 10.13.0.35, this machine has tensorrt 10.14.1.48"),
+    ("10.13.0.35", "8.6", "it targets compute capability 9.0, this GPU is Fake GPU sm8.6 (compute capability 8.6)"),
+])
+def test_fake_enterprise_engine_from_another_version_or_gpu_is_refused(fake_trt, fp16_graph, tmp_path: Path,
+                                                                       installed, cc, fragment) -> None:
+    result, _, _ = fp16_graph
+    fake_trt("10.13.0.35")
+    engine = tmp_path / "image.fp16.engine"
+    meta = build_engine(result.path, engine, PROFILES, flavour_name="tensorrt").to_dict()
+    trt, _ = fake_trt(installed, cc=cc)
+    with pytest.raises(EngineMismatchError) as ei:
+        TensorRTSession(engine, meta)
+    msg = str(ei.value)
+    assert fragment in msg and "trtexec --onnx=" in msg and "--maxShapes=optical:4x3x32x32,text_emb:32x8" in msg
+    assert "deserialised" not in trt.built
+
+
+def test_engine_entry_without_version_or_flavour_module_is_refused(fake_trt, tmp_path: Path, monkeypatch) -> None:
+    engine = tmp_path / "image.fp16.engine"
+    engine.write_bytes(b"serialized engine")
+    with pytest.raises(EngineMismatchError, match="lacks the version/targets"):
+        require_engine(engine, {"graph": "image", "file": engine.name, "flavour": "tensorrt-rtx"})
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    monkeypatch.setattr(probe, "gpu_info", lambda device=0: GpuInfo("Fake L4", "8.9"))
+    with pytest.raises(TensorRTUnavailable, match=r"tensorrt-rtx is not importable.*pip install tensorrt-rtx"):
+        require_engine(engine, {"file": engine.name, "flavour": "tensorrt-rtx", "version": "1.7.1.116",
+                                "targets": ["8.9"]})

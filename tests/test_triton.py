@@ -39,7 +39,7 @@ def _engine_bundle(bundle: Path, dst: Path) -> Path:
     (dst / "image.fp16.engine").write_bytes(b"placeholder engine")
     t = m["tile"]["size"]
     m["engines"] = [{"graph": "image", "file": "image.fp16.engine", "precision": "fp16",
-                     "tensorrt_version": "10.13.0", "compute_capability": "9.0", "gpu": "NVIDIA H100",
+                     "flavour": "tensorrt", "version": "10.13.0", "targets": ["9.0"], "built_on": "NVIDIA H100",
                      "profiles": {"optical": {"min": [1, 3, t, t], "opt": [4, 3, t, t], "max": [6, 3, t, t]},
                                   "sar": {"min": [1, 1, t, t], "opt": [4, 1, t, t], "max": [6, 1, t, t]},
                                   "text_emb": {"min": [1, 128], "opt": [16, 128], "max": [256, 128]}}}]

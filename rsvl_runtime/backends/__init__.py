@@ -1,7 +1,8 @@
 """Inference backends and the choice between them.
 
 ``onnxruntime`` (CPU; CUDA / TensorRT execution providers with onnxruntime-gpu), ``tensorrt``
-(serialized engine through the TensorRT Python API) and ``torch`` (reference, imported lazily).
+(the bundle's serialized engines, enterprise TensorRT or TensorRT-RTX as the manifest says; see
+``backends/tensorrt/``) and ``torch`` (reference, imported lazily).
 ``auto`` picks the fastest one available for the bundle and logs the choice.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..bundle import Bundle, BundleError
+from ..bundle import Bundle
 from .base import BackendError, Session
 
 log = logging.getLogger("rsvl.runtime")
@@ -29,17 +30,17 @@ class Sessions:
 
 
 def _tensorrt_ready(bundle: Bundle) -> tuple[bool, str]:
-    if not bundle.manifest.get("engines"):
-        return False, "the bundle has no TensorRT engine"
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False, "tensorrt is not importable"
-    from ..gpu import cuda_device_count
+    """Whether the bundle's image engine can run here (flavour, version and GPU checked
+    without deserialising); the reason when not."""
+    from .tensorrt import bundle_engine, check_engine, cuda_device_count
 
+    eng = bundle_engine(bundle.manifest, "image")
+    if eng is None:
+        return False, "the bundle has no TensorRT engine"
     if cuda_device_count() < 1:
-        return False, "no CUDA GPU"
-    return True, ""
+        return False, f"{eng['file']} ({eng.get('flavour', 'tensorrt')}) needs an NVIDIA GPU and this machine has none"
+    check = check_engine(bundle.root / eng["file"], eng)
+    return check.ok, check.reason
 
 
 def _int8_safe(image_graphs: dict) -> bool:
@@ -76,6 +77,31 @@ def _ort(bundle: Bundle, device: str, precision: str, threads: int | None) -> Se
     return Sessions(text, image, name, precision)
 
 
+def _tensorrt(bundle: Bundle, precision: str, threads: int | None) -> Sessions:
+    """The bundle's engines on this GPU: the image engine, and the text engine when there is one
+    (otherwise the text graph runs on ONNX Runtime). Refuses in one line before deserialising."""
+    from .onnxruntime_backend import OrtSession, default_providers
+    from .tensorrt import TensorRTSession, bundle_engine, require_engine
+
+    eng = bundle_engine(bundle.manifest, "image")
+    if eng is None:
+        raise BackendError(f"backend tensorrt: {bundle.root} has no TensorRT engine. Build one with "
+                           f"`rsvl-export rebuild-engine {bundle.root}`, or use --backend onnxruntime")
+    if precision not in ("auto", eng.get("precision")):
+        raise BackendError(f"the bundle's image engine is {eng.get('precision')}, not {precision}; pass "
+                           f"--precision {eng.get('precision')} or --backend onnxruntime")
+    require_engine(bundle.path(eng["file"]), eng)
+    image = TensorRTSession(bundle.path(eng["file"]), eng)
+    text_eng = bundle_engine(bundle.manifest, "text")
+    if text_eng is not None:
+        text: Session = TensorRTSession(bundle.path(text_eng["file"]), text_eng)
+    else:
+        text = OrtSession(bundle.graph_file("text", "fp32"), providers=default_providers("auto"), threads=threads)
+    log.info("backend -> %s %s (%s%s)", eng.get("flavour", "tensorrt"), eng.get("version"), eng["file"],
+             f", {text_eng['file']}" if text_eng else ", text graph on ONNX Runtime")
+    return Sessions(text, image, "tensorrt", str(eng.get("precision", "fp16")))
+
+
 def load_sessions(bundle: Bundle, backend: str = "auto", precision: str = "auto",
                   threads: int | None = None) -> Sessions:
     """Open the bundle's graphs on ``backend``; ``auto`` logs what it picked and why."""
@@ -93,24 +119,7 @@ def load_sessions(bundle: Bundle, backend: str = "auto", precision: str = "auto"
             log.info("backend auto -> onnxruntime (%s; providers %s)", why,
                      gpu or ["CPUExecutionProvider"])
     if backend == "tensorrt":
-        from .onnxruntime_backend import OrtSession, default_providers
-        from .tensorrt_backend import TensorRTSession
-
-        ok, why = _tensorrt_ready(bundle)
-        if not ok:
-            raise BackendError(f"backend tensorrt: {why}. Install TensorRT on an NVIDIA GPU machine and build the "
-                               f"engine with `rsvl-export rebuild-engine {bundle.root}`, or use "
-                               "--backend onnxruntime")
-        eng = next((e for e in bundle.manifest["engines"] if e.get("graph") == "image"), None)
-        if eng is None:
-            raise BundleError(f"{bundle.root}: no image engine listed in the manifest")
-        if precision not in ("auto", eng.get("precision")):
-            raise BackendError(f"the bundle's engine is {eng.get('precision')}, not {precision}")
-        image = TensorRTSession(bundle.path(eng["file"]), eng)
-        text = OrtSession(bundle.graph_file("text", "fp32"), providers=default_providers("auto"), threads=threads)
-        log.info("backend -> tensorrt (%s, TensorRT %s, sm %s)", eng["file"], eng.get("tensorrt_version"),
-                 eng.get("compute_capability"))
-        return Sessions(text, image, "tensorrt", eng.get("precision", "fp16"))
+        return _tensorrt(bundle, precision, threads)
     if backend == "torch":
         from .torch_backend import torch_sessions
 

@@ -93,17 +93,19 @@ def test_inspect_prints_and_rejects_a_tampered_file(tiny_bundle: Path, tmp_path:
         Bundle.load(bad)
 
 
-def test_tensorrt_required_without_tensorrt_fails_clearly(tmp_path: Path) -> None:
+def test_tensorrt_required_without_tensorrt_fails_clearly(tmp_path: Path, capsys) -> None:
     pytest.importorskip("onnx")
-    from rsvl_export.tensorrt_build import tensorrt_available
+    from rsvl_runtime.backends.tensorrt.flavours import can_build
 
-    if tensorrt_available()[0]:
-        pytest.skip("TensorRT and a GPU are present: the failure path does not apply")
+    if can_build("tensorrt")[0]:
+        pytest.skip("enterprise TensorRT and a GPU are present: the failure path does not apply")
     from rsvl_export.cli import main
 
     rc = main(["--model", "tsmnet-tiny", "--tile", "64", "--engine", "tensorrt", "--precision", "fp16",
                "--out", str(tmp_path / "b"), "--max-batch", "2"])
     assert rc == 1
+    err = capsys.readouterr().err
+    assert "--engine tensorrt: tensorrt" in err and "pip install tensorrt" in err
     assert not (tmp_path / "b").exists()  # nothing half-written under the final name
 
 

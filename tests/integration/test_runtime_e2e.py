@@ -142,11 +142,17 @@ def test_cli_refuses_misregistered_pairs(tiny_bundle: Path, tmp_path: Path, caps
     err = capsys.readouterr().err
     assert rc == 2
     assert needle.lower() in err.lower() and "optical.tif" in err and "sar.tif" in err and "--align" in err
-    if kind != "resolution":
-        rc = main(["--bundle", str(tiny_bundle), "--optical", str(pair.optical), "--sar", str(pair.sar),
-                   "--out", str(tmp_path / "aligned"), "--align", "--quiet"])
+    if kind == "resolution":
+        return
+    rc = main(["--bundle", str(tiny_bundle), "--optical", str(pair.optical), "--sar", str(pair.sar),
+               "--out", str(tmp_path / "aligned"), "--align", "--quiet"])
+    if kind == "shift":  # a small shift: the aligned SAR overlaps the optical, the run completes
         assert rc == 0, capsys.readouterr().err
         assert (tmp_path / "aligned" / "done.json").is_file()
+    else:  # the other CRS puts the SAR ~500 km away: no overlap is an error, not a 100 % nodata result
+        err = capsys.readouterr().err
+        assert rc == 2 and "does not overlap" in err and "sar.tif" in err
+        assert not (tmp_path / "aligned" / "done.json").exists()
 
 
 def test_cli_bad_inputs_name_the_problem(tiny_bundle: Path, scene, tmp_path: Path, capsys) -> None:
