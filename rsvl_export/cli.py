@@ -43,6 +43,8 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-cc", default=None,
                    help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9 (default: the library's, "
                         "8.0/8.6/8.9/12.x)")
+    p.add_argument("--workspace-gb", type=float, default=None,
+                   help="TensorRT builder workspace limit in GB (default: no limit, the library's default)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--modalities", default="optical,sar",
                    help="image graph inputs: optical,sar (default) or optical (optical-only export)")
@@ -91,9 +93,11 @@ def _rebuild(argv: list[str]) -> int:
     p.add_argument("--engine", choices=[e for e in ENGINES if e != "none"], default="auto",
                    help="flavour (default auto: TensorRT with a GPU, else TensorRT-RTX)")
     p.add_argument("--target-cc", default=None, help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9")
+    p.add_argument("--workspace-gb", type=float, default=None, help="builder workspace limit in GB (default: none)")
     args = p.parse_args(argv)
     try:
-        paths = rebuild_engine(Path(args.bundle), args.precision, args.engine, _targets(args.target_cc))
+        paths = rebuild_engine(Path(args.bundle), args.precision, args.engine, _targets(args.target_cc),
+                               args.workspace_gb)
     except (TensorRTUnavailable, BundleError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"rsvl-export rebuild-engine: error: {e}", file=sys.stderr)
         return 2
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                          precision=args.precision, engine=args.engine, opset=args.opset, modalities=mods,
                          allow_parity_failure=args.allow_parity_failure, include_weights=not args.no_weights,
                          timing_cache=args.timing_cache, ort_optimize=args.ort_optimize,
-                         engine_targets=_targets(args.target_cc),
+                         engine_targets=_targets(args.target_cc), engine_workspace_gb=args.workspace_gb,
                          overrides={"head": args.head} if args.head else {})
     try:
         out = export_bundle(opts)

@@ -46,7 +46,7 @@ def engine_source(graphs: Mapping[str, Any], graph: str, precision: str) -> tupl
 
 def build_bundle_engines(work: Path, graphs: Mapping[str, Any], precision: str, engine: str, max_batch: int,
                          max_vocab: int, targets: Sequence[str] | None = None,
-                         timing_cache: str | None = None) -> list[dict[str, Any]]:
+                         timing_cache: str | None = None, workspace_gb: float | None = None) -> list[dict[str, Any]]:
     """Build the image and text engines of the bundle in ``work`` with the flavour ``engine``
     resolves to (``auto`` | ``tensorrt`` | ``tensorrt-rtx`` | ``none``) and return their manifest
     entries. ``auto`` without any TensorRT logs why and returns []; a named flavour that cannot
@@ -63,7 +63,7 @@ def build_bundle_engines(work: Path, graphs: Mapping[str, Any], precision: str, 
         src, prec = engine_source(graphs, graph, precision)
         profiles = engine_profiles(graph, graphs[graph]["inputs"], max_batch, max_vocab)
         info = build_engine(work / src, work / f"{graph}.{prec}.engine", profiles, flavour_name=name, precision=prec,
-                            graph=graph, targets=targets, timing_cache_path=cache)
+                            graph=graph, targets=targets, timing_cache_path=cache, workspace_gb=workspace_gb)
         entries.append(info.to_dict())
     return entries
 

@@ -44,6 +44,7 @@ class ExportOptions:
     precision: str = "fp16"  # "fp32" | "fp16"
     engine: str = "auto"  # "auto" | "tensorrt" | "tensorrt-rtx" | "none"
     engine_targets: tuple[str, ...] | None = None  # TensorRT-RTX compute capabilities ("8.6", ...)
+    engine_workspace_gb: float | None = None  # builder workspace limit (None: the library's default)
     opset: int = 18
     modalities: tuple[str, ...] = ("optical", "sar")
     allow_parity_failure: bool = False
@@ -231,7 +232,8 @@ class Exporter:
 
         o = self.opts
         return build_bundle_engines(work, graphs, o.precision, o.engine, o.max_batch, o.max_vocab,
-                                    targets=o.engine_targets, timing_cache=o.timing_cache)
+                                    targets=o.engine_targets, timing_cache=o.timing_cache,
+                                    workspace_gb=o.engine_workspace_gb)
 
     def _ort_variant(self, model: nn.Module, work: Path, graphs: dict[str, Any], task: str) -> None:
         """``image.ort.onnx``: the fastest ORT-CPU graph that keeps parity with ``image.onnx``

@@ -19,7 +19,7 @@ log = logging.getLogger("rsvl.export")
 
 
 def rebuild_engine(bundle_dir: Path, precision: str | None = None, engine: str = "auto",
-                   targets: Sequence[str] | None = None) -> list[Path]:
+                   targets: Sequence[str] | None = None, workspace_gb: float | None = None) -> list[Path]:
     """Build the engines with ``engine`` (``auto`` | ``tensorrt`` | ``tensorrt-rtx``) and return their paths."""
     if not Path(bundle_dir).is_dir():
         raise ValueError(f"{bundle_dir} is not a bundle folder (a zip bundle is read-only: unzip it, rebuild the "
@@ -36,7 +36,8 @@ def rebuild_engine(bundle_dir: Path, precision: str | None = None, engine: str =
                 if key in g and not (work / g[key]).exists():
                     (work / g[key]).symlink_to(b.path(g[key]))
         entries = build_bundle_engines(work, graphs, precision, engine, int(limits.get("max_batch", 32)),
-                                       int(limits.get("max_vocab", 256)), targets=targets)
+                                       int(limits.get("max_vocab", 256)), targets=targets,
+                                       workspace_gb=workspace_gb)
         if not entries:
             raise ValueError("no TensorRT flavour can build engines here: `pip install 'rsvl[tensorrt-rtx]'`")
         for old in m.get("engines") or []:

@@ -469,10 +469,11 @@ def _legacy_entry(entry: Path, fresh: np.ndarray) -> None:
      "contains NaN or infinite values"),
     (_truncate, "is unreadable (BadZipFile"),
     (lambda f, e: f.write_bytes(b"garbage"), "is unreadable ("),
-    (lambda f, e: _rewrite(f, np.ones((4, DIM + 3), np.float32)), f"has shape [4, {DIM + 3}] but records [4, {DIM}]"),
+    (lambda f, e: _rewrite(f, np.ones((4, DIM + 3), np.float32)),
+     f"has width {DIM + 3}, but the bundle's text embeddings have {DIM}"),
     (lambda f, e: _rewrite(f, e[:3]), "has 3 rows for 4 classes"),
     (lambda f, e: _legacy_entry(f, e), "has no checksum record"),
-    (lambda f, e: _rewrite(f, bundle_digest="f" * 64, signature="{}"), "records a bundle digest and text that do not"),
+    (lambda f, e: _rewrite(f, bundle_digest="f" * 64, signature="{}"), "was computed for bundle ffffffffffffffff…, not this bundle"),
 ])
 def test_bad_cache_entry_is_discarded_with_one_warning_and_recomputed(seg_and_entry, bundle: Path, caplog,
                                                                       damage, problem) -> None:

@@ -594,7 +594,7 @@ def test_fake_enterprise_build_is_strongly_typed_with_a_timing_cache(fake_trt, f
     assert info.strongly_typed and info.flavour == "tensorrt" and info.targets == ["9.0"]
     assert info.built_on == "Fake GPU sm9.0 (compute capability 9.0)"
     assert trt.built["flags"] == 1 << 1 and trt.built["config_flags"] == []     # no BuilderFlag.FP16
-    assert trt.built["pools"] == {"WORKSPACE": 1 << 30}
+    assert trt.built["pools"] == {"WORKSPACE": 1 << 30} and info.workspace_gb == 1.0
     assert cache.read_bytes().startswith(b"timing-cache:") and not info.timing_cache_loaded
     info2 = build_engine(result.path, tmp_path / "image.fp16.engine", PROFILES, flavour_name="tensorrt",
                          timing_cache_path=cache)
@@ -609,8 +609,9 @@ def test_fake_out_of_memory_build_leaves_no_engine(fake_trt, fp16_graph, tmp_pat
     trt.built["oom"] = True
     result, _, _ = fp16_graph
     with pytest.raises(EngineBuildError, match=r"ran out of memory building image.fp16.engine from "
-                                               r"image.fp16.onnx \(workspace 4 GB\): lower --max-batch"):
-        build_engine(result.path, tmp_path / "image.fp16.engine", PROFILES)
+                                               r"image.fp16.onnx \(workspace limit 2 GB\): lower --max-batch/"
+                                               r"--max-vocab, raise --workspace-gb"):
+        build_engine(result.path, tmp_path / "image.fp16.engine", PROFILES, workspace_gb=2)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -61,7 +61,7 @@ class EngineInfo:
     bytes: int
     build_seconds: float
     sha256: str
-    workspace_gb: float
+    workspace_gb: float | None
     timing_cache_loaded: bool = False
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
@@ -187,7 +187,7 @@ def _timing_cache(config: Any, cache_path: Path | None) -> bool:
 def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], profiles: Profiles, *,
                  flavour_name: str = TENSORRT_RTX.name, precision: str = "fp16", graph: str = "image",
                  targets: Sequence[str] | None = None, timing_cache_path: str | os.PathLike[str] | None = None,
-                 workspace_gb: float = 4.0, device: int = 0) -> EngineInfo:
+                 workspace_gb: float | None = None, device: int = 0) -> EngineInfo:
     """Build and serialise an engine for ``onnx_path`` with ``flavour_name``.
 
     Args:
@@ -200,7 +200,9 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
         graph: ``"image"`` or ``"text"`` (recorded in the manifest entry).
         targets: TensorRT-RTX target compute capabilities (``["8.6", "8.9"]``); default: the library's.
         timing_cache_path: enterprise TensorRT only: loaded if it exists, saved after the build.
-        workspace_gb: builder workspace memory pool limit.
+        workspace_gb: builder workspace memory pool limit; None: the library's default (all of the
+            device memory). A 4 GB cap is too small for cadformer at 480² and B=32: one layer asks
+            for 4.2 GiB.
 
     Raises:
         TensorRTUnavailable: the flavour cannot build here (the message says how to get it).
@@ -242,7 +244,8 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
         net_inputs = _network_inputs(network)
         _check_profiles(onnx_path.name, prof, net_inputs)
         config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+        if workspace_gb is not None:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
         if precision == "fp16" and not strong:
             config.set_flag(trt.BuilderFlag.FP16)
         built_targets = _set_targets(trt, config, targets) if rtx else [gpu.compute_capability if gpu else "unknown"]
@@ -255,10 +258,12 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
         cache_loaded = _timing_cache(config, cache_path)
         serialized = builder.build_serialized_network(network, config)
     except MemoryError as e:
-        raise EngineBuildError(_oom_message(f.name, version, engine_path, onnx_path, workspace_gb)) from e
+        raise EngineBuildError(_oom_message(f.name, version, engine_path, onnx_path, workspace_gb,
+                                            logger.errors)) from e
     if serialized is None:
         if any("out of memory" in m.lower() or "outofmemory" in m.lower() for m in logger.errors):
-            raise EngineBuildError(_oom_message(f.name, version, engine_path, onnx_path, workspace_gb))
+            raise EngineBuildError(_oom_message(f.name, version, engine_path, onnx_path, workspace_gb,
+                                                logger.errors))
         raise EngineBuildError(f"{f.name} {version} failed to build {engine_path.name} from {onnx_path}:\n  "
                                + "\n  ".join(logger.errors or ["(no error message; rerun with -v)"]))
     sha = write_bytes_atomic(engine_path, serialized)
@@ -272,17 +277,21 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
         precision=precision, strongly_typed=strong, targets=built_targets,
         built_on=str(gpu) if gpu else "CPU (ahead-of-time, no GPU)", profiles=prof,
         bytes=engine_path.stat().st_size, build_seconds=round(seconds, 2), sha256=sha,
-        workspace_gb=float(workspace_gb), timing_cache_loaded=cache_loaded, inputs=list(net_inputs),
+        workspace_gb=None if workspace_gb is None else float(workspace_gb), timing_cache_loaded=cache_loaded, inputs=list(net_inputs),
         outputs=[network.get_output(i).name for i in range(network.num_outputs)])
     log.info("%s %s engine %s: %s, %.1f MB, built in %.1f s on %s; runs on compute capability %s", f.name, version,
              info.file, precision, info.bytes / 2**20, seconds, info.built_on, "/".join(info.targets))
     return info
 
 
-def _oom_message(name: str, version: str, engine_path: Path, onnx_path: Path, workspace_gb: float) -> str:
-    return (f"{name} {version} ran out of memory building {engine_path.name} from {onnx_path.name} (workspace "
-            f"{workspace_gb:g} GB): lower --max-batch/--max-vocab, or build on a machine with more memory; "
-            "no engine was written")
+def _oom_message(name: str, version: str, engine_path: Path, onnx_path: Path, workspace_gb: float | None,
+                 errors: list[str]) -> str:
+    asked = next((m[m.find("Requested size"):].rstrip(".)") for m in errors if "Requested size" in m), "")
+    limit = f"workspace limit {workspace_gb:g} GB" if workspace_gb is not None else "no workspace limit"
+    return (f"{name} {version} ran out of memory building {engine_path.name} from {onnx_path.name} ({limit}"
+            + (f"; {asked.lower()}" if asked else "") + "): lower --max-batch/--max-vocab"
+            + (", raise --workspace-gb" if workspace_gb is not None else "")
+            + ", or build on a machine with more memory; no engine was written")
 
 
 __all__ = [
