@@ -168,7 +168,7 @@ class TorchAMP(TorchEager):
 
 class TorchCompile(TorchEager):
     """``torch.compile`` (inductor). On CPU with ``freezing=True`` (weights folded as constants,
-    inference only), which NOTES-export.md measured ~2x faster than plain compile at B=4.
+    inference only), which docs/export-notes.md measured ~2x faster than plain compile at B=4.
     Shapes are static, so every batch size compiles once; that time is reported as
     ``compile_s`` and excluded from the latency."""
 
@@ -262,12 +262,12 @@ class OrtRunner(Runner):
             return f"onnxruntime has no {need[self.backend]} here (providers: {', '.join(have)})"
         if self.backend in need and not ctx.device.startswith("cuda"):
             return "needs a CUDA GPU"
-        graphs = ctx.bundle.manifest["graphs"]["image"]
-        if self.file is None and self.precision not in graphs:
+        image_graph = ctx.bundle.meta.graphs["image"]
+        if self.file is None and image_graph.file(self.precision) is None:
             return f"the bundle has no {self.precision} image graph"
         if self.key == "ort-cpu-fp16" and ctx.quick and not ctx.device.startswith("cuda"):
             return ("--quick: skipped — ORT's CPU provider upcasts FP16 to FP32 kernels (no speed-up; "
-                    "NOTES-export.md: ViT-B/16 113 -> 113 ms); run without --quick to record it")
+                    "docs/export-notes.md: ViT-B/16 113 -> 113 ms); run without --quick to record it")
         return None
 
     def setup(self, ctx: BenchContext) -> None:
@@ -310,12 +310,12 @@ class TensorRTRunner(OrtRunner):
         super().__init__("tensorrt", "TensorRT engine (bundle's flavour)", "tensorrt", "fp16")
 
     def unavailable(self, ctx: BenchContext) -> str | None:
-        from rsvl_runtime.backends.tensorrt import bundle_engine, check_engine
+        from rsvl_runtime.backends.tensorrt import check_engine
 
-        eng = bundle_engine(ctx.bundle.manifest, "image")
+        eng = ctx.bundle.meta.engine("image")
         if eng is None:
             return "the bundle has no TensorRT engine (export with --engine tensorrt-rtx, or rebuild-engine)"
-        check = check_engine(ctx.bundle.path(eng["file"]), eng)
+        check = check_engine(ctx.bundle.path(eng.file), eng.to_dict())
         return None if check.ok else f"{check.describe()}: {check.reason}"
 
     def setup(self, ctx: BenchContext) -> None:
@@ -326,12 +326,12 @@ class TensorRTRunner(OrtRunner):
         self.session = s.image
         self.precision = s.precision
         self.device = "cuda"
-        eng = next((e for e in ctx.bundle.manifest["engines"] if e.get("graph") == "image"), {})
-        self.info.update(file=eng.get("file"), flavour=eng.get("flavour"), tensorrt_version=eng.get("version"))
+        eng = ctx.bundle.meta.engine("image")
+        self.info.update(file=eng and eng.file, flavour=eng and eng.flavour, tensorrt_version=eng and eng.version)
 
     def skip_batch(self, ctx: BenchContext, batch: int, first_batch: bool) -> str | None:
-        hi = ctx.bundle.manifest.get("limits", {}).get("max_batch")
-        if hi and batch > hi:
+        hi = ctx.bundle.meta.limits.max_batch
+        if batch > hi:
             return f"batch {batch} exceeds the engine profile (max {hi})"
         return None
 

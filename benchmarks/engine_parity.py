@@ -3,7 +3,8 @@
     python -m benchmarks.engine_parity --bundle DIR --out parity.json [--batch 1,8,32]
 
 For a semantic bundle: the text engine's class embeddings against the FP32 text graph's, and
-the image engine's logits against the FP32 image graph's on tiles cut from a synthetic scene, at
+the image engine's logits against the FP32 image graph's on synthetic tiles (the export's parity
+tiles, ``rsvl_train.data.synthetic.tiles``), at
 each batch size (gates: cosine >= 0.999, argmax agreement >= 0.995). It also times two launches
 of the engine session (the second one finds TensorRT-RTX's runtime cache). Where an engine
 cannot run, the exact refusal is recorded instead and the script still exits 0, so the check
@@ -25,22 +26,11 @@ GATE = {"cosine": 0.999, "argmax_agreement": 0.995}
 
 
 def _tiles(bundle: Any, batch: int, seed: int) -> dict[str, np.ndarray]:
-    """``batch`` normalised tiles of a synthetic scene (realistic classes), as the runtime feeds them."""
-    from rsvl_runtime.normalization import normalize_optical, normalize_sar
-    from rsvl_train.data.synthetic import SyntheticScene
+    """``batch`` normalised synthetic tiles (realistic classes) for the bundle's modalities, as the
+    runtime feeds them, from the export's generator (:mod:`rsvl_train.data.synthetic.tiles`)."""
+    from rsvl_train.data.synthetic.tiles import synthetic_tiles
 
-    t = bundle.tile_size
-    cols = int(np.ceil(np.sqrt(batch)))
-    rows = int(np.ceil(batch / cols))
-    blk = SyntheticScene(seed, rows * t, cols * t).render(0, 0, rows * t, cols * t)
-    cut = [(slice(r * t, (r + 1) * t), slice(c * t, (c + 1) * t)) for r, c in (divmod(i, cols) for i in range(batch))]
-    opt = np.stack([np.clip(np.rint(blk.optical[:, a, b]), 0, 255).astype(np.uint8) for a, b in cut])
-    sar = np.stack([blk.sar_db[None, a, b].astype(np.float32) for a, b in cut])
-    mods = bundle.manifest["modalities"]
-    out = {"optical": normalize_optical(opt, mods["optical"]).astype(np.float32)}
-    if "sar" in mods:
-        out["sar"] = normalize_sar(sar, mods["sar"]).astype(np.float32)
-    return out
+    return synthetic_tiles(bundle.meta.modalities, batch, bundle.tile_size, seed)
 
 
 def _load(bundle: Any, backend: str) -> tuple[Any, float]:
@@ -49,7 +39,7 @@ def _load(bundle: Any, backend: str) -> tuple[Any, float]:
 
     t0 = time.perf_counter()
     seg = Segmenter(bundle, load_sessions(bundle, backend, "auto" if backend == "tensorrt" else "fp32"))
-    seg.set_vocabulary([c["name"] for c in bundle.manifest["default_vocabulary"]])
+    seg.set_vocabulary([c["name"] for c in bundle.meta.default_vocabulary])
     return seg, time.perf_counter() - t0
 
 
@@ -59,10 +49,10 @@ def engine_parity(bundle_path: str, batches: list[int]) -> dict[str, Any]:
     from rsvl_runtime.bundle import Bundle
 
     b = Bundle.load(bundle_path)
-    doc: dict[str, Any] = {"bundle": str(b.root), "model": b.manifest["model"], "host": platform.node(),
+    doc: dict[str, Any] = {"bundle": str(b.root), "model": b.meta.model, "host": platform.node(),
                            "engines": [], "cases": [], "gate": GATE}
     for graph in ("image", "text"):
-        eng = bundle_engine(b.manifest, graph)
+        eng = bundle_engine(b.manifest, graph)  # the serialised entry: check_engine reads a mapping
         if eng:
             c = check_engine(b.path(eng["file"]), eng)
             doc["engines"].append({"file": eng["file"], "flavour": eng.get("flavour"), "version": eng.get("version"),

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from rsvl_runtime.bundle import atomic_open, atomic_write_text
 
 
 def _jsonable(o: Any) -> Any:
@@ -24,20 +25,11 @@ def _jsonable(o: Any) -> Any:
     return o
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_all(doc: dict[str, Any], out: Path) -> dict[str, Path]:
     out = Path(out)
     paths = {"json": out / "bench.json", "md": out / "bench.md", "png": out / "bench.png"}
-    _atomic_write(paths["json"], json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n")
-    _atomic_write(paths["md"], markdown(doc))
+    atomic_write_text(paths["json"], json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(paths["md"], markdown(doc))
     plot(doc, paths["png"])
     print_rich(doc)
     return paths
@@ -232,10 +224,11 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     else:
         ax.text(0.5, 0.5, "no successful measurement", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
 
 
 # --------------------------------------------------------------------------- terminal

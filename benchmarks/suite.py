@@ -95,11 +95,10 @@ def prepare_bundle(opts: BenchOptions, out: Path, device: str) -> tuple[Any, dic
     if path.exists() and not opts.reexport:
         try:
             b = Bundle.load(path)
-            m = b.manifest
-            ok = (m.get("model") == opts.model and (opts.tile is None or b.tile_size == opts.tile)
-                  and m.get("limits", {}).get("max_batch", 0) >= max(opts.batches)
-                  and (m.get("weights") or {}).get("source") == (str(opts.checkpoint) if opts.checkpoint else
-                                                                  (m.get("weights") or {}).get("source")))
+            m = b.meta
+            ok = (m.model == opts.model and (opts.tile is None or b.tile_size == opts.tile)
+                  and m.limits.max_batch >= max(opts.batches)
+                  and (not opts.checkpoint or m.weights.source == str(opts.checkpoint)))
             if ok:
                 log.info("reusing the bundle in %s (pass --reexport to export again)", path)
                 return b, {"source": "reused", "path": str(path)}
@@ -123,7 +122,7 @@ def reference_model(opts: BenchOptions, bundle: Any, device: str) -> tuple[Any, 
     if opts.checkpoint:
         model, src = load_checkpoint(opts.checkpoint), str(opts.checkpoint)
     else:
-        wfile = (bundle.manifest.get("weights") or {}).get("file")
+        wfile = bundle.meta.weights.file
         if not wfile:
             raise SystemExit(f"{bundle.root} has no weights (exported with --no-weights): pass --checkpoint "
                              "so that PyTorch runs the same weights as the graphs")
@@ -132,32 +131,12 @@ def reference_model(opts: BenchOptions, bundle: Any, device: str) -> tuple[Any, 
 
 
 def scene_tiles(model: Any, batch: int, tile: int, seed: int) -> dict[str, np.ndarray]:
-    """``batch`` normalised tiles cut from a synthetic scene (realistic classes, not noise)."""
-    from rsvl_runtime.normalization import normalize_optical, normalize_sar
+    """``batch`` normalised synthetic tiles (realistic classes, not noise) for ``model``'s
+    modalities, from the generator the export's parity gate uses
+    (:func:`rsvl_train.data.synthetic.tiles.synthetic_tiles`)."""
+    from rsvl_train.data.synthetic.tiles import synthetic_tiles
 
-    pre = model.config["preprocess"]
-    try:
-        from rsvl_train.data.synthetic import SyntheticScene
-
-        cols = int(np.ceil(np.sqrt(batch)))
-        rows = int(np.ceil(batch / cols))
-        blk = SyntheticScene(seed, rows * tile, cols * tile).render(0, 0, rows * tile, cols * tile)
-        opt, sar = [], []
-        for i in range(batch):
-            r, c = divmod(i, cols)
-            sl = (slice(r * tile, (r + 1) * tile), slice(c * tile, (c + 1) * tile))
-            opt.append(np.clip(np.rint(blk.optical[:, sl[0], sl[1]]), 0, 255).astype(np.uint8))
-            sar.append(blk.sar_db[None, sl[0], sl[1]].astype(np.float32))
-        opt_a, sar_a = np.stack(opt), np.stack(sar)
-    except Exception as e:  # noqa: BLE001 - fall back to the export's generator
-        log.debug("synthetic scene unavailable (%s): using the export's synthetic tiles", e)
-        from rsvl_export.pipeline import synthetic_tiles
-
-        return {k: v.astype(np.float32) for k, v in synthetic_tiles(model, batch, tile, seed).items()}
-    out = {"optical": normalize_optical(opt_a, pre["optical"]).astype(np.float32)}
-    if "sar" in pre:
-        out["sar"] = normalize_sar(sar_a, pre["sar"]).astype(np.float32)
-    return out
+    return synthetic_tiles(model.config["preprocess"], batch, tile, seed)
 
 
 class Inputs:
@@ -242,10 +221,10 @@ def prepare_ort_variant(opts: BenchOptions, bundle: Any, inputs: Inputs, out: Pa
     (reused when OUT holds one made from the same source file and settings)."""
     from rsvl_export.ort_optimize import model_kind_for, optimize_for_ort
 
-    g = bundle.manifest["graphs"]["image"]
-    if g.get("ort"):
-        rep = g.get("ort_report") or {"variant": g.get("ort_variant", "bundle"), "source": "bundle"}
-        return bundle.path(g["ort"]), rep
+    g = bundle.meta.graphs["image"]
+    if g.ort:
+        rep = dict(g.ort_report or {"variant": g.extra.get("ort_variant", "bundle"), "source": "bundle"})
+        return bundle.path(g.ort), rep
     src = bundle.graph_file("image", "fp32")
     dst = out / "image.ort.onnx"
     meta = out / "image.ort.json"
@@ -518,27 +497,24 @@ def run_benchmark(opts: BenchOptions) -> dict[str, Any]:
                                                            "threads": threads, "device": device,
                                                            "budget": asdict(budget)}}
     bundle, binfo = prepare_bundle(opts, out, device)
-    m = bundle.manifest
+    m = bundle.meta
     task = bundle.task
     tile = bundle.tile_size
     if opts.tile and opts.tile != tile:
         raise SystemExit(f"--tile {opts.tile} but the bundle's image graph is fixed to {tile}px; "
                          f"omit --tile or re-export with --tile {opts.tile}")
     model, weights_src = reference_model(opts, bundle, device)
-    input_names = list(m["graphs"]["image"]["inputs"])
-    if task == "referring" and opts.vocab_size < max(batches):
-        pass  # referring: one expression per tile; expressions repeat
-    inputs = Inputs(model, task, tile, opts.vocab_size, list(m["text"].get("templates") or ["{}"]), input_names,
-                    opts.seed)
+    input_names = list(m.graphs["image"].inputs)
+    inputs = Inputs(model, task, tile, opts.vocab_size, list(m.text.prompt_templates), input_names, opts.seed)
     ctx = BenchContext(model=model, task=task, bundle=bundle, tile=tile, device=device, threads=threads, out=out,
                        quick=opts.quick, input_names=input_names)
-    doc["bundle"] = {**binfo, "model": m["model"], "task": task, "tile": tile, "precision": m.get("precision"),
-                     "graphs": {k: {kk: vv for kk, vv in v.items() if kk in ("fp32", "fp16", "ort", "exporter")}
-                                for k, v in m["graphs"].items()},
-                     "engines": [e.get("file") for e in m.get("engines", [])], "weights": weights_src,
-                     "trained": (m.get("weights") or {}).get("trained")}
+    doc["bundle"] = {**binfo, "model": m.model, "task": task, "tile": tile, "precision": m.precision,
+                     "graphs": {k: {kk: vv for kk, vv in v.to_dict().items() if kk in ("fp32", "fp16", "ort", "exporter")}
+                                for k, v in m.graphs.items()},
+                     "engines": [e.file for e in m.engines], "weights": weights_src,
+                     "trained": m.weights.trained}
     n_params = sum(p.numel() for p in model.parameters())
-    doc["model"] = {"name": m["model"], "task": task, "parameters_m": round(n_params / 1e6, 2),
+    doc["model"] = {"name": m.model, "task": task, "parameters_m": round(n_params / 1e6, 2),
                     "vocab_size": len(inputs.vocab) or opts.vocab_size, "prompts": len(inputs.texts)}
 
     # reference outputs (eager FP32), FLOPs

@@ -12,6 +12,7 @@ from typing import Any
 
 from rsvl_runtime.backends.tensorrt import choose_flavour, graph_profiles
 from rsvl_runtime.backends.tensorrt.build import build_engine
+from rsvl_runtime.manifest import GraphEntry
 from rsvl_runtime.segmenter import TEXT_CHUNK
 
 log = logging.getLogger("rsvl.export")
@@ -35,17 +36,25 @@ def engine_profiles(graph: str, inputs: Mapping[str, Any], max_batch: int, max_v
     return graph_profiles(inputs, axis_sizes(graph, max_batch, max_vocab))
 
 
-def engine_source(graphs: Mapping[str, Any], graph: str, precision: str) -> tuple[str, str]:
+def _graph(graphs: Mapping[str, GraphEntry | Mapping[str, Any]], graph: str) -> GraphEntry:
+    """``graphs[graph]`` as a :class:`GraphEntry` (the export passes the ``graphs`` dict it is
+    building, ``rebuild-engine`` the bundle's typed ``meta.graphs``)."""
+    g = graphs[graph]
+    return g if isinstance(g, GraphEntry) else GraphEntry.from_dict(dict(g), f"graphs.{graph}")
+
+
+def engine_source(graphs: Mapping[str, GraphEntry | Mapping[str, Any]], graph: str, precision: str
+                  ) -> tuple[str, str]:
     """(ONNX file, precision) an engine is built from: the FP16 ONNX when the bundle has one for
     that graph (strongly typed builds take precision from it), else the FP32 ONNX."""
-    g = graphs[graph]
-    if precision == "fp16" and "fp16" in g:
-        return g["fp16"], "fp16"
-    return g["fp32"], "fp32"
+    g = _graph(graphs, graph)
+    if precision == "fp16" and g.fp16:
+        return g.fp16, "fp16"
+    return g.fp32, "fp32"
 
 
-def build_bundle_engines(work: Path, graphs: Mapping[str, Any], precision: str, engine: str, max_batch: int,
-                         max_vocab: int, targets: Sequence[str] | None = None,
+def build_bundle_engines(work: Path, graphs: Mapping[str, GraphEntry | Mapping[str, Any]], precision: str,
+                         engine: str, max_batch: int, max_vocab: int, targets: Sequence[str] | None = None,
                          timing_cache: str | None = None, workspace_gb: float | None = None) -> list[dict[str, Any]]:
     """Build the image and text engines of the bundle in ``work`` with the flavour ``engine``
     resolves to (``auto`` | ``tensorrt`` | ``tensorrt-rtx`` | ``none``) and return their manifest
@@ -61,7 +70,8 @@ def build_bundle_engines(work: Path, graphs: Mapping[str, Any], precision: str, 
         if graph not in graphs:
             continue
         src, prec = engine_source(graphs, graph, precision)
-        profiles = engine_profiles(graph, graphs[graph]["inputs"], max_batch, max_vocab)
+        inputs = {n: t.to_dict() for n, t in _graph(graphs, graph).inputs.items()}
+        profiles = engine_profiles(graph, inputs, max_batch, max_vocab)
         info = build_engine(work / src, work / f"{graph}.{prec}.engine", profiles, flavour_name=name, precision=prec,
                             graph=graph, targets=targets, timing_cache_path=cache, workspace_gb=workspace_gb)
         entries.append(info.to_dict())

@@ -1,7 +1,7 @@
 """Export one graph (text or image) of a model to a single-file ONNX model, and prove it.
 
 :func:`export_onnx` wraps ``torch.onnx.export(..., dynamo=True)`` with the checks that our
-measured traps call for (see ``NOTES-export.md``):
+measured traps call for (see ``docs/export-notes.md``, Exporter):
 
 * dynamic axes are given by *name* (``{"optical": {0: "B"}, "text_emb": {0: "K"}}``); one
   :class:`torch.export.Dim` is created per axis name and shared by every input that uses it;
@@ -412,7 +412,7 @@ def _ort_check(
                 probe[name] = _resize_axis(probe[name], axis, sizes[axis_name])
     try:
         outs = sess.run(list(output_names), probe)
-    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+    except Exception as e:
         shapes = {k: list(v.shape) for k, v in probe.items()}
         raise ExportError(f"the exported graph does not run at a second size of its dynamic axes {sizes} "
                           f"(inputs {shapes}): {e}. An axis was probably frozen during export "
@@ -504,7 +504,7 @@ def export_onnx(
                 output_names=output_names, opset_version=opset, external_data=False,
                 optimize=True, verbose=False,
             )
-    except Exception as e:  # noqa: BLE001 - the exporter raises many types
+    except Exception as e:
         dynamo_error = f"{type(e).__name__}: {e}"
         if not allow_legacy_fallback:
             raise ExportError(f"dynamo export of {type(module).__name__} failed: {dynamo_error}") from e
@@ -522,7 +522,7 @@ def export_onnx(
                     module, args, str(path), dynamo=False, input_names=ordered,
                     output_names=output_names, dynamic_axes=legacy_axes, opset_version=opset,
                 )
-        except Exception as e2:  # noqa: BLE001
+        except Exception as e2:
             raise ExportError(f"both exporters failed for {type(module).__name__}.\n  dynamo: {dynamo_error}\n"
                               f"  legacy: {type(e2).__name__}: {e2}") from e2
         input_names = ordered
@@ -536,7 +536,7 @@ def export_onnx(
     _set_axis_names(model, dynamic_axes)
     try:
         model = onnx.shape_inference.infer_shapes(model, check_type=True, data_prop=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ExportError(f"ONNX shape inference failed on the exported graph: {e}") from e
 
     got_opset = default_opset(model)
@@ -559,7 +559,7 @@ def export_onnx(
 
     try:
         onnx.checker.check_model(model, full_check=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ExportError(f"onnx.checker rejects the exported graph: {e}") from e
     onnx.save(model, str(path))
     seconds = time.perf_counter() - t0

@@ -6,7 +6,7 @@
    ``SkipLayerNormalization``, bias + GELU -> ``BiasGelu``, attention where the pattern
    matches) with ``onnxruntime.transformers.optimizer.optimize_model`` at ``opt_level`` 1
    (hardware-agnostic: constant folding and the Python fusions only — never the NCHWc
-   layout ops of ``ORT_ENABLE_ALL``, which must not be shipped, see NOTES-export.md);
+   layout ops of ``ORT_ENABLE_ALL``, which must not be shipped, see docs/export-notes.md);
 2. optionally quantises the weight MatMul/Gemm nodes to INT8 with dynamic (per-batch)
    activation scales (``onnxruntime.quantization.quantize_dynamic``, per-channel weights),
    trying a few node selections from the widest to the narrowest;
@@ -397,24 +397,24 @@ def bundle_check_inputs(bundle_dir: str | os.PathLike[str], batches: Sequence[in
     from rsvl_runtime.bundle import Bundle
 
     b = Bundle.load(bundle_dir)
-    m = b.manifest
+    m = b.meta
     tile = b.tile_size
-    inputs = m["graphs"]["image"]["inputs"]
+    inputs = m.graphs["image"].inputs
     rng = np.random.default_rng(seed)
     text_emb = None
-    if m.get("vocab_cache"):
-        with np.load(b.path(m["vocab_cache"]), allow_pickle=False) as z:
+    if m.vocab_cache:
+        with np.load(b.path(m.vocab_cache), allow_pickle=False) as z:
             text_emb = z["text_emb"].astype(np.float32)
     out = []
     for bs in batches:
-        tiles = _synthetic(m, bs, tile, seed + bs)
+        tiles = _synthetic(m.modalities, bs, tile, seed + bs)
         feed: dict[str, np.ndarray] = {}
         for name, spec in inputs.items():
             if name in tiles:
                 feed[name] = tiles[name]
             elif name == "text_emb":
                 if text_emb is None:
-                    d = int(spec["shape"][-1])
+                    d = int(spec.shape[-1])
                     e = rng.standard_normal((7, d)).astype(np.float32)
                     text_emb = e / np.linalg.norm(e, axis=1, keepdims=True)
                 feed[name] = text_emb
@@ -424,26 +424,12 @@ def bundle_check_inputs(bundle_dir: str | os.PathLike[str], batches: Sequence[in
     return out
 
 
-def _synthetic(manifest: Mapping[str, Any], batch: int, tile: int, seed: int) -> dict[str, np.ndarray]:
-    from rsvl_runtime.normalization import normalize_optical, normalize_sar
+def _synthetic(modalities: Mapping[str, Any], batch: int, tile: int, seed: int) -> dict[str, np.ndarray]:
+    """Normalised synthetic tiles for the bundle's modalities, from the export's generator
+    (:func:`rsvl_train.data.synthetic.tiles.synthetic_tiles`, torch-free)."""
+    from rsvl_train.data.synthetic.tiles import synthetic_tiles
 
-    pre = manifest["modalities"]
-    try:
-        from rsvl_train.data.synthetic import synthesize_tile  # type: ignore[attr-defined]
-
-        tiles = [synthesize_tile(tile, seed + i) for i in range(batch)]
-        opt = np.stack([t["optical"] for t in tiles])
-        sar = np.stack([t["sar"] for t in tiles])
-    except ImportError:
-        rng = np.random.default_rng(seed)
-        opt = rng.integers(0, 256, size=(batch, 3, tile, tile), dtype=np.uint8)
-        sar = rng.normal(-12, 5, size=(batch, 1, tile, tile)).astype(np.float32)
-    out = {}
-    if "optical" in pre:
-        out["optical"] = normalize_optical(opt, pre["optical"]).astype(np.float32)
-    if "sar" in pre:
-        out["sar"] = normalize_sar(sar, pre["sar"]).astype(np.float32)
-    return out
+    return synthetic_tiles(modalities, batch, tile, seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -460,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     b = Bundle.load(a.bundle)
     src = b.graph_file("image", "fp32")
-    kind = a.kind if a.kind != "auto" else model_kind_for({"architecture": b.manifest.get("architecture")})
+    kind = a.kind if a.kind != "auto" else model_kind_for({"architecture": b.meta.architecture})
     rep = optimize_for_ort(src, a.out or Path(a.bundle) / "image.ort.onnx", kind if a.kind != "auto" else "auto",
                            bundle_check_inputs(a.bundle), int8=not a.no_int8, threads=a.threads)
     print(json.dumps(rep, indent=2, default=str))

@@ -131,7 +131,7 @@ class Comparison:
         """Gate verdict (None when no precision/gate was given)."""
         return None if self.gate is None else not self.failed_checks
 
-    def judge(self, precision: str, gate: "Gate | None" = None) -> "Comparison":
+    def judge(self, precision: str, gate: Gate | None = None) -> Comparison:
         """Evaluate ``gate`` (default: the gate of ``precision`` and this kind) in place."""
         g = gate or gate_for(precision, self.kind)
         self.precision, self.gate, self.failed_checks = precision, g.name, g.check(self.metrics)
@@ -139,7 +139,7 @@ class Comparison:
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, kind: str = "generic",
-            precision: str | None = None, gate: "Gate | None" = None, class_axis: int = 1) -> Comparison:
+            precision: str | None = None, gate: Gate | None = None, class_axis: int = 1) -> Comparison:
     """Compare ``candidate`` with ``reference``: max_abs, max_abs_rel_to_range, cosine,
     per-vector cosine (embeddings), argmax agreement over ``class_axis`` (logits).
 
@@ -302,7 +302,7 @@ class ParityReport:
         return text
 
     @classmethod
-    def from_json(cls, text_or_path: str | os.PathLike[str]) -> "ParityReport":
+    def from_json(cls, text_or_path: str | os.PathLike[str]) -> ParityReport:
         """Inverse of :meth:`to_json`: accepts the JSON text or a path to it."""
         s = str(text_or_path)
         if not s.lstrip().startswith("{"):

@@ -118,20 +118,11 @@ def parity_vocabulary(model: nn.Module, k: int) -> list[str]:
 
 
 def synthetic_tiles(model: nn.Module, batch: int, tile: int, seed: int) -> dict[str, np.ndarray]:
-    """Normalised synthetic optical/SAR tiles from the demo generator (realistic class layouts)."""
-    from rsvl_runtime.normalization import normalize_optical, normalize_sar
+    """Normalised synthetic tiles for ``model``'s modalities (float32 ``[batch, C, tile, tile]``),
+    from the one generator, :func:`rsvl_train.data.synthetic.tiles.synthetic_tiles`."""
+    from rsvl_train.data.synthetic.tiles import synthetic_tiles as generate
 
-    from rsvl_train.data.synthetic import SyntheticScene
-
-    pre = model.config["preprocess"]
-    blocks = [SyntheticScene(seed + i, tile, tile, river=None, origin_px=(4096 * i, 0)).render(0, 0, tile, tile)
-              for i in range(batch)]
-    opt = np.stack([np.rint(b.optical).astype(np.uint8) for b in blocks])
-    sar = np.stack([b.sar_db[None].astype(np.float32) for b in blocks])
-    out = {"optical": normalize_optical(opt, pre["optical"])}
-    if "sar" in pre:
-        out["sar"] = normalize_sar(sar, pre["sar"])
-    return out
+    return generate(model.config["preprocess"], batch, tile, seed)
 
 
 class Exporter:
@@ -212,7 +203,6 @@ class Exporter:
         if o.ort_optimize:
             with self.timer.step("ort-optimize", "ONNX Runtime CPU variant (fusions, INT8 where parity holds)"):
                 self._ort_variant(model, work, graphs, task)
-        engines: list[dict[str, Any]] = []
         with self.timer.step("build", f"TensorRT engines (--engine {o.engine})"):
             engines = self._engines(work, graphs)
         with self.timer.step("bundle", f"tokenizer, vocabulary cache, manifest -> {out}"):
@@ -311,6 +301,20 @@ class Exporter:
     # ---------------------------------------------------------------- bundle
     def _bundle(self, model: nn.Module, work: Path, graphs: dict[str, Any], engines: list[dict[str, Any]],
                 tile: int, task: str, weights: dict[str, Any]) -> dict[str, Any]:
+        """Write the tokenizer, the vocabulary cache and the weights into ``work``, then the
+        manifest: built as a typed :class:`rsvl_runtime.manifest.Manifest` and sealed by
+        ``write_manifest``. Returns the written (serialised) manifest."""
+        from rsvl_runtime.manifest import (
+            EngineEntry,
+            GraphEntry,
+            Limits,
+            Manifest,
+            ModalitySpec,
+            TextSpec,
+            TileSpec,
+            WeightsEntry,
+        )
+
         cfg = model.config
         o = self.opts
         (work / "tokenizer.json").write_text(model.tokenizer_json(), encoding="utf-8")
@@ -329,33 +333,34 @@ class Exporter:
         modalities = {m: pre[m] for m in (o.modalities if task == "semantic" else ("optical",)) if m in pre}
         modes = ["optical+sar", "optical", "sar"] if set(modalities) == {"optical", "sar"} else ["optical"]
         modes = [m for m in modes if m in cfg.get("modes", modes)]
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "model": cfg.get("name", o.model),
-            "architecture": cfg.get("architecture"),
-            "task": task,
-            "head": cfg.get("head", "open"),
-            "fixed_vocabulary_size": cfg.get("num_classes") if cfg.get("head") == "paper" else None,
-            "modalities": modalities,
-            "modes": modes,
-            "tile": {"size": tile, "overlap": o.overlap},
-            "embedding_dim": int(cfg.get("embed_dim", 0)),
-            "text": {"tokenizer": "tokenizer.json", "max_length": int(text_cfg.get("max_length", 16)),
-                     "pad_id": int(text_cfg.get("pad_id", 0)), "templates": templates,
-                     "encoder": text_cfg.get("encoder")},
-            "default_vocabulary": classes,
-            "graphs": graphs,
-            "precision": o.precision,
-            "opset": o.opset,
-            "engines": engines,
-            "vocab_cache": vocab_cache,
-            "parity": "parity.json",
-            "weights": {"file": "weights.safetensors" if o.include_weights else None, **weights},
-            "limits": {"max_batch": o.max_batch, "max_vocab": o.max_vocab},
-            "export_timings": self.timer.timings,
-            "versions": _versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            model=cfg.get("name", o.model),
+            architecture=cfg.get("architecture"),
+            task=task,
+            head=cfg.get("head", "open"),
+            fixed_vocabulary_size=cfg.get("num_classes") if cfg.get("head") == "paper" else None,
+            modalities={m: ModalitySpec.from_dict(spec, f"modalities.{m}") for m, spec in modalities.items()},
+            modes=tuple(modes),
+            tile=TileSpec(size=tile, overlap=o.overlap),
+            embedding_dim=int(cfg.get("embed_dim", 0)),
+            text=TextSpec(tokenizer="tokenizer.json", max_length=int(text_cfg.get("max_length", 16)),
+                          pad_id=int(text_cfg.get("pad_id", 0)), templates=tuple(templates),
+                          encoder=text_cfg.get("encoder")),
+            default_vocabulary=tuple(classes),
+            graphs={name: GraphEntry.from_dict(g, f"graphs.{name}") for name, g in graphs.items()},
+            precision=o.precision,
+            opset=o.opset,
+            engines=tuple(EngineEntry.from_dict(e, f"engines[{i}]") for i, e in enumerate(engines)),
+            vocab_cache=vocab_cache,
+            parity="parity.json",
+            weights=WeightsEntry.from_dict({"file": "weights.safetensors" if o.include_weights else None, **weights}),
+            limits=Limits(max_batch=o.max_batch, max_vocab=o.max_vocab),
+            export_timings=dict(self.timer.timings),
+            versions=_versions(),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            files={},  # filled by write_manifest
+        )
         return write_manifest(work, manifest)
 
 

@@ -5,7 +5,8 @@
 
 Models: NAME (Python backend: raw tiles + vocabulary -> labels, dynamic batching), NAME_image
 (onnxruntime backend, TensorRT FP16 accelerator), NAME_image_trt (tensorrt backend, when the
-bundle has an engine) and NAME_text. See rsvl_export.triton.
+bundle has an enterprise TensorRT engine) and NAME_text. See rsvl_export/triton.py (the repository),
+rsvl_export/triton_config.py (configs and validation) and rsvl_export/triton_model/model.py (the Python model).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .triton import DEFAULT_QUEUE_DELAY_US, LINK_MODES
+from .triton import DEFAULT_QUEUE_DELAY_US, LINK_MODES, RepositoryOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _options(args: argparse.Namespace) -> RepositoryOptions:
+    return RepositoryOptions(name=args.name, max_queue_delay_us=args.queue_delay_us, instances=args.instances,
+                             backend=args.backend, threads=args.threads, link=args.link,
+                             vendor_runtime=not args.no_vendor_runtime)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from rsvl_runtime.bundle import BundleError
@@ -44,10 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from .triton import validate_repository, write_triton_repository
 
     try:
-        repo = write_triton_repository(args.bundle, args.repo, args.max_batch, name=args.name,
-                                       max_queue_delay_us=args.queue_delay_us, instances=args.instances,
-                                       backend=args.backend, threads=args.threads, link=args.link,
-                                       vendor_runtime=not args.no_vendor_runtime)
+        repo = write_triton_repository(args.bundle, args.repo, args.max_batch, _options(args))
     except (BundleError, ValueError, FileNotFoundError) as e:
         print(f"rsvl-export triton: error: {e}", file=sys.stderr)
         return 2

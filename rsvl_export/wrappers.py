@@ -6,14 +6,10 @@ TensorRT see one definition of each graph.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-#: The default range of each dynamic axis (min, max); TensorRT profiles use the CLI's limits.
-DEFAULT_RANGES = {"B": (1, 64), "K": (1, 1024), "L": (1, 512)}
 
 
 class SemanticText(nn.Module):
@@ -82,7 +78,6 @@ class GraphSpec:
     example_inputs: dict[str, torch.Tensor]
     output_names: list[str]
     dynamic_axes: dict[str, dict[int, str]]
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _example_tokens(model: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +91,7 @@ def graph_specs(model: nn.Module, tile: int, modalities: tuple[str, ...] = ("opt
     """The text graph and the image graph of ``model`` at tile size ``tile``.
 
     Example sizes are ≥ 2 on every dynamic axis: an example of size 1 freezes the axis under the
-    dynamo exporter (NOTES-export.md).
+    dynamo exporter (``docs/export-notes.md``, Exporter).
     """
     if example_batch < 2 or example_vocab < 2:
         raise ValueError("example batch and vocabulary sizes must be >= 2 (size 1 freezes the axis)")

@@ -1,35 +1,50 @@
-"""``rsvl-infer --inputs``: many scenes in one job, in-process or on Ray.
+"""``rsvl-batch`` (also ``rsvl-infer batch``): many scenes in one job, in-process or on Ray.
 
-    rsvl-infer --bundle DIR --inputs scenes.csv --out DIR              # one process
-    rsvl-infer --bundle DIR --inputs scenes/ --out DIR --ray           # local Ray (all cores)
-    rsvl-infer --bundle DIR --inputs 'data/{id}_{modality}.tif' --out DIR --ray auto   # a running cluster
+    rsvl-batch --bundle DIR --inputs scenes.csv --out DIR              # one process
+    rsvl-batch --bundle DIR --inputs scenes/ --out DIR --ray           # local Ray (all cores)
+    rsvl-batch --bundle DIR --inputs 'data/{id}_{modality}.tif' --out DIR --ray auto   # a running cluster
 
 ``--inputs``: a manifest (CSV/JSON with ``id, optical, sar``), a folder with ``optical/`` and
 ``sar/`` subfolders (paired by file name) or ``<id>/optical.tif`` scene folders, or a pattern
 with ``{modality}``. Each scene goes to ``OUT/<id>/``; complete scenes are skipped (rerun the
-same command to resume); ``OUT/summary.csv`` (+ ``summary.parquet``) lists every scene.
+same command to resume); ``OUT/summary.csv`` (+ ``summary.parquet``) lists every scene. The
+per-scene flags (``--vocab``, ``--bands``, ``--nodata``, ``--backend`` ...) are ``rsvl-infer``'s.
 
-:func:`add_batch_arguments` adds the options to ``rsvl-infer``'s parser and :func:`run_batch`
-runs them; the per-scene options (``--vocab``, ``--bands``, ``--nodata``, ``--backend`` ...) are
-``rsvl-infer``'s own.
+One direction: plan (:mod:`rsvl_runtime.batch_plan`: the scene records) -> run
+(:func:`rsvl_runtime.batch.run_local`, or :func:`rsvl_runtime.ray_runner.run_ray` with
+``--ray``) -> summary (:mod:`rsvl_runtime.batch_summary`, printed by :func:`report`).
+Exit status: 0 when every scene is ok or skipped, 1 when some failed, 2 for an error before
+any scene ran.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+from .cli_common import (
+    add_engine_arguments,
+    add_scene_arguments,
+    add_vocabulary_arguments,
+    run_guarded,
+    scene_options,
+    vocabulary,
+)
 
 #: ``--ray`` without an address: start (or join) a local Ray instance.
 LOCAL_RAY = "local"
 
 
-def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--inputs``, ``--ray [ADDRESS]``, ``--num-actors``, ``--overwrite`` to ``parser``."""
-    g = parser.add_argument_group("batch (many scenes)")
-    g.add_argument("--inputs", help="scenes: manifest .csv/.json (id,optical,sar), a folder with optical/ and sar/ "
-                                    "(or <id>/optical.tif), or a pattern like 'data/{id}_{modality}.tif'; "
-                                    "replaces --optical/--sar")
+def add_batch_arguments(parser: argparse.ArgumentParser, title: str = "batch (many scenes)",
+                        required: bool = False) -> None:
+    """Add ``--inputs``, ``--ray [ADDRESS]``, ``--num-actors``, ``--cpus-per-actor``, ``--overwrite``."""
+    g = parser.add_argument_group(title)
+    g.add_argument("--inputs", required=required,
+                   help="scenes: manifest .csv/.json (id,optical,sar), a folder with optical/ and sar/ "
+                        "(or <id>/optical.tif), or a pattern like 'data/{id}_{modality}.tif'")
     g.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
                    help="run the scenes on Ray: no value = local Ray, 'auto' or ray://host:10001 = a cluster")
     g.add_argument("--num-actors", type=int, default=None,
@@ -38,47 +53,22 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="rerun scenes whose output folder is already complete")
 
 
-def parse_bands(text: str | None, flag: str = "--bands") -> list[int] | None:
-    """``"3,2,1"`` -> ``[3, 2, 1]`` (None for no value); the one band-list parser of ``rsvl-infer``."""
-    if not text:
-        return None
-    try:
-        return [int(b) for b in str(text).split(",") if b.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} {text!r}: give 1-based band indexes separated by commas, e.g. 3,2,1") from None
+def build_parser(prog: str = "rsvl-batch") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", required=True, help="semantic (TSMNet) bundle folder or .zip written by rsvl-export")
+    p.add_argument("--out", required=True, help="output folder: OUT/<id>/ per scene and OUT/summary.csv")
+    add_batch_arguments(p, required=True)
+    add_vocabulary_arguments(p)
+    add_engine_arguments(p)
+    add_scene_arguments(p)
+    return p
 
 
-def _vocab(args: argparse.Namespace) -> Any:
-    if getattr(args, "vocab", None) is not None:
-        return args.vocab
-    if getattr(args, "vocab_file", None):
-        from .vocabulary import load_vocabulary_file
-
-        return load_vocabulary_file(args.vocab_file)
-    return None
-
-
-def scene_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``predict_raster`` options from ``rsvl-infer``'s arguments (one scene or a batch)."""
-    nodata = getattr(args, "nodata", None)
-    sar_nodata = getattr(args, "sar_nodata", None)
-    opts: dict[str, Any] = {
-        "tile": getattr(args, "tile", None), "overlap": getattr(args, "overlap", None),
-        "bands": parse_bands(getattr(args, "bands", None), "--bands"),
-        "sar_bands": parse_bands(getattr(args, "sar_bands", None), "--sar-bands"),
-        "sar_units": getattr(args, "sar_units", None), "write_scores": not getattr(args, "no_scores", False),
-        "cog": False if getattr(args, "no_cog", False) else None,
-        "sar_check": not getattr(args, "no_sar_check", False), "progress": False,
-    }
-    if nodata is not None or sar_nodata is not None:
-        opts["nodata"] = {"optical": nodata, "sar": sar_nodata}
-    return {k: v for k, v in opts.items() if v is not None}
-
-
-def run_batch(args: argparse.Namespace) -> int:
-    """Run ``--inputs`` (locally or with ``--ray``); prints the summary. 0 when every scene is ok or
-    skipped, 1 when some failed (see OUT/summary.csv)."""
-    from .batch import discover_records, run_local
+# ----------------------------------------------------------------------------- plan -> run -> summary
+def plan(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """The verified bundle and the scene records of ``--inputs`` (records with problems carry
+    their error: they are reported, never stop the job)."""
+    from .batch_plan import discover_records
     from .segmenter import open_bundle
 
     if getattr(args, "optical", None) or getattr(args, "sar", None):
@@ -92,24 +82,52 @@ def run_batch(args: argparse.Namespace) -> int:
     records = discover_records(args.inputs, modes=bundle.modes)
     if not records:
         raise ValueError(f"--inputs {args.inputs}: no scenes found")
-    common: dict[str, Any] = {
-        "vocab": _vocab(args), "backend": getattr(args, "backend", "auto"),
-        "precision": getattr(args, "precision", "auto"), "batch": getattr(args, "batch", None),
-        "threads": getattr(args, "threads", None), "options": scene_options(args),
-        "resume": not getattr(args, "overwrite", False)}
+    return bundle, records
+
+
+def run(args: argparse.Namespace, bundle: Any, records: list[Any]) -> Any:
+    """Run the planned records locally, or on Ray with ``--ray``; returns the
+    :class:`~rsvl_runtime.batch_summary.BatchResult` (the summary files are written)."""
+    from .batch import ModelSpec, run_local
+
+    model = ModelSpec(bundle, vocab=vocabulary(args), backend=getattr(args, "backend", "auto"),
+                      precision=getattr(args, "precision", "auto"), batch=getattr(args, "batch", None),
+                      threads=getattr(args, "threads", None))
+    common: dict[str, Any] = {"options": scene_options(args), "resume": not getattr(args, "overwrite", False)}
     if getattr(args, "ray", None):
         from .ray_runner import run_ray
 
         address = None if args.ray == LOCAL_RAY else args.ray
-        result = run_ray(records, bundle.root, args.out, address=address,
-                         num_actors=getattr(args, "num_actors", None),
-                         cpus_per_actor=getattr(args, "cpus_per_actor", None), **common)
-    else:
-        result = run_local(records, bundle, args.out, **common)
+        return run_ray(records, replace(model, bundle=bundle.root), args.out, address=address,
+                       num_actors=getattr(args, "num_actors", None),
+                       cpus_per_actor=getattr(args, "cpus_per_actor", None), **common)
+    return run_local(records, model, args.out, **common)
+
+
+def report(result: Any, prog: str = "rsvl-batch") -> int:
+    """Print the summary line and the failed scenes; 0 when none failed, else 1."""
     print(result.summary_line())
     failed = [r for r in result.rows if r["status"] == "error"]
     for r in failed:
         print(f"  {r['scene']}: {r['error']}", file=sys.stderr)
     if failed:
-        print(f"rsvl-infer: {len(failed)} scene(s) failed; see {result.summary_csv}", file=sys.stderr)
+        print(f"{prog}: {len(failed)} scene(s) failed; see {result.summary_csv}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def run_batch(args: argparse.Namespace, prog: str = "rsvl-batch") -> int:
+    """plan -> run -> summary for parsed arguments (``rsvl-batch``'s, or ``rsvl-infer --inputs``)."""
+    bundle, records = plan(args)
+    return report(run(args, bundle, records), prog)
+
+
+def main(argv: list[str] | None = None, prog: str = "rsvl-batch") -> int:
+    args = build_parser(prog).parse_args(argv)
+    from .logs import setup_logging
+
+    setup_logging(quiet=args.quiet)
+    return run_guarded(prog, lambda: run_batch(args, prog), str(Path(args.out)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

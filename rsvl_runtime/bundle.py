@@ -1,40 +1,20 @@
 """The model bundle: a directory (or a .zip of one) that the export hands the runtime.
 
-``manifest.json`` describes everything the runtime needs; every other file is listed in
-``manifest["files"]`` with its sha256 and size, and a bundle whose files do not match is
-refused with the file named. The export writes bundles through :func:`write_manifest`, the
-runtime and ``rsvl-export inspect`` read them through :meth:`Bundle.load`: one implementation.
+``manifest.json`` describes everything the runtime needs; every other file is listed in its
+``files`` with its sha256 and size, and a bundle whose files do not match is refused with the file
+named. The export writes bundles through :func:`write_manifest`, the runtime and ``rsvl-export
+inspect`` read them through :meth:`Bundle.load`: one implementation.
 
-Manifest keys (format version 1)::
+The manifest's keys, their types and their defaults are :class:`rsvl_runtime.manifest.Manifest`
+(``rsvl_runtime/manifest.py``, format version :data:`FORMAT_VERSION`; older versions are upgraded
+when read). A loaded bundle has both forms: :attr:`Bundle.meta`, the typed :class:`Manifest`
+(read this), and :attr:`Bundle.manifest`, the serialised form exactly as ``manifest.json`` holds it
+(the dictionary the seal is computed over).
 
-    format_version   int
-    model            registry name, e.g. "tsmnet-tiny"
-    task             "semantic" | "referring"
-    head             "open" (K free) | "paper" (K fixed: fixed_vocabulary_size)
-    modalities       {"optical": spec, "sar": spec}    (see rsvl_runtime.normalization)
-    modes            input modes the bundle supports: "optical+sar", "optical", "sar"
-    tile             {"size": 256, "overlap": 0.25}
-    embedding_dim    D of the text embeddings
-    text             {"tokenizer": "tokenizer.json", "max_length": L, "pad_id": 0,
-                      "templates": ["a satellite image of {}."]}
-    default_vocabulary  [{"name": "water", "synonyms": ["lake"], "color": [r, g, b]}, ...]
-    fixed_vocabulary_size  null | K
-    graphs           {"text": {"fp32": "text.onnx", "inputs": {...}, "outputs": {...}},
-                      "image": {"fp32": "image.onnx", "fp16": "image.fp16.onnx",
-                                "inputs": {...}, "outputs": {...}}}
-                     inputs/outputs: name -> {"dtype": "float32", "shape": ["B", 3, 256, 256]}
-    precision        "fp32" | "fp16"
-    opset            int
-    engines          [{"graph": "image", "file": "image.fp16.engine", "precision": "fp16",
-                       "tensorrt_version": "10.13.0", "compute_capability": "9.0",
-                       "gpu": "NVIDIA H100", "profiles": {input: {"min":[], "opt":[], "max":[]}}}]
-    vocab_cache      "vocab_cache.npz" (default vocabulary embeddings) | null
-    parity           "parity.json"
-    versions         {"rsvl": ..., "torch": ..., "onnx": ..., ...}
-    files            {relative path: {"sha256": hex, "bytes": int}}
-    manifest_sha256  sha256 of the canonical JSON of every other key (see :func:`manifest_hash`)
+Checks made by :meth:`Bundle.load`, in this order (the first four before any listed file is read):
 
-Checks made by :meth:`Bundle.load`, in this order (the first three before any listed file is read):
+* the manifest parses as a :class:`Manifest` of a supported format version: the error names the
+  first missing required key or ill-typed value;
 
 * every path the manifest names (``files`` keys, graph and engine files, tokenizer, vocab_cache,
   parity, weights) is relative, has no ``..`` and resolves inside the bundle (a symlink that
@@ -71,16 +51,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Any
 
+from .manifest import FORMAT_VERSION, GRAPH_FILE_KEYS, BundleError, Manifest
+
 log = logging.getLogger("rsvl.runtime")
 
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 #: The manifest key holding the hash of the manifest's own canonical content.
 MANIFEST_HASH_KEY = "manifest_sha256"
 #: File name suffixes a bundle may never contain (no pickle anywhere in a bundle).
 FORBIDDEN_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt")
-#: Keys of ``manifest["graphs"][name]`` whose values are file paths.
-GRAPH_FILE_KEYS = ("fp32", "fp16", "ort")
 #: Shortest digest prefix ``expect_digest`` accepts.
 MIN_DIGEST_PREFIX = 12
 #: Extracted zip bundles kept in ``<cache>/bundles`` (the most recently used ones).
@@ -89,10 +68,6 @@ ZIP_CACHE_KEEP = 3
 STALE_EXTRACTION_S = 3600.0
 
 _REEXPORT = "re-export the bundle with `rsvl-export` (or restore the original copy)"
-
-
-class BundleError(ValueError):
-    """A bundle is missing, corrupt or incompatible. The message names the file and the fix."""
 
 
 def cache_root() -> Path:
@@ -203,10 +178,16 @@ def check_manifest_paths(root: Path, manifest: dict[str, Any]) -> None:
                               f"reference files inside itself — {_REEXPORT}")
 
 
-def write_manifest(bundle_dir: str | os.PathLike[str], manifest: dict[str, Any]) -> dict[str, Any]:
-    """Hash every file in ``bundle_dir`` (except the manifest), fill ``manifest["files"]``, seal
-    the manifest with :data:`MANIFEST_HASH_KEY` and write ``manifest.json`` atomically. Returns
-    the completed manifest. Any ``files``/``manifest_sha256`` in ``manifest`` are recomputed."""
+def write_manifest(bundle_dir: str | os.PathLike[str], manifest: Manifest | dict[str, Any]) -> dict[str, Any]:
+    """Hash every file in ``bundle_dir`` (except the manifest), fill the manifest's ``files``, seal
+    it with :data:`MANIFEST_HASH_KEY` and write ``manifest.json`` atomically. Returns the completed
+    manifest (serialised form). Any ``files``/``manifest_sha256`` in ``manifest`` are recomputed.
+
+    ``manifest``: a :class:`Manifest` (what the export passes; its :meth:`Manifest.to_dict` is
+    written) or a dictionary already in the serialised form (written as it is, e.g. a loaded
+    bundle's :attr:`Bundle.manifest` with one entry changed)."""
+    if isinstance(manifest, Manifest):
+        manifest = manifest.to_dict()
     root = Path(bundle_dir)
     files: dict[str, dict[str, Any]] = {}
     for p in sorted(root.rglob("*")):
@@ -349,10 +330,16 @@ def _extract_checked(path: Path, folder: Path, final: Path, keep: int) -> tuple[
 
 @dataclass
 class Bundle:
-    """A verified bundle on disk."""
+    """A verified bundle on disk.
+
+    ``meta`` is the typed manifest (:class:`rsvl_runtime.manifest.Manifest`, upgraded to the
+    current format version): read the bundle through it. ``manifest`` is the serialised form, the
+    dictionary exactly as ``manifest.json`` holds it (what the seal and :attr:`digest` are computed
+    over; for a bundle of an older format version it keeps that version's keys)."""
 
     root: Path
     manifest: dict[str, Any]
+    meta: Manifest
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -398,13 +385,7 @@ class Bundle:
             raise BundleError(f"{mpath} is not valid JSON ({e}); the bundle is corrupt, re-export it") from e
         if not isinstance(manifest, dict):
             raise BundleError(f"{mpath} is not a JSON object; the bundle is corrupt, re-export it")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise BundleError(f"{mpath}: bundle format version {version!r} is not supported by this "
-                              f"runtime (expects {FORMAT_VERSION}); re-export with this rsvl version")
-        for key in ("model", "task", "graphs", "files", "modalities", "tile", "text"):
-            if key not in manifest:
-                raise BundleError(f"{mpath}: manifest lacks the key {key!r}; the bundle is corrupt, re-export it")
+        meta = Manifest.from_dict(manifest, source=str(mpath))   # version, required keys, types
         check_manifest_paths(p, manifest)
         recorded = manifest.get(MANIFEST_HASH_KEY)
         if not recorded:
@@ -413,7 +394,7 @@ class Bundle:
         if recorded != manifest_hash(manifest):
             raise BundleError(f"{mpath} was modified after export (its content no longer matches its "
                               f"{MANIFEST_HASH_KEY}); re-export or restore it")
-        bundle = cls(root=p, manifest=manifest)
+        bundle = cls(root=p, manifest=manifest, meta=meta)
         if expected is not None and not bundle.digest.startswith(expected):
             raise BundleError(f"{p}: bundle digest {bundle.digest} does not match the expected digest "
                               f"{expected}; this is not the pinned bundle — deploy the bundle with that "
@@ -432,23 +413,22 @@ class Bundle:
         """Raise :class:`BundleError` naming the first file that is missing, whose hash differs, or
         (the shipped vocab cache) whose embeddings have the wrong shape."""
         check_manifest_paths(self.root, self.manifest)
-        for rel, meta in self.manifest["files"].items():
+        for rel, entry in self.meta.files.items():
             f = self.root / rel
             if not f.is_file():
                 raise BundleError(f"{f}: listed in the manifest but missing; the bundle is incomplete, "
                                   "copy it again or re-export it")
             actual = sha256_file(f)
-            if actual != meta["sha256"]:
+            if actual != entry.sha256:
                 raise BundleError(f"{f}: sha256 {actual[:12]}… does not match the manifest "
-                                  f"({meta['sha256'][:12]}…); the file was modified or corrupted — "
+                                  f"({entry.sha256[:12]}…); the file was modified or corrupted — "
                                   "restore the original bundle or re-export it")
-        rel = self.manifest.get("vocab_cache")
+        rel = self.meta.vocab_cache
         if rel:
             # imported here: it needs numpy, and bundle.py itself is stdlib-only
             from .vocabulary import check_bundle_vocab_cache
 
-            check_bundle_vocab_cache(self.path(rel), len(self.manifest.get("default_vocabulary") or []),
-                                     self.manifest.get("embedding_dim"))
+            check_bundle_vocab_cache(self.path(rel), len(self.meta.default_vocabulary), self.meta.embedding_dim)
 
     # ------------------------------------------------------------------ accessors
     def path(self, rel: str) -> Path:
@@ -457,43 +437,44 @@ class Bundle:
         if problem:
             raise BundleError(f"{self.root / MANIFEST}: {rel!r} {problem}; a bundle may only reference files "
                               f"inside itself — {_REEXPORT}")
-        if rel not in self.manifest["files"]:
+        if rel not in self.meta.files:
             raise BundleError(f"{self.root / rel} is not listed in {self.root / MANIFEST}")
         return self.root / rel
 
     @property
     def task(self) -> str:
-        return str(self.manifest["task"])
+        return self.meta.task
 
     @property
     def model(self) -> str:
-        return str(self.manifest["model"])
+        return self.meta.model
 
     @property
     def tile_size(self) -> int:
-        return int(self.manifest["tile"]["size"])
+        return self.meta.tile.size
 
     @property
     def overlap(self) -> float:
-        return float(self.manifest["tile"].get("overlap", 0.25))
+        return float(self.meta.tile.overlap)
 
     @property
     def modes(self) -> list[str]:
-        return list(self.manifest.get("modes", ["optical+sar"]))
+        return list(self.meta.modes)
 
     def graph_file(self, graph: str, precision: str = "fp32") -> Path:
         """Path of the ONNX file of ``graph`` ("text" | "image") at ``precision`` ("fp32", "fp16",
         or "ort" for the ONNX-Runtime CPU variant)."""
-        g = self.manifest["graphs"].get(graph)
-        if g is None or precision not in g:
-            have = sorted(k for k in (g or {}) if k in GRAPH_FILE_KEYS)
+        g = self.meta.graph(graph)
+        rel = g.file(precision) if g is not None else None
+        if rel is None:
+            have = sorted(g.precisions) if g is not None else []
             raise BundleError(f"{self.root}: no {precision} {graph} graph in this bundle (has: {have}); "
                               f"re-export with `rsvl-export --precision {precision}`")
-        return self.path(g[precision])
+        return self.path(rel)
 
     def read_parity(self) -> dict[str, Any] | None:
-        rel = self.manifest.get("parity")
-        if not rel or rel not in self.manifest["files"]:
+        rel = self.meta.parity
+        if not rel or rel not in self.meta.files:
             return None
         return json.loads(self.path(rel).read_text(encoding="utf-8"))
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from .normalization import band_stats, linear_to_db
+from .options import InputOptions
 from .raster_io import (
     GEOREF_GCPS,
     GEOREF_NO_CRS,
@@ -65,7 +66,6 @@ from .raster_io import (
     read_window,
     valid_mask,
 )
-from .scene import _nodata_for
 
 log = logging.getLogger("rsvl.checks")
 
@@ -272,24 +272,25 @@ def _fmt_bounds(bounds: Sequence[float]) -> str:
 
 
 # ----------------------------------------------------------------------------- rasters (preflight)
-def preflight(optical: PathLike | None, sar: PathLike | None, *, optical_spec: Mapping[str, Any] | None,
-              sar_spec: Mapping[str, Any] | None, sar_units: str | None = None,
-              bands: Sequence[int] | None = None, sar_bands: Sequence[int] | None = None,
-              nodata: Any = None, sar_check: bool = True) -> None:
+def preflight(optical: PathLike | None, sar: PathLike | None, options: InputOptions | None = None,
+              **kwargs: Any) -> None:
     """Check the input rasters of one scene before it runs (see the module docstring).
 
-    ``nodata``: a float or ``{"optical": v, "sar": v}``, as ``run_scene`` takes it. Raises
-    :class:`RasterInputError`; logs warnings to ``rsvl.checks``.
+    ``options``: the scene's :class:`~rsvl_runtime.options.InputOptions` (specs, bands, nodata,
+    SAR units, ``sar_check``); keyword arguments with those names build them (or change some
+    of ``options``). Raises :class:`RasterInputError`; logs warnings to ``rsvl.checks``.
     """
+    opts = replace(options or InputOptions(), **kwargs)
     if optical is None and sar is None:
         raise RasterInputError("no input raster: give an optical raster, a SAR raster or both")
     inputs: dict[str, ModalityInput] = {}
-    for modality, path, spec, idx in (("optical", optical, optical_spec, bands),
-                                      ("sar", sar, sar_spec, sar_bands)):
+    for modality, path in (("optical", optical), ("sar", sar)):
+        spec = opts.spec(modality)
         if path is None or spec is None:
             continue  # a raster the bundle has no input for is refused by run_scene
         check_georeferenced(path, modality)
-        inputs[modality] = prepare_input(path, modality, spec, bands=idx, nodata=_nodata_for(nodata, modality))
+        inputs[modality] = prepare_input(path, modality, spec, bands=opts.bands_of(modality),
+                                         nodata=opts.nodata_for(modality))
     if len(inputs) == 2:
         with open_raster(inputs["optical"].path) as a, open_raster(inputs["sar"].path) as b:
             check_coregistered(a, b)
@@ -298,9 +299,9 @@ def preflight(optical: PathLike | None, sar: PathLike | None, *, optical_spec: M
         check_nodata(s, confirm=lambda src=inputs[m]: has_valid_pixel(src))
     if len(samples) == 2:
         check_common_valid(samples["optical"], samples["sar"])
-    if "sar" in samples and sar_spec is not None:
+    if "sar" in samples and opts.sar_spec is not None:
         s = samples["sar"]
-        check_sar_units(s.values, s.valid, sar_spec, sar_units, s.source, strict=sar_check)
+        check_sar_units(s.values, s.valid, opts.sar_spec, opts.sar_units, s.source, strict=opts.sar_check)
 
 
 # ----------------------------------------------------------------------------- arrays (Python API)

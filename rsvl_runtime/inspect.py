@@ -1,14 +1,17 @@
-"""Human-readable view of a bundle (``rsvl-export inspect DIR`` and ``rsvl-infer --inspect``)."""
+"""Human-readable view of a bundle (``rsvl-export inspect DIR`` and ``rsvl-infer --inspect``),
+printed from the typed manifest (``Bundle.meta``, :class:`rsvl_runtime.manifest.Manifest`)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from .bundle import Bundle
+from .manifest import EngineEntry, TensorSpec
 
 
-def _profile_summary(profiles: dict) -> str:
+def _profile_summary(profiles: Mapping[str, Any]) -> str:
     """``optical B 1..8, text_emb K 1..64``: the dynamic axes of each input's profile."""
     parts = []
     for name, p in (profiles or {}).items():
@@ -27,19 +30,12 @@ def engine_tables(b: Bundle) -> list[Any]:
     from .backends.tensorrt import check_engine
 
     tables = []
-    for eng in b.manifest.get("engines") or []:
-        check = check_engine(b.path(eng["file"]), eng)
-        t = Table(title=f"TensorRT engine {eng['file']}", show_header=False)
+    for eng in b.meta.engines:
+        check = check_engine(b.path(eng.file), eng.to_dict())
+        t = Table(title=f"TensorRT engine {eng.file}", show_header=False)
         t.add_column("key", style="bold")
         t.add_column("value")
-        for key, value in (
-                ("graph / precision", f"{eng.get('graph', 'image')} / {eng.get('precision')}"),
-                ("flavour", f"{eng.get('flavour', 'tensorrt')} {eng.get('version') or eng.get('tensorrt_version')}"),
-                ("targets", "compute capability " + "/".join(eng.get("targets") or [str(eng.get("compute_capability"))])),
-                ("built on", f"{eng.get('built_on', eng.get('gpu'))} in {eng.get('build_seconds', '?')} s"),
-                ("profiles", _profile_summary(eng.get("profiles") or {})),
-                ("size", f"{eng.get('bytes', 0) / 2**20:.1f} MB, sha256 {str(eng.get('sha256', ''))[:16]}… (verified)"),
-                ("valid here", "yes" if check.ok else f"[yellow]no[/yellow]: {check.reason}")):
+        for key, value in (*_engine_rows(eng), ("valid here", "yes" if check.ok else f"[yellow]no[/yellow]: {check.reason}")):
             t.add_row(key, value)
         tables.append(t)
     if not tables:
@@ -49,50 +45,64 @@ def engine_tables(b: Bundle) -> list[Any]:
     return tables
 
 
+def _engine_rows(eng: EngineEntry) -> list[tuple[str, str]]:
+    """The key/value rows of one engine's table (validity excepted)."""
+    return [
+        ("graph / precision", f"{eng.graph} / {eng.precision}"),
+        ("flavour", f"{eng.flavour} {eng.version}"),
+        ("targets", "compute capability " + ("/".join(eng.targets) or "unknown")),
+        ("built on", f"{eng.built_on} in {eng.extra.get('build_seconds', '?')} s"),
+        ("profiles", _profile_summary(eng.profiles)),
+        ("size", f"{(eng.bytes or 0) / 2**20:.1f} MB, sha256 {(eng.sha256 or '')[:16]}… (verified)"),
+    ]
+
+
+def _tensors(specs: Mapping[str, TensorSpec]) -> str:
+    """``optical float32['B', 3, 64, 64]; ...``: a graph's inputs or outputs."""
+    return "; ".join(f"{n} {t.dtype}{list(t.shape)}" for n, t in specs.items())
+
+
 def print_bundle(path: str | os.PathLike[str]) -> Bundle:
     """Verify ``path`` (every file's sha256) and print its manifest as tables."""
     from rich.console import Console
     from rich.table import Table
 
     b = Bundle.load(path)
-    m = b.manifest
+    m = b.meta
     con = Console()
     t = Table(title=f"rsvl bundle {b.root}", show_header=False)
     t.add_column("key", style="bold")
     t.add_column("value")
-    vocab = m.get("default_vocabulary") or []
+    on_disk = b.manifest.get("format_version")
     rows = [
-        ("model", f"{m['model']} ({m.get('architecture')}, task {m['task']}, head {m.get('head')})"),
-        ("format", str(m["format_version"])),
+        ("model", f"{m.model} ({m.architecture}, task {m.task}, head {m.head})"),
+        ("format", str(m.format_version) if on_disk == m.format_version
+         else f"{on_disk} (read as {m.format_version})"),
         ("digest", b.digest),
-        ("precision / opset", f"{m.get('precision')} / {m.get('opset')}"),
-        ("modes", ", ".join(b.modes)),
-        ("tile", f"{b.tile_size} px, overlap {b.overlap}"),
-        ("embedding dim", str(m.get("embedding_dim"))),
-        ("tokenizer", f"{m['text'].get('tokenizer')} (max length {m['text'].get('max_length')}, "
-                      f"{m['text'].get('encoder')})"),
-        ("templates", " | ".join(m["text"].get("templates") or []) or "-"),
-        ("default vocabulary", ", ".join(c["name"] for c in vocab) or "-"),
-        ("fixed K", str(m.get("fixed_vocabulary_size") or "no (open vocabulary)")),
-        ("limits", f"batch ≤ {m.get('limits', {}).get('max_batch')}, K ≤ {m.get('limits', {}).get('max_vocab')}"),
-        ("weights", f"{m.get('weights', {}).get('source')} (trained: {m.get('weights', {}).get('trained')})"),
-        ("versions", ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())),
-        ("created", str(m.get("created"))),
+        ("precision / opset", f"{m.precision} / {m.opset}"),
+        ("modes", ", ".join(m.modes)),
+        ("tile", f"{m.tile.size} px, overlap {m.tile.overlap}"),
+        ("embedding dim", str(m.embedding_dim)),
+        ("tokenizer", f"{m.text.tokenizer} (max length {m.text.max_length}, {m.text.encoder})"),
+        ("templates", " | ".join(m.text.templates) or "-"),
+        ("default vocabulary", ", ".join(m.class_names) or "-"),
+        ("fixed K", str(m.fixed_vocabulary_size or "no (open vocabulary)")),
+        ("limits", f"batch ≤ {m.limits.max_batch}, K ≤ {m.limits.max_vocab}"),
+        ("weights", f"{m.weights.source} (trained: {m.weights.trained})"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in m.versions.items())),
+        ("created", str(m.created)),
     ]
     for k, v in rows:
         t.add_row(k, v)
     con.print(t)
 
-    for name in ("graphs",):
-        g = Table(title="graphs")
-        for col in ("graph", "files", "inputs", "outputs", "exporter"):
-            g.add_column(col)
-        for gname, meta in m[name].items():
-            files = ", ".join(meta[p] for p in ("fp32", "fp16") if p in meta)
-            ins = "; ".join(f"{n} {v['dtype']}{v['shape']}" for n, v in meta.get("inputs", {}).items())
-            outs = "; ".join(f"{n} {v['dtype']}{v['shape']}" for n, v in meta.get("outputs", {}).items())
-            g.add_row(gname, files, ins, outs, str(meta.get("exporter", "")))
-        con.print(g)
+    g = Table(title="graphs")
+    for col in ("graph", "files", "inputs", "outputs", "exporter"):
+        g.add_column(col)
+    for gname, graph in m.graphs.items():
+        files = ", ".join(f for f in (graph.fp32, graph.fp16) if f)
+        g.add_row(gname, files, _tensors(graph.inputs), _tensors(graph.outputs), graph.exporter or "")
+    con.print(g)
 
     for table in engine_tables(b):
         con.print(table)
@@ -114,7 +124,7 @@ def print_bundle(path: str | os.PathLike[str]) -> Bundle:
     f = Table(title="files (sha256 verified)")
     for col in ("file", "bytes", "sha256"):
         f.add_column(col)
-    for rel, meta in m["files"].items():
-        f.add_row(rel, f"{meta['bytes']:,}", meta["sha256"][:16] + "…")
+    for rel, entry in m.files.items():
+        f.add_row(rel, f"{entry.bytes:,}", entry.sha256[:16] + "…")
     con.print(f)
     return b

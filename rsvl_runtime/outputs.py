@@ -42,7 +42,7 @@ import rasterio.shutil
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from .bundle import atomic_write_text
+from .bundle import atomic_open, atomic_write_text
 from .transaction import DISK_RESERVE_BYTES, disk_full, no_space_error
 
 PathLike = str | os.PathLike[str]
@@ -438,13 +438,9 @@ def write_preview(labels_path: PathLike, out_path: PathLike, colors: Sequence[Se
 
 
 def _atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    tmp = temp_path(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, file_mode())
 
 
 # ----------------------------------------------------------------------------- report
@@ -517,14 +513,8 @@ def write_done(out_dir: PathLike, outputs: Mapping[str, PathLike], info: Mapping
            "outputs": {name: {"bytes": Path(p).stat().st_size} for name, p in outputs.items()},
            **dict(info)}
     path = out_dir / DONE
-    tmp = temp_path(path)
-    try:
-        atomic_write_text(tmp, json.dumps(doc, indent=2, default=str) + "\n")
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
+    os.chmod(path, file_mode())
     return path
 
 

@@ -27,6 +27,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from .manifest import ModalitySpec
 from .normalization import OPTICAL_DTYPES
 
 PathLike = str | os.PathLike[str]
@@ -91,13 +92,13 @@ def read_window(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Win
 
 
 def select_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None,
-                 spec: Mapping[str, Any], modality: str) -> list[int]:
+                 spec: ModalitySpec | Mapping[str, Any], modality: str) -> list[int]:
     """1-based band indexes to read from ``ds`` for a modality whose spec lists its bands.
 
     ``bands=None`` takes bands ``1..n`` when the raster has exactly ``n`` bands; otherwise the
     caller must say which (``--bands 3,2,1``, in the bundle's band order).
     """
-    names = list(spec.get("bands", []))
+    names = list(ModalitySpec.coerce(spec).bands)
     n = len(names)
     flag = "--bands" if modality == "optical" else "--sar-bands"
     if bands is None:
@@ -120,7 +121,7 @@ def select_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None,
     return idx
 
 
-def check_dtype(ds: rasterio.io.DatasetReader, bands: Sequence[int], spec: Mapping[str, Any],
+def check_dtype(ds: rasterio.io.DatasetReader, bands: Sequence[int], spec: ModalitySpec | Mapping[str, Any],
                 modality: str) -> str:
     """Refuse a data type the bundle cannot scale; returns the raster's dtype name.
 
@@ -134,15 +135,15 @@ def check_dtype(ds: rasterio.io.DatasetReader, bands: Sequence[int], spec: Mappi
     return check_input_dtype(dtypes.pop(), spec, modality, f"{label} {ds.name}")
 
 
-def accepted_dtypes(spec: Mapping[str, Any], modality: str) -> tuple[str, ...]:
+def accepted_dtypes(spec: ModalitySpec | Mapping[str, Any], modality: str) -> tuple[str, ...]:
     """The data types an input of ``modality`` may have for this bundle (see :func:`check_input_dtype`)."""
     if modality == "optical":
-        want = str(spec.get("dtype", "uint8"))
+        want = ModalitySpec.coerce(spec).optical_dtype
         return (want,) if want in OPTICAL_DTYPES else ()
     return SAR_DTYPES
 
 
-def check_input_dtype(dtype: Any, spec: Mapping[str, Any], modality: str, source: str) -> str:
+def check_input_dtype(dtype: Any, spec: ModalitySpec | Mapping[str, Any], modality: str, source: str) -> str:
     """The one data-type rule of the inputs, for rasters (CLI, batch) and arrays (Python API).
 
     Optical: the integer digital numbers the bundle's ``scale`` was made for: ``spec["dtype"]``
@@ -156,8 +157,8 @@ def check_input_dtype(dtype: Any, spec: Mapping[str, Any], modality: str, source
     if name in accepted:
         return name
     if modality == "optical":
-        want = str(spec.get("dtype", "uint8"))
-        scale = spec.get("scale", 255.0)
+        s = ModalitySpec.coerce(spec)
+        want, scale = s.optical_dtype, s.optical_scale
         raise RasterInputError(
             f"{source} is {name} but the bundle expects {want} digital numbers (scaled by {scale}; "
             f"accepted: {', '.join(accepted) or 'none'}); supply {want} data: a raster with "
@@ -210,7 +211,7 @@ class ModalityInput:
     height: int
 
 
-def prepare_input(path: PathLike, modality: str, spec: Mapping[str, Any], *,
+def prepare_input(path: PathLike, modality: str, spec: ModalitySpec | Mapping[str, Any], *,
                   bands: Sequence[int] | None = None,
                   nodata: float | None = None) -> ModalityInput:
     """Open and check one input raster (readability, band count, dtype); returns its reading plan."""

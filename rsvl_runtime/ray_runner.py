@@ -22,11 +22,14 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import batch as _batch
-from .batch import BatchResult, SceneRecord
+from .batch import ModelSpec, load_segmenter, process_scene
+from .batch_plan import SceneRecord, as_records
+from .batch_summary import BatchResult, write_summary
+from .bundle import Bundle
 
 log = logging.getLogger("rsvl.ray")
 
@@ -34,10 +37,9 @@ log = logging.getLogger("rsvl.ray")
 class SceneActor:
     """A Ray Data actor: loads the model once, then segments one scene per call."""
 
-    def __init__(self, bundle: str, out_dir: str, vocab: Any = None, backend: str = "auto",
-                 precision: str = "auto", batch: int | None = None, threads: int | None = None,
-                 options: Mapping[str, Any] | None = None, resume: bool = True) -> None:
-        self.seg = _batch.load_segmenter(bundle, vocab, backend, precision, batch, threads)
+    def __init__(self, model: ModelSpec, out_dir: str, options: Mapping[str, Any] | None = None,
+                 resume: bool = True) -> None:
+        self.seg = load_segmenter(model)
         self.out_dir = out_dir
         self.options = dict(options or {})
         self.resume = resume
@@ -48,7 +50,7 @@ class SceneActor:
         out = []
         for item in rows["record"]:
             rec = SceneRecord.from_dict(json.loads(str(item)))
-            row = _batch.process_scene(self.seg, rec, self.out_dir, self.options, resume=self.resume)
+            row = process_scene(self.seg, rec, self.out_dir, self.options, resume=self.resume)
             out.append(json.dumps(row))
         return {"row": np.array(out, dtype=object)}
 
@@ -60,14 +62,15 @@ def gpus_per_actor() -> int:
     return 1 if float(ray.cluster_resources().get("GPU", 0) or 0) >= 1 else 0
 
 
-def run_ray(records: Iterable[SceneRecord | Mapping[str, Any]], bundle: str | os.PathLike[str],
+def run_ray(records: Iterable[SceneRecord | Mapping[str, Any]], bundle: str | os.PathLike[str] | ModelSpec,
             out_dir: str | os.PathLike[str], address: str | None = None, num_actors: int | None = None, *,
-            vocab: Any = None, backend: str = "auto", precision: str = "auto", batch: int | None = None,
-            threads: int | None = None, cpus_per_actor: float | None = None,
-            options: Mapping[str, Any] | None = None, resume: bool = True,
-            ray_init_kwargs: Mapping[str, Any] | None = None) -> BatchResult:
+            options: Mapping[str, Any] | None = None, resume: bool = True, **kwargs: Any) -> BatchResult:
     """Run the records on a Ray cluster (``address``: ``"auto"``, ``"ray://host:10001"``, or None for
     the running/local one) with ``num_actors`` model-holding actors.
+
+    ``kwargs``: ``cpus_per_actor``, ``ray_init_kwargs`` (for ``ray.init``) and the model's
+    :class:`~rsvl_runtime.batch.ModelSpec` fields (``vocab``, ``backend``, ``precision``,
+    ``batch``, ``threads``, ``expect_digest``), as :func:`rsvl_runtime.batch.run_local` takes them.
 
     ``num_actors`` default: one per GPU when the cluster has GPUs, else cluster CPUs //
     ``cpus_per_actor`` (capped by the number of scenes). Per actor: ``cpus_per_actor`` CPUs
@@ -83,16 +86,20 @@ def run_ray(records: Iterable[SceneRecord | Mapping[str, Any]], bundle: str | os
         raise RuntimeError("Ray is not installed: pip install 'ray[data]>=2.40' (or run without --ray)") from e
 
     t0 = time.perf_counter()
-    recs = _batch._as_records(records)
+    cpus_per_actor = kwargs.pop("cpus_per_actor", None)
+    ray_init_kwargs = kwargs.pop("ray_init_kwargs", None)
+    model = ModelSpec.of(bundle, **kwargs)
+    recs = as_records(records)
     out_path = Path(out_dir).resolve()
     out_path.mkdir(parents=True, exist_ok=True)
-    bundle_path = str(Path(bundle).resolve())
+    bundle_path = str(Path(model.bundle.root if isinstance(model.bundle, Bundle) else model.bundle).resolve())
+    threads = model.threads
 
     rows: dict[int, dict[str, Any]] = {}
     todo: list[tuple[int, SceneRecord]] = []
     for i, rec in enumerate(recs):
         if rec.error:  # settled here; complete folders are checked by the actors (against their vocabulary)
-            rows[i] = _batch.process_scene(None, rec, out_path)
+            rows[i] = process_scene(None, rec, out_path)
         else:
             todo.append((i, rec))
 
@@ -121,9 +128,9 @@ def run_ray(records: Iterable[SceneRecord | Mapping[str, Any]], bundle: str | os
             ds = ds.map_batches(
                 SceneActor, batch_size=1, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=n), num_gpus=g, num_cpus=cpa,
-                fn_constructor_kwargs={"bundle": bundle_path, "out_dir": str(out_path), "vocab": vocab,
-                                       "backend": backend, "precision": precision, "batch": batch,
-                                       "threads": n_threads, "options": dict(options or {}), "resume": resume})
+                fn_constructor_kwargs={"model": replace(model, bundle=bundle_path, threads=n_threads),
+                                       "out_dir": str(out_path), "options": dict(options or {}),
+                                       "resume": resume})
             by_id = {rec.id: i for i, rec in todo}
             for item in ds.iter_rows():
                 row = json.loads(str(item["row"]))
@@ -131,7 +138,7 @@ def run_ray(records: Iterable[SceneRecord | Mapping[str, Any]], bundle: str | os
                 log.info("%s: %s", row["scene"], row["status"])
     finally:
         ordered = [rows[i] for i in sorted(rows)]
-        csv_path, pq_path = _batch.write_summary(out_path, ordered)
+        csv_path, pq_path = write_summary(out_path, ordered)
         if started:
             ray.shutdown()
     result = BatchResult(ordered, out_path, time.perf_counter() - t0, csv_path, pq_path, info)

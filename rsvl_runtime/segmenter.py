@@ -24,19 +24,29 @@ from .backends import Sessions, load_sessions
 from .bundle import Bundle, BundleError
 from .checks import check_array, preflight, sar_array_valid
 from .normalization import normalize_optical, normalize_sar
+from .options import SceneOptions
+from .postprocess import LABEL_NODATA, LABEL_NODATA_U16, label_array, softmax
 from .text import BundleTokenizer
 from .tiling import TileGrid, blend_tiles, pad_to_tile
-from .vocabulary import (VocabClass, VocabularyCache, VocabularyError, average_per_class, parse_vocabulary,
-                         prompts_for, text_signature, vocabulary_key)
+from .vocabulary import (
+    VocabClass,
+    VocabularyCache,
+    VocabularyError,
+    average_per_class,
+    parse_vocabulary,
+    prompts_for,
+    text_signature,
+    vocabulary_key,
+)
 
 log = logging.getLogger("rsvl.runtime")
 
 #: Prompts encoded per text-graph call (bounded memory for big vocabularies).
 TEXT_CHUNK = 256
-#: Label of nodata pixels in ``predict``'s uint8 labels (as in labels.tif); uint16 labels
-#: (more than 255 classes) use ``LABEL_NODATA_U16``.
-LABEL_NODATA = 255
-LABEL_NODATA_U16 = 65535
+#: ``predict``'s labels: uint8 with nodata ``LABEL_NODATA`` (255, as in labels.tif), uint16 with
+#: ``LABEL_NODATA_U16`` above 255 classes (:mod:`rsvl_runtime.postprocess`).
+__all__ = ["LABEL_NODATA", "LABEL_NODATA_U16", "TEXT_CHUNK", "Referrer", "Segmenter", "label_array",
+           "open_bundle", "softmax"]
 
 BundleArg = str | os.PathLike[str] | Bundle
 
@@ -55,25 +65,6 @@ def open_bundle(bundle: BundleArg, expect_digest: str | None = None) -> Bundle:
     return Bundle.load(bundle, expect_digest=expect_digest)
 
 
-def label_array(probs: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    """argmax labels of ``probs [K, H, W]``: uint8 (nodata 255) for K <= 255 classes, else
-    uint16 (nodata 65535), so class ids never wrap; ``valid`` False -> nodata, probabilities 0."""
-    k = probs.shape[0]
-    dtype, nodata = (np.uint8, LABEL_NODATA) if k <= LABEL_NODATA else (np.uint16, LABEL_NODATA_U16)
-    labels = probs.argmax(0).astype(dtype)
-    if valid is not None and not valid.all():
-        labels[~valid] = nodata
-        probs[:, ~valid] = 0.0
-    return labels
-
-
-def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
-    z = logits - logits.max(axis=axis, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=axis, keepdims=True)
-    return z
-
-
 class _BundleModel:
     """What Segmenter and Referrer share: the bundle, its sessions, tokenizer and batching."""
 
@@ -85,12 +76,15 @@ class _BundleModel:
             raise BundleError(f"{bundle.root} is a {bundle.task} bundle; load it with {other}.load")
         self.bundle = bundle
         self.sessions = sessions
-        m = bundle.manifest
-        self.tokenizer = BundleTokenizer(bundle.path(m["text"]["tokenizer"]), m["text"]["max_length"],
-                                         m["text"].get("pad_id", 0))
+        m = bundle.meta
+        if not m.text.tokenizer:
+            raise BundleError(f"{bundle.root}: the manifest names no tokenizer (text.tokenizer); re-export the bundle")
+        self.tokenizer = BundleTokenizer(bundle.path(m.text.tokenizer), m.text.max_length, m.text.pad_id)
         self.tile = bundle.tile_size
         self.overlap = bundle.overlap
-        self.batch = int(batch or min(8, m.get("limits", {}).get("max_batch", 8)))
+        self.batch = int(batch or min(8, m.limits.max_batch))
+        # the serialised (JSON) specs: they also go into the resume signature and done.json
+        self.modalities = bundle.manifest["modalities"]
         self.timings: dict[str, float] = {}
 
     @classmethod
@@ -109,11 +103,33 @@ class _BundleModel:
     def backend(self) -> str:
         return self.sessions.backend
 
+    def scene_options(self, options: Mapping[str, Any], **fixed: Any) -> SceneOptions:
+        """The frozen :class:`~rsvl_runtime.options.SceneOptions` of one ``predict_raster`` call,
+        built once: the bundle's tile, overlap, batch and modality specs, ``fixed`` (vocabulary,
+        task, report info) and the caller's ``options`` (``overlap``, ``bands``, ``nodata``,
+        ``sar_units``, ``write_scores``, ``cog``, ``sar_check``, ``progress`` ...). ``tile`` is
+        taken as given; :meth:`_check_tile` refuses one the image graph cannot run."""
+        opts = dict(options)
+        kwargs: dict[str, Any] = {"batch": self.batch, "optical_spec": self.modalities.get("optical"),
+                                  "sar_spec": self.modalities.get("sar"), **fixed}
+        clash = sorted(set(opts) & set(kwargs))
+        if clash:
+            raise TypeError(f"predict_raster() got option(s) the model sets itself: {', '.join(clash)}")
+        tile = int(opts.pop("tile", None) or self.tile)
+        overlap = opts.pop("overlap", None)
+        return SceneOptions.from_kwargs(tile=tile, overlap=self.overlap if overlap is None else float(overlap),
+                                        **kwargs, **opts)
+
+    def _check_tile(self, tile: int) -> None:
+        if tile != self.tile:
+            raise ValueError(f"the bundle's image graph is fixed to {self.tile}px tiles; --tile {tile} needs a "
+                             f"re-export with --tile {tile}")
+
     def info(self) -> dict[str, Any]:
-        m = self.bundle.manifest
-        return {"bundle": str(self.bundle.root), "model": m["model"], "task": m["task"], "backend": self.backend,
+        m = self.bundle.meta
+        return {"bundle": str(self.bundle.root), "model": m.model, "task": m.task, "backend": self.backend,
                 "precision": self.sessions.precision, "tile": self.tile, "overlap": self.overlap,
-                "bundle_sha256": self.bundle.digest[:16], "created": m.get("created")}
+                "bundle_sha256": self.bundle.digest[:16], "created": m.created}
 
 
 class Segmenter(_BundleModel):
@@ -125,12 +141,11 @@ class Segmenter(_BundleModel):
                  cache_dir: str | os.PathLike[str] | None = None) -> None:
         super().__init__(bundle, sessions, batch)
         self.cache = VocabularyCache(cache_dir)
-        self.templates: list[str] = list(bundle.manifest["text"].get("templates") or ["{}"])
+        self.templates: list[str] = list(bundle.meta.text.prompt_templates)
         self.classes: list[VocabClass] = []
         self.text_emb: np.ndarray | None = None
-        self.modalities = bundle.manifest["modalities"]
-        self._image_inputs = list(bundle.manifest["graphs"]["image"]["inputs"])
-        default = bundle.manifest.get("default_vocabulary")
+        self._image_inputs = list(bundle.meta.graphs["image"].inputs)
+        default = [dict(c) for c in bundle.meta.default_vocabulary]
         if default:
             self.set_vocabulary(default)
 
@@ -140,11 +155,11 @@ class Segmenter(_BundleModel):
         """Set the classes (names with synonyms, see :func:`parse_vocabulary`); encodes them once
         with the text graph unless cached. Never needs a re-export."""
         vocab = parse_vocabulary(classes)
-        fixed = self.bundle.manifest.get("fixed_vocabulary_size")
+        fixed = self.bundle.meta.fixed_vocabulary_size
         if fixed and len(vocab) != fixed:
             raise VocabularyError(f"this bundle has a fixed-K 'paper' head with {fixed} classes; got {len(vocab)}. "
                                   "Export the open head to change the vocabulary")
-        max_k = self.bundle.manifest.get("limits", {}).get("max_vocab")
+        max_k = self.bundle.meta.limits.max_vocab
         if self.backend == "tensorrt" and max_k and len(vocab) > max_k:
             raise VocabularyError(f"{len(vocab)} classes exceed the engine profile's K ≤ {max_k}; re-export with "
                                   f"--max-vocab {len(vocab)}")
@@ -156,13 +171,13 @@ class Segmenter(_BundleModel):
             key = vocabulary_key(self.bundle.digest, vocab, self.templates)
             emb = self.cache.get_or_encode(key, vocab, lambda: self.encode(vocab), bundle_digest=self.bundle.digest,
                                            templates=self.templates,
-                                           width=self.bundle.manifest.get("embedding_dim") or None)
+                                           width=self.bundle.meta.embedding_dim or None)
         self.timings["vocabulary_s"] = time.perf_counter() - t0
         self.classes, self.text_emb = vocab, emb.astype(np.float32)
         return vocab
 
     def _bundle_cache(self, vocab: list[VocabClass]) -> np.ndarray | None:
-        rel = self.bundle.manifest.get("vocab_cache")
+        rel = self.bundle.meta.vocab_cache
         if not rel:
             return None
         with np.load(self.bundle.path(rel), allow_pickle=False) as z:
@@ -262,23 +277,18 @@ class Segmenter(_BundleModel):
 
         The inputs are checked first (:func:`rsvl_runtime.checks.preflight`: georeferencing, data
         types, nodata share, SAR units); ``sar_check=False`` turns an implausible-SAR-units refusal
-        into a warning. The other ``options`` are :func:`rsvl_runtime.scene.run_scene`'s.
+        into a warning. The other ``options`` are :class:`rsvl_runtime.options.SceneOptions`'s
+        (:meth:`scene_options`).
         """
         from .scene import run_scene
 
         self._check_mode(optical_path is not None, sar_path is not None)
-        _preflight(self.modalities, optical_path, sar_path, options)
-        tile = int(options.pop("tile", None) or self.tile)
-        overlap = options.pop("overlap", None)
-        overlap = self.overlap if overlap is None else float(overlap)
-        if tile != self.tile:
-            raise ValueError(f"the bundle's image graph is fixed to {self.tile}px tiles; --tile {tile} needs a "
-                             f"re-export with --tile {tile}")
-        return run_scene(
-            self.predict_logits, str(optical_path) if optical_path else None, str(sar_path) if sar_path else None,
-            Path(out_dir), class_names=[c.name for c in self.classes], colors=[c.color for c in self.classes],
-            optical_spec=self.modalities.get("optical"), sar_spec=self.modalities.get("sar"), tile=tile,
-            overlap=overlap, batch=self.batch, bundle_info=self.info(), **options)
+        opts = self.scene_options(options, class_names=[c.name for c in self.classes],
+                                  colors=[c.color for c in self.classes], bundle_info=self.info())
+        preflight(optical_path, sar_path, opts.inputs)
+        self._check_tile(opts.tile)
+        return run_scene(self.predict_logits, str(optical_path) if optical_path else None,
+                         str(sar_path) if sar_path else None, Path(out_dir), opts)
 
 
 class Referrer(_BundleModel):
@@ -288,7 +298,6 @@ class Referrer(_BundleModel):
 
     def __init__(self, bundle: Bundle, sessions: Sessions, batch: int | None = None) -> None:
         super().__init__(bundle, sessions, batch)
-        self.modalities = bundle.manifest["modalities"]
         self._expr: str | None = None
         self._text: dict[str, np.ndarray] = {}
 
@@ -339,20 +348,10 @@ class Referrer(_BundleModel):
 
         if optical_path is None:
             raise ValueError("referring segmentation needs the optical raster")
-        _preflight(self.modalities, optical_path, None, options)
+        opts = self.scene_options({k: v for k, v in options.items() if k != "tile"},  # the bundle's tile
+                                  class_names=["background", expression], colors=[(0, 0, 0), (255, 64, 64)],
+                                  sar_spec=None, task="referring",
+                                  bundle_info={**self.info(), "expression": expression})
+        preflight(optical_path, None, opts.inputs)
         self.set_expression(expression)
-        options.pop("tile", None)
-        overlap = options.pop("overlap", None)
-        return run_scene(self.predict_logits, str(optical_path), None, Path(out_dir),
-                         class_names=["background", expression], colors=[(0, 0, 0), (255, 64, 64)],
-                         optical_spec=self.modalities["optical"], sar_spec=None, tile=self.tile,
-                         overlap=self.overlap if overlap is None else float(overlap), batch=self.batch,
-                         task="referring", bundle_info={**self.info(), "expression": expression}, **options)
-
-
-def _preflight(modalities: Mapping[str, Any], optical: Any, sar: Any, options: dict[str, Any]) -> None:
-    """:func:`rsvl_runtime.checks.preflight` with ``predict_raster``'s options; pops ``sar_check``."""
-    sar_check = bool(options.pop("sar_check", True))
-    preflight(optical, sar, optical_spec=modalities.get("optical"), sar_spec=modalities.get("sar"),
-              sar_units=options.get("sar_units"), bands=options.get("bands"),
-              sar_bands=options.get("sar_bands"), nodata=options.get("nodata"), sar_check=sar_check)
+        return run_scene(self.predict_logits, str(optical_path), None, Path(out_dir), opts)

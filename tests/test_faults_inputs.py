@@ -28,9 +28,9 @@ from rsvl_runtime.batch import (
     records_from_manifest,
     run_local,
 )
-from rsvl_runtime.batch_cli import parse_bands, scene_options
 from rsvl_runtime.checks import check_array, check_overlap, preflight, sar_array_valid
 from rsvl_runtime.cli import build_parser, main, os_error_line
+from rsvl_runtime.cli_common import parse_bands, scene_options
 from rsvl_runtime.raster_io import (
     GEOREF_OK,
     RasterInputError,

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 def _cfg(out: Path, **kw):
     from rsvl_train.train import TrainConfig
 
-    base = dict(model="tsmnet-tiny", data="synthetic", out=str(out), epochs=1, batch_size=4, tile=64,
-                train_tiles=8, val_tiles=4, seed=0, workers=0)
+    base = {"model": "tsmnet-tiny", "data": "synthetic", "out": str(out), "epochs": 1, "batch_size": 4,
+            "tile": 64, "train_tiles": 8, "val_tiles": 4, "seed": 0, "workers": 0}
     return TrainConfig(**{**base, **kw})
 
 

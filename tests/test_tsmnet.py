@@ -290,6 +290,36 @@ def test_paper_scale_random_init_forward(caplog: pytest.LogCaptureFixture) -> No
     assert torch.isfinite(out["logits"]).all()
 
 
+def test_checkpoint_and_deprecated_state_dict_pretrained(tiny: TSMNet, tiny_text: torch.Tensor, tmp_path) -> None:
+    """``checkpoint=`` loads an rsvl-train checkpoint; ``pretrained=`` with the whole model's state
+    dict (the old second meaning) still loads, with a DeprecationWarning."""
+    import copy
+    import warnings
+
+    from safetensors.torch import save_file
+
+    from rsvl_train.checkpoint import save_checkpoint
+
+    model = copy.deepcopy(tiny).eval()
+    with torch.no_grad():
+        model.visual_proj.bias.add_(0.5)  # differ from a fresh build
+    path = save_checkpoint(model, tmp_path / "ck")
+    optical, sar = _inputs(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        loaded = create_model("tsmnet-tiny", checkpoint=path).eval()
+    with pytest.warns(DeprecationWarning, match="checkpoint=PATH"):
+        old = create_model("tsmnet-tiny", pretrained=str(path)).eval()  # an rsvl checkpoint
+    sd_path = tmp_path / "whole.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(sd_path))
+    with pytest.warns(DeprecationWarning, match="state dict of the whole model"):
+        whole = create_model("tsmnet-tiny", pretrained=str(sd_path)).eval()
+    with torch.no_grad():
+        ref = model.forward_image(optical, sar, tiny_text)["logits"]
+        for m in (loaded, old, whole):
+            torch.testing.assert_close(m.forward_image(optical, sar, tiny_text)["logits"], ref, rtol=0, atol=0)
+
+
 @pytest.mark.slow
 def test_clip_checkpoint_loading(tmp_path) -> None:
     """A (small, random) open_clip checkpoint lands in both ViT branches and the text encoder."""

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from ..bundle import Bundle
+from ..manifest import GraphEntry
 from .base import BackendError, Session
 
 log = logging.getLogger("rsvl.runtime")
@@ -32,20 +33,20 @@ class Sessions:
 def _tensorrt_ready(bundle: Bundle) -> tuple[bool, str]:
     """Whether the bundle's image engine can run here (flavour, version and GPU checked
     without deserialising); the reason when not."""
-    from .tensorrt import bundle_engine, check_engine, cuda_device_count
+    from .tensorrt import check_engine, cuda_device_count
 
-    eng = bundle_engine(bundle.manifest, "image")
+    eng = bundle.meta.engine("image")
     if eng is None:
         return False, "the bundle has no TensorRT engine"
     if cuda_device_count() < 1:
-        return False, f"{eng['file']} ({eng.get('flavour', 'tensorrt')}) needs an NVIDIA GPU and this machine has none"
-    check = check_engine(bundle.root / eng["file"], eng)
+        return False, f"{eng.file} ({eng.flavour}) needs an NVIDIA GPU and this machine has none"
+    check = check_engine(bundle.root / eng.file, eng.to_dict())
     return check.ok, check.reason
 
 
-def _int8_safe(image_graphs: dict) -> bool:
+def _int8_safe(image_graph: GraphEntry) -> bool:
     """An INT8 variant was checked on a CPU with VNNI; without VNNI u8*s8 products can saturate."""
-    rep = image_graphs.get("ort_report") or {}
+    rep = image_graph.ort_report or {}
     if not str(rep.get("variant", "")).startswith("int8"):
         return True
     from ..cpu import has_vnni
@@ -61,14 +62,14 @@ def _ort(bundle: Bundle, device: str, precision: str, threads: int | None) -> Se
 
     providers = default_providers(device)
     on_gpu = providers[0] != "CPUExecutionProvider"
-    image_graphs = bundle.manifest["graphs"]["image"]
+    image_graph = bundle.meta.graphs["image"]
     if precision == "auto":
         # FP16 is only faster on a GPU (ORT's CPU provider upcasts FP16 to FP32 kernels); on the CPU
         # provider the ORT-optimised variant (fusions, INT8 checked for parity at export) is fastest.
         if on_gpu:
-            precision = "fp16" if "fp16" in image_graphs else "fp32"
+            precision = "fp16" if image_graph.fp16 else "fp32"
         else:
-            precision = "ort" if "ort" in image_graphs and _int8_safe(image_graphs) else "fp32"
+            precision = "ort" if image_graph.ort and _int8_safe(image_graph) else "fp32"
     if precision == "ort" and on_gpu:
         raise BackendError("the 'ort' image graph holds CPU-specific ops; use --precision fp16/fp32 on a GPU")
     text = OrtSession(bundle.graph_file("text", "fp32"), providers=providers, threads=threads)
@@ -81,25 +82,25 @@ def _tensorrt(bundle: Bundle, precision: str, threads: int | None) -> Sessions:
     """The bundle's engines on this GPU: the image engine, and the text engine when there is one
     (otherwise the text graph runs on ONNX Runtime). Refuses in one line before deserialising."""
     from .onnxruntime_backend import OrtSession, default_providers
-    from .tensorrt import TensorRTSession, bundle_engine, require_engine
+    from .tensorrt import TensorRTSession, require_engine
 
-    eng = bundle_engine(bundle.manifest, "image")
+    eng = bundle.meta.engine("image")
     if eng is None:
         raise BackendError(f"backend tensorrt: {bundle.root} has no TensorRT engine. Build one with "
                            f"`rsvl-export rebuild-engine {bundle.root}`, or use --backend onnxruntime")
-    if precision not in ("auto", eng.get("precision")):
-        raise BackendError(f"the bundle's image engine is {eng.get('precision')}, not {precision}; pass "
-                           f"--precision {eng.get('precision')} or --backend onnxruntime")
-    require_engine(bundle.path(eng["file"]), eng)
-    image = TensorRTSession(bundle.path(eng["file"]), eng)
-    text_eng = bundle_engine(bundle.manifest, "text")
+    if precision not in ("auto", eng.precision):
+        raise BackendError(f"the bundle's image engine is {eng.precision}, not {precision}; pass "
+                           f"--precision {eng.precision} or --backend onnxruntime")
+    require_engine(bundle.path(eng.file), eng.to_dict())
+    image = TensorRTSession(bundle.path(eng.file), eng.to_dict())
+    text_eng = bundle.meta.engine("text")
     if text_eng is not None:
-        text: Session = TensorRTSession(bundle.path(text_eng["file"]), text_eng)
+        text: Session = TensorRTSession(bundle.path(text_eng.file), text_eng.to_dict())
     else:
         text = OrtSession(bundle.graph_file("text", "fp32"), providers=default_providers("auto"), threads=threads)
-    log.info("backend -> %s %s (%s%s)", eng.get("flavour", "tensorrt"), eng.get("version"), eng["file"],
-             f", {text_eng['file']}" if text_eng else ", text graph on ONNX Runtime")
-    return Sessions(text, image, "tensorrt", str(eng.get("precision", "fp16")))
+    log.info("backend -> %s %s (%s%s)", eng.flavour, eng.version, eng.file,
+             f", {text_eng.file}" if text_eng else ", text graph on ONNX Runtime")
+    return Sessions(text, image, "tensorrt", eng.precision)
 
 
 def load_sessions(bundle: Bundle, backend: str = "auto", precision: str = "auto",

@@ -45,15 +45,20 @@ def torch_sessions(bundle: Bundle, precision: str = "auto"):
     try:
         torch = importlib.import_module("torch")
 
-        from rsvl_export.wrappers import (ReferringImage, ReferringText, SemanticImage, SemanticImageOptical,
-                                          SemanticText)
+        from rsvl_export.wrappers import (
+            ReferringImage,
+            ReferringText,
+            SemanticImage,
+            SemanticImageOptical,
+            SemanticText,
+        )
         from rsvl_train.checkpoint import load_checkpoint
     except ImportError as e:
         raise BackendError(f"the torch backend needs PyTorch and rsvl[export] ({e}); "
                            "pip install 'rsvl[export]' or use --backend onnxruntime") from e
     from . import Sessions
 
-    wfile = (bundle.manifest.get("weights") or {}).get("file")
+    wfile = bundle.meta.weights.file
     if not wfile:
         raise BundleError(f"{bundle.root}: exported with --no-weights, so the torch backend has nothing to run; "
                           "re-export without --no-weights or use --backend onnxruntime")
@@ -61,9 +66,9 @@ def torch_sessions(bundle: Bundle, precision: str = "auto"):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device).eval()
     dtype = torch.float16 if (precision == "fp16" and device == "cuda") else None
-    g = bundle.manifest["graphs"]
-    ins = {k: list(v["inputs"]) for k, v in g.items()}
-    outs = {k: list(v["outputs"]) for k, v in g.items()}
+    g = bundle.meta.graphs
+    ins = {k: list(v.inputs) for k, v in g.items()}
+    outs = {k: list(v.outputs) for k, v in g.items()}
     if bundle.task == "semantic":
         text_mod = SemanticText(model)
         image_mod = SemanticImage(model) if "sar" in ins["image"] else SemanticImageOptical(model)

@@ -1,7 +1,8 @@
 """Data: synthetic scene generator, datasets (optical+SAR+text, referring) and their layouts.
 
-The synthetic generator is torch-free (numpy, rasterio, Pillow, scipy for the text helpers);
-the datasets need torch and are imported lazily so ``rsvl_train.data.synthetic`` stays light.
+The synthetic generator (:mod:`rsvl_train.data.synthetic`) is torch-free (numpy, rasterio,
+Pillow, scipy for the text helpers); the datasets need torch and are imported on first use, so
+importing this package or the generator does not import torch.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from .synthetic import (
     make_referring_dataset,
     make_tile_dataset,
     referring_expressions,
-    write_corrupt_tif,
+    synthetic_tiles,
     write_misregistered_pair,
-    write_scene_job,
     write_scene,
+    write_scene_job,
 )
 
 _DATASET_NAMES = (
@@ -39,18 +40,24 @@ __all__ = [
     "CLASS_NAMES",
     "DEFAULT_PREPROCESS",
     "IGNORE_INDEX",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "OptSarSegDataset",
+    "RRSISDataset",
     "ReferringExpression",
+    "SWJTUVisionLanguageDataset",
     "SceneFiles",
     "SyntheticScene",
     "describe_labels",
     "make_referring_dataset",
     "make_tile_dataset",
+    "random_dihedral",
+    "read_image",
     "referring_expressions",
-    "write_corrupt_tif",
+    "synthetic_tiles",
     "write_misregistered_pair",
-    "write_scene_job",
     "write_scene",
-    *_DATASET_NAMES,
+    "write_scene_job",
 ]
 
 

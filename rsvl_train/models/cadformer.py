@@ -26,15 +26,16 @@ Config keys (``model_configs/cadformer*.json``)::
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..factory import register_architecture
 from ..pretrained import PretrainedWeightsError
 from .cadformer_align import additive_mask
 from .cadformer_decoder import TextEnhancedDecoder
@@ -115,32 +116,40 @@ class CADFormer(nn.Module):
         return self._tokenizer().to_str()
 
 
-def _load_checkpoint(model: nn.Module, pretrained: str) -> None:
-    from ..checkpoint import load_weights
+def _load_whole_model(model: nn.Module, pretrained: str) -> None:
+    """Deprecated: ``pretrained=`` naming weights of the whole model (CADFormer has no separate
+    backbone/encoder weights file; ``text.path`` names a local BERT folder)."""
+    from ..checkpoint_io import load_weights
 
     p = Path(pretrained)
     if not (p.is_file() or p.with_suffix(".safetensors").is_file()):
         raise PretrainedWeightsError(
-            f"pretrained={pretrained!r} does not exist; CADFormer takes a local rsvl-train checkpoint "
-            "(NAME.safetensors with NAME.json beside it) or None for random/partly pretrained weights")
+            f"pretrained={pretrained!r} does not exist; CADFormer takes no backbone weights file — pass "
+            "checkpoint=PATH to an rsvl-train checkpoint (NAME.safetensors with NAME.json beside it)")
+    warnings.warn("cadformer: pretrained=<whole-model weights> is deprecated and will be removed in the next "
+                  "release: pass checkpoint=PATH (an rsvl-train checkpoint)", DeprecationWarning, stacklevel=4)
     load_weights(model, p)
 
 
-@register_architecture("cadformer")
-def build(config: dict[str, Any], pretrained: str | None = None) -> nn.Module:
-    """Build CADFormer from its config; ``pretrained`` is a local rsvl-train checkpoint path or None.
+def build(config: dict[str, Any], pretrained: str | None = None, *, warn_random: bool = True) -> nn.Module:
+    """Build CADFormer from its config (the factory's builder for architecture ``"cadformer"``).
 
-    Without a checkpoint the Swin encoder, the alignment and the decoder are randomly initialised
-    (nothing is downloaded), and so is BERT-base unless ``text.path`` names a local folder; a
-    warning lists what is random.
+    CADFormer has no separate backbone weights: the Swin encoder, the alignment and the decoder
+    are randomly initialised (nothing is downloaded), and so is BERT-base unless ``text.path``
+    names a local folder; MiniLM gets its real weights from its package. Trained weights come
+    from ``create_model(..., checkpoint=PATH)``. Unless ``warn_random`` is False (a checkpoint
+    follows), a warning lists what is random. ``pretrained`` (deprecated) is a whole-model
+    weights file, the old meaning.
     """
     model = CADFormer(config)
     if pretrained:
-        _load_checkpoint(model, pretrained)
+        _load_whole_model(model, pretrained)
+        return model
+    if not warn_random:
         return model
     random_parts = ["Swin image encoder", "alignment", "decoder"]
     if not model.text.pretrained_weights:
         random_parts.insert(0, f"text encoder {config.get('text', {}).get('encoder')} (random weights)")
-    log.warning("%s: weights are random for %s; pass pretrained=PATH to an rsvl-train checkpoint "
+    log.warning("%s: weights are random for %s; pass checkpoint=PATH to an rsvl-train checkpoint "
                 "to use trained weights", config.get("name", "cadformer"), ", ".join(random_parts))
     return model

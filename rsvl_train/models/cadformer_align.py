@@ -16,8 +16,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["MASK_FILL", "CrossAttention", "LanguageGuidedVisionAlignment", "SMGA",
-           "VisionGuidedLanguageAlignment", "additive_mask"]
+__all__ = [
+    "MASK_FILL",
+    "SMGA",
+    "CrossAttention",
+    "LanguageGuidedVisionAlignment",
+    "VisionGuidedLanguageAlignment",
+    "additive_mask",
+]
 
 #: Additive attention bias of a padded key. Finite in FP16 (max 65504), unlike -inf / finfo.min.
 MASK_FILL = -1.0e4

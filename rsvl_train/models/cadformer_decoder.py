@@ -12,7 +12,7 @@ the whole map (quadratic in H*W at stride 8), which keeps the decoder cheap to d
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,8 +79,8 @@ class TextEnhancedDecoder(nn.Module):
         c1, c2, c3, c4 = in_dims
         if len(text_fusion) != 3:
             raise ValueError(f"decoder.text_fusion needs 3 flags (strides 16, 8, 4), got {list(text_fusion)}")
-        kw = dict(text_dim=text_dim, num_heads=num_heads, kernel_number=kernel_number,
-                  max_angle_deg=max_angle_deg, arc_impl=arc_impl)
+        kw = {"text_dim": text_dim, "num_heads": num_heads, "kernel_number": kernel_number,
+              "max_angle_deg": max_angle_deg, "arc_impl": arc_impl}
         self.steps = nn.ModuleList([
             DecoderStep(c4, c3, dim, fuse_text=bool(text_fusion[0]), **kw),
             DecoderStep(dim, c2, dim, fuse_text=bool(text_fusion[1]), **kw),

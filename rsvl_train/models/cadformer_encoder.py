@@ -8,7 +8,8 @@ Each stage output passes a LayerNorm and is returned NCHW (strides 4, 8, 16, 32)
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from timm.models.swin_transformer import SwinTransformer

@@ -77,7 +77,7 @@ class TextEncoder(nn.Module):
                 p.requires_grad_(False)
             self.bert.eval()
 
-    def train(self, mode: bool = True) -> "TextEncoder":
+    def train(self, mode: bool = True) -> TextEncoder:
         super().train(mode)
         if self.freeze:
             self.bert.eval()

@@ -1,6 +1,6 @@
 """TSMNet: optical + SAR + text open-vocabulary semantic segmentation.
 
-Architecture (see ``DESIGN.md``)::
+Architecture (see ``docs/design.md``)::
 
     optical [B,3,H,W] --backbone--> O1..O4 \\                                  (strides 4,8,16,32)
                                            MFRM_i (rectify) -> MFFM_i (fuse) -> F1..F4
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +34,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..factory import register_architecture
 from .backbones import ClipViTPyramid, TimmPyramid, build_backbone
 from .fusion import (
     MFFM,
@@ -332,6 +332,7 @@ def _load_pretrained(model: TSMNet, path: str) -> None:
     if _is_clip_state_dict(sd):
         model.load_clip(sd)
         return
+    # Deprecated: a state dict of the whole model (the old second meaning of ``pretrained``).
     for key in ("model", "state_dict", "model_state"):
         if isinstance(sd.get(key), Mapping):
             sd = {k.removeprefix("module."): v for k, v in sd[key].items()}
@@ -342,17 +343,25 @@ def _load_pretrained(model: TSMNet, path: str) -> None:
         raise PretrainedWeightsError(
             f"{path} is neither an open_clip CLIP checkpoint nor a checkpoint of this model: {e}"
         ) from e
+    warnings.warn(
+        "tsmnet: pretrained=<state dict of the whole model> is deprecated and will be removed in the next "
+        "release: save it with rsvl_train.checkpoint.save_checkpoint and pass checkpoint=PATH "
+        "(pretrained= is for CLIP backbone/text weights only)",
+        DeprecationWarning,
+        stacklevel=4,
+    )
 
 
-@register_architecture("tsmnet")
-def build(config: dict[str, Any], pretrained: str | None = None) -> TSMNet:
-    """Build TSMNet from a config.
+def build(config: dict[str, Any], pretrained: str | None = None, *, warn_random: bool = True) -> TSMNet:
+    """Build TSMNet from a config (the factory's builder for architecture ``"tsmnet"``).
 
     ``pretrained``: a local open_clip CLIP checkpoint (paper model: CLIP visual weights into
-    both ViT branches, SAR stem = RGB stem summed; CLIP text weights into the text encoder) or
-    a state dict of this model. Without it a CLIP-based model is randomly initialised (a
-    warning says so); a timm Lite0 model gets the offline ImageNet weights in both branches
-    (``backbone.imagenet``) and MiniLM its real weights (``text.pretrained``) regardless.
+    both ViT branches, SAR stem = RGB stem summed; CLIP text weights into the text encoder).
+    Without it a CLIP-based model is randomly initialised (a warning says so unless
+    ``warn_random`` is False, i.e. an rsvl-train checkpoint follows); a timm Lite0 model gets the
+    offline ImageNet weights in both branches (``backbone.imagenet``) and MiniLM its real
+    weights (``text.pretrained``) regardless. Whole-model weights are ``create_model(...,
+    checkpoint=PATH)``.
     """
     model = TSMNet(config)
     bcfg = config.get("backbone", {})
@@ -361,7 +370,8 @@ def build(config: dict[str, Any], pretrained: str | None = None) -> TSMNet:
         model.sar_backbone.load_imagenet()
     if pretrained:
         _load_pretrained(model, pretrained)
-    elif isinstance(model.optical_backbone, ClipViTPyramid) or isinstance(model.text_encoder, ClipTextEncoder):
+    elif warn_random and (isinstance(model.optical_backbone, ClipViTPyramid)
+                          or isinstance(model.text_encoder, ClipTextEncoder)):
         log.warning(
             "%s: no pretrained CLIP checkpoint given (pretrained=None): the ViT branches and the CLIP "
             "text encoder have RANDOM weights; pass pretrained=PATH to a local open_clip ViT-B-16 checkpoint",

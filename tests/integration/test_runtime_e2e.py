@@ -157,7 +157,7 @@ def test_cli_refuses_misregistered_pairs(tiny_bundle: Path, tmp_path: Path, caps
 
 def test_cli_bad_inputs_name_the_problem(tiny_bundle: Path, scene, tmp_path: Path, capsys) -> None:
     from rsvl_runtime.cli import main
-    from rsvl_train.data.synthetic import write_corrupt_tif
+    from tests._synthetic_fixtures import write_corrupt_tif
 
     base = ["--bundle", str(tiny_bundle), "--out", str(tmp_path / "o"), "--quiet"]
     assert main([*base, "--optical", str(scene.sar), "--sar", str(scene.sar)]) == 2  # 1 band given for 3

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ...manifest import Manifest
 from .flavours import (
     ENGINE_CHOICES,
     FLAVOURS,
@@ -37,8 +38,14 @@ from .profiles import (
 from .validity import EngineCheck, EngineMismatchError, check_engine, require_engine
 
 
-def bundle_engine(manifest: Mapping[str, Any], graph: str) -> dict[str, Any] | None:
-    """The manifest's engine entry for ``graph`` ("image" | "text"), or None."""
+def bundle_engine(manifest: Manifest | Mapping[str, Any], graph: str) -> dict[str, Any] | None:
+    """The manifest's engine entry for ``graph`` ("image" | "text") as the mapping
+    :func:`check_engine` and ``TensorRTSession`` take, or None. ``manifest``: a bundle's typed
+    ``meta`` (``rsvl_runtime/manifest.py``; defaults applied, older entries upgraded) or its
+    serialised ``manifest`` dictionary (entries as written)."""
+    if isinstance(manifest, Manifest):
+        entry = manifest.engine(graph)
+        return entry.to_dict() if entry is not None else None
     return next((dict(e) for e in manifest.get("engines") or [] if e.get("graph", "image") == graph), None)
 
 

@@ -13,6 +13,7 @@ out-of-memory build never leaves a half-written engine. :class:`EngineInfo` is t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -184,31 +185,51 @@ def _timing_cache(config: Any, cache_path: Path | None) -> bool:
     return bool(blob) and accepted
 
 
-def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], profiles: Profiles, *,
-                 flavour_name: str = TENSORRT_RTX.name, precision: str = "fp16", graph: str = "image",
-                 targets: Sequence[str] | None = None, timing_cache_path: str | os.PathLike[str] | None = None,
-                 workspace_gb: float | None = None, device: int = 0) -> EngineInfo:
-    """Build and serialise an engine for ``onnx_path`` with ``flavour_name``.
+@dataclass(frozen=True)
+class BuildOptions:
+    """How :func:`build_engine` builds (every field can also be given to it by keyword).
+
+    Attributes:
+        flavour_name: ``"tensorrt-rtx"`` (default; no GPU needed) or ``"tensorrt"``.
+        precision: ``"fp16"`` or ``"fp32"``, checked against the ONNX's tensor types.
+        graph: ``"image"`` or ``"text"`` (recorded in the manifest entry).
+        targets: TensorRT-RTX target compute capabilities (``("8.6", "8.9")``); default: the library's.
+        timing_cache_path: enterprise TensorRT only: loaded if it exists, saved after the build.
+        workspace_gb: builder workspace memory pool limit; None: the library's default (all of the
+            device memory). A 4 GB cap is too small for cadformer at 480² and B=32: one layer asks
+            for 4.2 GiB.
+        device: the CUDA device (where there is one).
+    """
+
+    flavour_name: str = TENSORRT_RTX.name
+    precision: str = "fp16"
+    graph: str = "image"
+    targets: Sequence[str] | None = None
+    timing_cache_path: str | os.PathLike[str] | None = None
+    workspace_gb: float | None = None
+    device: int = 0
+
+
+def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], profiles: Profiles,
+                 options: BuildOptions | None = None, **overrides: Any) -> EngineInfo:
+    """Build and serialise an engine for ``onnx_path``.
 
     Args:
         onnx_path: the graph (the FP16 ONNX for an FP16 engine: strong typing takes precision from it).
         engine_path: where the serialized engine goes (written atomically).
         profiles: ``{input: (min, opt, max)}`` shapes (or ``{"min","opt","max"}`` dicts); every
             input with a dynamic axis needs one; static axes must equal the graph's.
-        flavour_name: ``"tensorrt-rtx"`` (default; no GPU needed) or ``"tensorrt"``.
-        precision: ``"fp16"`` or ``"fp32"``, checked against the ONNX's tensor types.
-        graph: ``"image"`` or ``"text"`` (recorded in the manifest entry).
-        targets: TensorRT-RTX target compute capabilities (``["8.6", "8.9"]``); default: the library's.
-        timing_cache_path: enterprise TensorRT only: loaded if it exists, saved after the build.
-        workspace_gb: builder workspace memory pool limit; None: the library's default (all of the
-            device memory). A 4 GB cap is too small for cadformer at 480² and B=32: one layer asks
-            for 4.2 GiB.
+        options: :class:`BuildOptions`; ``overrides`` replace any of its fields
+            (``build_engine(src, dst, prof, flavour_name="tensorrt", precision="fp32")``).
 
     Raises:
         TensorRTUnavailable: the flavour cannot build here (the message says how to get it).
         ValueError: profiles that do not fit the graph, or an ONNX whose precision differs from ``precision``.
         EngineBuildError: parser errors (all listed), out of memory, or a failed build.
     """
+    o = dataclasses.replace(options or BuildOptions(), **overrides)
+    flavour_name, precision, graph, targets = o.flavour_name, o.precision, o.graph, o.targets
+    timing_cache_path, workspace_gb, device = o.timing_cache_path, o.workspace_gb, o.device
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     f = flavour(flavour_name)
     prof = normalize_profiles(profiles)

@@ -1,0 +1,156 @@
+"""What ``rsvl-infer`` (one scene, :mod:`rsvl_runtime.cli`) and ``rsvl-batch`` (many scenes,
+:mod:`rsvl_runtime.batch_cli`) share: the model and per-scene flags, their translation into
+``predict_raster`` options (:func:`scene_options`), and the error handling of ``main``
+(:func:`run_guarded`: one line per error, exit 2; 3 for a bug; 130 when interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .backends import BACKENDS
+
+
+def add_vocabulary_arguments(parser: argparse.ArgumentParser, refer: bool = False) -> None:
+    """``--vocab`` / ``--vocab-file`` (and ``--refer`` when ``refer``), mutually exclusive."""
+    voc = parser.add_mutually_exclusive_group()
+    voc.add_argument("--vocab", help="classes separated by commas, synonyms by '|': \"water|lake,building,road\"")
+    voc.add_argument("--vocab-file", help="JSON list or text file with one class per line (synonyms after commas)")
+    if refer:
+        voc.add_argument("--refer", help="referring expression (CADFormer bundles)")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--precision``, ``--batch``, ``--threads``, ``--expect-digest``."""
+    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "fp16", "ort"), default="auto",
+                        help="image graph: auto (fp16 on GPU, the ORT-optimised graph or fp32 on CPU)")
+    parser.add_argument("--batch", type=int, default=None, help="tiles per engine call")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
+    parser.add_argument("--expect-digest", metavar="HEX", default=None,
+                        help="refuse the bundle unless its digest is HEX (pin a bundle in production; "
+                             "`rsvl-export inspect` shows it)")
+
+
+def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
+    """The per-scene flags: tiling, bands, nodata, SAR units and checks, outputs, ``--quiet``."""
+    p = parser
+    p.add_argument("--tile", type=int, default=None, help="tile size (must equal the bundle's)")
+    p.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (default: the bundle's)")
+    p.add_argument("--bands", help="1-based optical band indexes in the bundle's order, e.g. 3,2,1")
+    p.add_argument("--sar-bands", help="1-based SAR band index, e.g. 1")
+    p.add_argument("--nodata", type=float, default=None, help="optical nodata value for rasters that declare none")
+    p.add_argument("--sar-nodata", type=float, default=None, help="SAR nodata value for rasters that declare none")
+    p.add_argument("--sar-units", choices=("db", "linear"), default=None,
+                   help="SAR values (default: the bundle's, usually db); checked against the bundle's dB "
+                        "range, e.g. linear intensities (0..1) given as db are refused")
+    p.add_argument("--no-sar-check", action="store_true",
+                   help="run even when the SAR values look implausible for --sar-units (logged as a warning)")
+    p.add_argument("--no-scores", action="store_true", help="skip scores.tif")
+    p.add_argument("--no-cog", action="store_true",
+                   help="keep tiled GeoTIFFs with overviews but skip the COG rewrite (faster on huge scenes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_bands(text: str | None, flag: str = "--bands") -> list[int] | None:
+    """``"3,2,1"`` -> ``[3, 2, 1]`` (None for no value); the one band-list parser of the CLIs."""
+    if not text:
+        return None
+    try:
+        return [int(b) for b in str(text).split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: give 1-based band indexes separated by commas, e.g. 3,2,1") from None
+
+
+def vocabulary(args: argparse.Namespace) -> Any:
+    """``--vocab`` or the classes of ``--vocab-file`` (None: neither given)."""
+    if getattr(args, "vocab", None) is not None:
+        return args.vocab
+    if getattr(args, "vocab_file", None):
+        from .vocabulary import load_vocabulary_file
+
+        return load_vocabulary_file(args.vocab_file)
+    return None
+
+
+def scene_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``predict_raster`` options from the per-scene flags (one scene or a batch; no progress bar)."""
+    nodata = getattr(args, "nodata", None)
+    sar_nodata = getattr(args, "sar_nodata", None)
+    opts: dict[str, Any] = {
+        "tile": getattr(args, "tile", None), "overlap": getattr(args, "overlap", None),
+        "bands": parse_bands(getattr(args, "bands", None), "--bands"),
+        "sar_bands": parse_bands(getattr(args, "sar_bands", None), "--sar-bands"),
+        "sar_units": getattr(args, "sar_units", None), "write_scores": not getattr(args, "no_scores", False),
+        "cog": False if getattr(args, "no_cog", False) else None,
+        "sar_check": not getattr(args, "no_sar_check", False), "progress": False,
+    }
+    if nodata is not None or sar_nodata is not None:
+        opts["nodata"] = {"optical": nodata, "sar": sar_nodata}
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+# ----------------------------------------------------------------------------- errors
+#: errno -> what it means for the user, for :func:`os_error_line`.
+_OS_HINTS = {
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+}
+
+
+def os_error_line(e: OSError, out: str | None) -> str:
+    """One line for an OSError: the file, what is wrong and the fix (``out``: the --out folder)."""
+    name = e.filename or ""
+    reason = e.strerror or str(e)
+    in_out = bool(name and out) and _inside(Path(name), Path(out))  # type: ignore[arg-type]
+    what = _OS_HINTS.get(e.errno or -1)
+    if in_out or (what and not name):
+        fix = ("free space or choose another --out folder" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+               else "choose a writable --out folder (or fix its permissions)")
+    else:
+        fix = "check the path, its permissions and the disk"
+    where = f" {name}" if name else ""
+    return f"cannot access{where}: {what + ' (' + reason + ')' if what else reason}; {fix}"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def run_guarded(prog: str, run: Callable[[], int], out: str | None) -> int:
+    """``run()`` with the CLIs' error handling: a known error prints ``PROG: error: ...`` (one
+    line) and returns 2, a bug one line (the traceback with ``RSVL_TRACEBACK=1``) and 3, Ctrl-C 130."""
+    from .backends.base import BackendError
+    from .bundle import BundleError
+    from .raster_io import RasterInputError
+
+    try:
+        return run()
+    except (BundleError, BackendError, RasterInputError, ValueError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # read-only or full --out, permissions, unreadable files
+        print(f"{prog}: error: {os_error_line(e, out)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no output was marked complete — rerun the same command", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line, the traceback on request
+        if os.environ.get("RSVL_TRACEBACK"):
+            raise
+        print(f"{prog}: internal error: {type(e).__name__}: {e} (set RSVL_TRACEBACK=1 for the traceback "
+              "and report it)", file=sys.stderr)
+        return 3

@@ -1,0 +1,153 @@
+"""The options of one scene run, built once and frozen.
+
+:class:`SceneOptions` is what :func:`rsvl_runtime.scene.run_scene` runs with: the vocabulary
+(class names, colours), the task, the tiling, the outputs and, in :class:`InputOptions`, how
+the input rasters are read and checked. :class:`~rsvl_runtime.segmenter.Segmenter` and
+:class:`~rsvl_runtime.segmenter.Referrer` build it from their bundle and the caller's
+``predict_raster`` options (:meth:`SceneOptions.from_kwargs`); the flat keyword names are the
+ones ``run_scene`` has always taken (``bands=``, ``nodata=``, ``write_scores=`` ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+NodataArg = float | Mapping[str, float | None] | None
+TASKS = ("semantic", "referring")
+
+
+def _int_tuple(v: Sequence[int] | None) -> tuple[int, ...] | None:
+    return None if v is None else tuple(int(b) for b in v)
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """How the input rasters are read and checked (:mod:`rsvl_runtime.checks`,
+    :mod:`rsvl_runtime.reading`).
+
+    ``optical_spec``/``sar_spec``: the bundle's modality specs (:mod:`rsvl_runtime.normalization`;
+    None: the bundle has no such input). ``bands``/``sar_bands``: 1-based raster bands in the
+    bundle's band order (None: the raster's own). ``nodata``: value for rasters that declare
+    none (a float, or ``{"optical": v, "sar": v}``). ``sar_units``: ``"db"``/``"linear"`` (None:
+    the bundle's). ``sar_check=False`` turns an implausible-SAR-units refusal into a warning.
+    """
+
+    optical_spec: Mapping[str, Any] | None = None
+    sar_spec: Mapping[str, Any] | None = None
+    sar_units: str | None = None
+    bands: tuple[int, ...] | None = None
+    sar_bands: tuple[int, ...] | None = None
+    nodata: NodataArg = None
+    sar_check: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bands", _int_tuple(self.bands))
+        object.__setattr__(self, "sar_bands", _int_tuple(self.sar_bands))
+
+    def nodata_for(self, modality: str) -> float | None:
+        """The nodata override of one modality (None: use the raster's)."""
+        return nodata_for(self.nodata, modality)
+
+    def spec(self, modality: str) -> Mapping[str, Any] | None:
+        return self.optical_spec if modality == "optical" else self.sar_spec
+
+    def bands_of(self, modality: str) -> tuple[int, ...] | None:
+        return self.bands if modality == "optical" else self.sar_bands
+
+
+def nodata_for(nodata: NodataArg, modality: str) -> float | None:
+    """``nodata`` (a float or ``{"optical": v, "sar": v}``) for one modality."""
+    if isinstance(nodata, Mapping):
+        v = nodata.get(modality)
+        return None if v is None else float(v)
+    return None if nodata is None else float(nodata)
+
+
+_INPUT_FIELDS = frozenset(f.name for f in fields(InputOptions))
+
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """Everything a scene run needs besides ``predict_fn`` and the paths.
+
+    ``class_names``/``colors``: the vocabulary (K names; colours default to a palette).
+    ``tile``/``overlap``/``batch``: tiling and tiles per ``predict_fn`` call. ``task``:
+    ``"semantic"`` (labels.tif + scores.tif) or ``"referring"`` (mask.tif, K = 2 or a single
+    target logit). ``write_scores``: write scores.tif. ``cog``: rewrite the rasters with the COG
+    driver (None: when available). ``window``: blending window (:mod:`rsvl_runtime.tiling`).
+    ``prefetch``: batches read ahead. ``hash_inputs``: sha256 of the inputs in the report.
+    ``progress``: progress bar and summary line. ``gdal_cache_mb`` caps GDAL's block cache (GDAL
+    reads it once per process, so it applies when this is the first GDAL use; otherwise set
+    ``GDAL_CACHEMAX`` in the environment); None keeps GDAL's default (5 % of RAM).
+    ``bundle_info`` is shown in the report and is part of the resume signature.
+    """
+
+    class_names: tuple[str, ...]
+    tile: int
+    overlap: float
+    batch: int
+    inputs: InputOptions = field(default_factory=InputOptions)
+    colors: tuple[tuple[int, ...], ...] | None = None
+    task: str = "semantic"
+    write_scores: bool = True
+    cog: bool | None = None
+    window: str = "hann"
+    prefetch: int = 2
+    hash_inputs: bool = True
+    progress: bool = True
+    gdal_cache_mb: int | None = 128
+    bundle_info: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        if self.colors is not None:
+            object.__setattr__(self, "colors", tuple(tuple(c) for c in self.colors))
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> SceneOptions:
+        """Options from ``run_scene``'s flat keywords (``bands=``, ``nodata=``, ``sar_spec=`` ... go
+        into :attr:`inputs`); an unknown keyword is a TypeError."""
+        scene, inputs = _split(kwargs)
+        return cls(**scene, inputs=InputOptions(**inputs))
+
+    def replace(self, **kwargs: Any) -> SceneOptions:
+        """A copy with some options changed (flat keywords, as :meth:`from_kwargs`)."""
+        scene, inputs = _split(kwargs)
+        return replace(self, **scene, inputs=replace(self.inputs, **inputs))
+
+    def check(self) -> list[tuple[int, int, int]]:
+        """Refuse impossible options; returns the palette (one RGB colour per class)."""
+        from .outputs import default_colors
+
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        names = self.class_names
+        if self.task == "referring" and len(names) != 2:
+            raise ValueError(f"the referring task has 2 classes (background, target), got {list(names)}")
+        if not 1 <= len(names) <= 255:
+            raise ValueError(f"need 1..255 classes (255 is the nodata label), got {len(names)}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        cols = list(self.colors) if self.colors is not None else []
+        if len(cols) < len(names):
+            cols += default_colors(len(names))[len(cols):]
+        return [tuple(int(v) for v in c[:3]) for c in cols[:len(names)]]  # type: ignore[misc]
+
+    @property
+    def tiling(self) -> dict[str, Any]:
+        """``{"tile", "overlap", "batch"}`` (reports and the resume signature)."""
+        return {"tile": self.tile, "overlap": self.overlap, "batch": self.batch}
+
+
+_SCENE_FIELDS = frozenset(f.name for f in fields(SceneOptions)) - {"inputs"}
+
+
+def _split(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    unknown = sorted(set(kwargs) - _SCENE_FIELDS - _INPUT_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown scene option(s) {', '.join(map(repr, unknown))}; known: "
+                        f"{', '.join(sorted(_SCENE_FIELDS | _INPUT_FIELDS))}")
+    return ({k: v for k, v in kwargs.items() if k in _SCENE_FIELDS},
+            {k: v for k, v in kwargs.items() if k in _INPUT_FIELDS})

@@ -1,0 +1,306 @@
+"""Reading a scene: checked inputs, normalised strips, batches of tiles and the prefetch thread.
+
+:func:`prepare_sources` opens and checks the input rasters (:mod:`rsvl_runtime.raster_io`)
+before anything is written. :func:`iter_scene_items` reads the optical and/or SAR raster one
+strip (a row of tiles) at a time, normalises it (:mod:`rsvl_runtime.normalization`; invalid
+pixels are set to 0, the normalised mean) and yields the strip's validity mask followed by
+batches of tiles in row-major order. :class:`Prefetcher` runs that iterator in a reader thread
+behind a bounded queue. :class:`InputHasher` hashes the input files in the background for the
+report. Memory: one strip of input per modality and a few batches in the queue.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from .bundle import sha256_file
+from .normalization import normalize_optical, normalize_sar
+from .options import InputOptions
+from .raster_io import (
+    ModalityInput,
+    RasterInputError,
+    check_coregistered,
+    open_raster,
+    prepare_input,
+    read_window,
+    valid_mask,
+)
+from .tiling import Tile, TileGrid, pad_to_tile
+
+#: Columns normalised at once when preparing a strip (bounds temporaries).
+NORMALIZE_COLUMNS = 2048
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class Sources:
+    """The checked input rasters of a scene and the options they are read with."""
+
+    optical: ModalityInput | None
+    sar: ModalityInput | None
+    options: InputOptions
+
+    @property
+    def optical_spec(self) -> Mapping[str, Any] | None:
+        return self.options.optical_spec
+
+    @property
+    def sar_spec(self) -> Mapping[str, Any] | None:
+        return self.options.sar_spec
+
+    @property
+    def sar_units(self) -> str | None:
+        return self.options.sar_units
+
+    @property
+    def reference(self) -> ModalityInput:
+        ref = self.optical or self.sar
+        assert ref is not None
+        return ref
+
+    @property
+    def modalities(self) -> list[ModalityInput]:
+        """The inputs given, optical first."""
+        return [m for m in (self.optical, self.sar) if m is not None]
+
+
+def prepare_sources(optical: str | Path | None, sar: str | Path | None,
+                    options: InputOptions | None = None) -> Sources:
+    """Open and check the inputs (bands, dtype, nodata, co-registration) before anything is written."""
+    opts = options or InputOptions()
+    if optical is None and sar is None:
+        raise RasterInputError("no input raster: give an optical raster, a SAR raster or both")
+    opt = sar_in = None
+    if optical is not None:
+        if opts.optical_spec is None:
+            raise RasterInputError(f"optical raster {optical} given but the bundle has no optical input; "
+                                   "run with the SAR raster only")
+        opt = prepare_input(optical, "optical", opts.optical_spec, bands=opts.bands,
+                            nodata=opts.nodata_for("optical"))
+    if sar is not None:
+        if opts.sar_spec is None:
+            raise RasterInputError(f"SAR raster {sar} given but the bundle has no SAR input; "
+                                   "run with the optical raster only")
+        sar_in = prepare_input(sar, "sar", opts.sar_spec, bands=opts.sar_bands, nodata=opts.nodata_for("sar"))
+    if opt is not None and sar_in is not None:
+        with open_raster(opt.path) as a, open_raster(sar_in.path) as b:
+            check_coregistered(a, b)
+    return Sources(opt, sar_in, opts)
+
+
+# ----------------------------------------------------------------------------- reader thread
+@dataclass
+class Strip:
+    row: int
+    valid: np.ndarray  # [strip_height, W] bool
+
+
+@dataclass
+class Batch:
+    tiles: list[Tile]
+    optical: np.ndarray | None
+    sar: np.ndarray | None
+
+
+class ReadStats:
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+
+def _read_strip(ds: Any, src: ModalityInput, grid: TileGrid, row: int) -> np.ndarray:
+    y0, y1 = grid.strip_rows(row)
+    return read_window(ds, src.bands, Window(0, y0, grid.width, y1 - y0))
+
+
+def _normalised_strip(datasets: Mapping[str, Any], sources: Sources, grid: TileGrid,
+                      row: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read and normalise one strip of every modality; invalid pixels are set to 0."""
+    valid = np.ones((grid.strip_height, grid.width), bool)
+    raw: dict[str, np.ndarray] = {}
+    for name, src in (("optical", sources.optical), ("sar", sources.sar)):
+        if src is None:
+            continue
+        raw[name] = _read_strip(datasets[name], src, grid, row)
+        valid &= valid_mask(raw[name], src.nodata)
+    norm: dict[str, np.ndarray] = {}
+    for name, values in raw.items():
+        norm[name] = np.empty(values.shape, np.float32)
+        for x0 in range(0, grid.width, NORMALIZE_COLUMNS):
+            cols = slice(x0, x0 + NORMALIZE_COLUMNS)
+            norm[name][..., cols] = _normalise(name, values[..., cols], sources)
+        norm[name][:, ~valid] = 0.0
+    return valid, norm
+
+
+def _normalise(name: str, values: np.ndarray, sources: Sources) -> np.ndarray:
+    if name == "optical":
+        return normalize_optical(values, sources.optical_spec or {})
+    with np.errstate(invalid="ignore"):
+        return normalize_sar(values, sources.sar_spec or {}, sources.sar_units)
+
+
+class BatchBuilder:
+    """Copies tiles into preallocated ``[batch, C, t, t]`` arrays (no reference to the strip kept)."""
+
+    def __init__(self, batch: int, tile: int, channels: Mapping[str, int]) -> None:
+        self.batch, self.tile, self.channels = batch, tile, dict(channels)
+        self._new()
+
+    def _new(self) -> None:
+        self.tiles: list[Tile] = []
+        self.arrays = {name: np.empty((self.batch, c, self.tile, self.tile), np.float32)
+                       for name, c in self.channels.items()}
+
+    def add(self, tile: Tile, strips: Mapping[str, np.ndarray]) -> Batch | None:
+        """Add one tile cut from the normalised strips; returns a batch when it is full."""
+        i = len(self.tiles)
+        for name, strip in strips.items():
+            self.arrays[name][i] = pad_to_tile(strip[:, :tile.height, tile.x:tile.x + tile.width], self.tile)
+        self.tiles.append(tile)
+        return self.take() if len(self.tiles) == self.batch else None
+
+    def take(self) -> Batch | None:
+        """The tiles gathered so far as a batch (None when empty)."""
+        n = len(self.tiles)
+        if n == 0:
+            return None
+        arrays = {name: a[:n] for name, a in self.arrays.items()}
+        out = Batch(self.tiles, arrays.get("optical"), arrays.get("sar"))
+        self._new()
+        return out
+
+
+def iter_scene_items(sources: Sources, grid: TileGrid, batch: int, stats: ReadStats | None = None,
+                     start: int = 0) -> Iterator[Strip | Batch]:
+    """Strips (validity masks) and batches of normalised tiles, in row-major tile order, from
+    the tile of row-major index ``start`` (a resumed run)."""
+    datasets = {}
+    try:
+        for name, src in (("optical", sources.optical), ("sar", sources.sar)):
+            if src is not None:
+                datasets[name] = rasterio.open(src.path)
+        builder = BatchBuilder(batch, grid.tile, {name: len(src.bands) for name, src in
+                                                   (("optical", sources.optical), ("sar", sources.sar))
+                                                   if src is not None})
+        n_cols = len(grid.col_offsets)
+        for row in range(start // n_cols, len(grid.row_offsets)):
+            t0 = time.perf_counter()
+            valid, norm = _normalised_strip(datasets, sources, grid, row)
+            if stats is not None:
+                stats.seconds += time.perf_counter() - t0
+            yield Strip(row, valid)
+            for tile in grid.row_tiles(row)[max(0, start - row * n_cols):]:
+                full = builder.add(tile, norm)
+                if full is not None:
+                    yield full
+            del norm  # before the next strip is read: one strip in memory at a time
+        last = builder.take()
+        if last is not None:
+            yield last
+    finally:
+        for ds in datasets.values():
+            ds.close()
+
+
+class _End:
+    pass
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class Prefetcher:
+    """Runs an iterator in a daemon thread, handing its items over a bounded queue.
+
+    Iterate over it in the consuming thread; an exception in the producer is re-raised there.
+    :meth:`close` stops the producer (it is also called when iteration ends or fails).
+    """
+
+    def __init__(self, items: Iterator[Any], maxsize: int = 2) -> None:
+        self._items = items
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, maxsize))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rsvl-reader", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put(item):
+                    return
+            self._put(_End())
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, re-raised there
+            self._put(_Failed(e))
+        finally:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                item = self._queue.get()
+                if isinstance(item, _End):
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the producer thread and wait for it."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
+# ----------------------------------------------------------------------------- input records
+class InputHasher:
+    """sha256 of the input files, computed in a background thread while the scene runs."""
+
+    def __init__(self, paths: Mapping[str, Path], enabled: bool) -> None:
+        self.paths = dict(paths)
+        self.hashes: dict[str, str] = {}
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rsvl-hash") if enabled else None
+        if self._thread is not None:
+            self._thread.start()
+
+    def _run(self) -> None:
+        for name, p in self.paths.items():
+            self.hashes[name] = sha256_file(p)
+
+    def records(self) -> dict[str, Any]:
+        if self._thread is not None:
+            self._thread.join()
+        recs = {}
+        for name, p in self.paths.items():
+            st = p.stat()
+            recs[name] = {"path": str(p.resolve()), "bytes": st.st_size, "mtime": st.st_mtime,
+                          "sha256": self.hashes.get(name)}
+        return recs

@@ -1,0 +1,205 @@
+"""Blending tile logits and sinking finished rows into the output rasters.
+
+:class:`Blender` accumulates the tile logits of a run with a smooth window
+(:class:`rsvl_runtime.tiling.RowAccumulator`) and hands each finished block of rows to a
+:class:`RowSink`, which turns it into labels/scores chunk by chunk
+(:func:`rsvl_runtime.postprocess.labels_and_scores`), writes them with the run's row writers
+(:class:`SceneWriters`, :mod:`rsvl_runtime.outputs`), counts the classes and checkpoints the
+strip (:mod:`rsvl_runtime.resume`). Memory: the open strip's accumulator ``[K, tile, W]``
+float32 and the writers' block buffers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rasterio.enums import Resampling
+
+from . import outputs as out
+from . import resume
+from .options import SceneOptions
+from .postprocess import labels_and_scores
+from .tiling import FinishedRows, RowAccumulator, Tile, TileGrid, blend_window
+
+#: Elements per chunk when turning finished rows into labels/scores (bounds temporaries).
+POSTPROCESS_ELEMENTS = 1 << 20
+#: Deflate level of scores.tif (K bands: speed matters more than the last 15 % of size).
+SCORES_ZLEVEL = 1
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What a run writes (also part of its resume signature)."""
+
+    task: str
+    class_names: tuple[str, ...]
+    write_scores: bool
+    cog: bool | None
+
+    @classmethod
+    def of(cls, options: SceneOptions) -> OutputSpec:
+        return cls(options.task, tuple(options.class_names), options.write_scores, options.cog)
+
+    @property
+    def raster_name(self) -> str:
+        return out.MASK if self.task == "referring" else out.LABELS
+
+    @property
+    def bands(self) -> int:
+        """Output raster bands: labels/mask plus one score band per class."""
+        return 1 + (len(self.class_names) if self.task == "semantic" and self.write_scores else 0)
+
+
+@dataclass
+class SceneWriters:
+    """The output side of one run: staged files, row writers, class statistics, where the run
+    starts (:class:`~rsvl_runtime.resume.ResumePlan`) and its checkpoints."""
+
+    stage: out.OutputStage
+    labels: out.GeoTiffRowWriter
+    scores: out.GeoTiffRowWriter | None
+    stats: out.ClassStats
+    plan: resume.ResumePlan
+    checkpointer: resume.Checkpointer
+
+    @property
+    def writers(self) -> list[out.GeoTiffRowWriter]:
+        return [w for w in (self.labels, self.scores) if w is not None]
+
+    def record_probe(self, logits: np.ndarray) -> None:
+        """Remember the crc of the scene's first batch (the first one of a fresh run)."""
+        if self.checkpointer.cp.probe is None:
+            self.checkpointer.cp.probe = resume.logits_crc(logits)
+
+
+def open_writers(stage: out.OutputStage, ref: Any, spec: OutputSpec,
+                 cp: resume.Checkpoint | None) -> tuple[out.GeoTiffRowWriter, out.GeoTiffRowWriter | None]:
+    """New row writers, or (``cp``) the checkpointed rasters of a resumed run reopened."""
+    common = {"width": ref.width, "height": ref.height, "crs": ref.crs, "transform": ref.transform, "cog": spec.cog}
+
+    def path_and_resume(name: str) -> dict[str, Any]:
+        if cp is None:
+            return {"path": stage.temp(name)}
+        f = cp.files[name]
+        return {"path": stage.adopt(name, stage.out_dir / f["temp"]), "resume": (cp.rows, int(f["crc"]))}
+
+    labels = out.GeoTiffRowWriter(count=1, nodata=out.LABEL_NODATA, overview_resampling=Resampling.mode,
+                                  **path_and_resume(spec.raster_name), **common)
+    scores = None
+    if spec.bands > 1:
+        try:
+            scores = out.GeoTiffRowWriter(count=len(spec.class_names), nodata=out.SCORE_NODATA,
+                                          descriptions=list(spec.class_names),
+                                          overview_resampling=Resampling.average, zlevel=SCORES_ZLEVEL,
+                                          **path_and_resume(out.SCORES), **common)
+        except BaseException:
+            labels.abort()
+            raise
+    return labels, scores
+
+
+class RowSink:
+    """Turns finished rows into labels/scores, writes them, counts classes, checkpoints."""
+
+    def __init__(self, writers: SceneWriters, row_areas: np.ndarray, valids: dict[int, np.ndarray],
+                 width: int, channels: int) -> None:
+        self.out = writers
+        self.row_areas = row_areas
+        self.valids = valids  # strip index -> [strip_height, W] validity, filled by the reader
+        self.chunk = max(1, POSTPROCESS_ELEMENTS // (channels * width))
+        self.postprocess_s = 0.0
+        self.write_s = 0.0
+
+    def emit(self, fin: FinishedRows) -> None:
+        """Softmax/argmax the finished rows chunk by chunk, write them, count the classes."""
+        valid = self.valids.pop(fin.strip)[:fin.n_rows]
+        for k in [k for k in self.valids if k < fin.strip]:  # rows only read to align batches
+            del self.valids[k]
+        if fin.strip < self.out.plan.strip:  # written before the run was resumed
+            return
+        scores_writer = self.out.scores
+        for i in range(0, fin.n_rows, self.chunk):
+            t0 = time.perf_counter()
+            rows = slice(i, min(i + self.chunk, fin.n_rows))
+            labels, scores = labels_and_scores(fin.logits(rows), valid[rows], scores_writer is not None)
+            y = fin.y0 + rows.start
+            self.out.stats.update(labels, self.row_areas[y:y + labels.shape[0]])
+            t1 = time.perf_counter()
+            self.out.labels.write(labels)
+            if scores_writer is not None and scores is not None:
+                scores_writer.write(scores)
+            self.postprocess_s += t1 - t0
+            self.write_s += time.perf_counter() - t1
+        t1 = time.perf_counter()
+        self.out.checkpointer.strip_done(fin.strip + 1, fin.y0 + fin.n_rows)
+        self.write_s += time.perf_counter() - t1
+
+
+def check_logits(logits: Any, n: int, channels: int, tile: int) -> np.ndarray:
+    """``predict_fn``'s output as float32 ``[n, channels, tile, tile]``, or a ValueError."""
+    arr = np.asarray(logits, dtype=np.float32)
+    want = (n, channels, tile, tile)
+    if arr.shape != want:
+        raise ValueError(f"predict_fn returned logits of shape {tuple(arr.shape)}, expected {want} "
+                         "(batch, classes, tile, tile); the vocabulary size or the tile size of the "
+                         "bundle does not match the run")
+    return arr
+
+
+def expected_channels(raw: Any, n_classes: int, task: str) -> int:
+    """Logit channels of the run: K for semantic; 2 (or a single target logit) for referring."""
+    got = np.shape(raw)[1] if np.ndim(raw) == 4 else None
+    if task == "referring" and got == 1:
+        return 1
+    return n_classes
+
+
+class Blender:
+    """Blends the tile logits of a run into finished rows and sinks them (:class:`RowSink`).
+
+    The accumulator is made at the first batch, when the number of logit channels is known.
+    Tiles of rows before the resume plan's ``first_row`` are computed only to keep the batches
+    of the full run and are not blended.
+    """
+
+    def __init__(self, grid: TileGrid, options: SceneOptions, writers: SceneWriters,
+                 row_areas: np.ndarray, valids: dict[int, np.ndarray]) -> None:
+        self.grid, self.writers, self.row_areas, self.valids = grid, writers, row_areas, valids
+        self.window, self.task, self.n_classes = options.window, options.task, len(options.class_names)
+        self.acc: RowAccumulator | None = None
+        self.sink: RowSink | None = None
+        self.blend_s = 0.0
+
+    def check(self, raw: Any, n: int) -> np.ndarray:
+        """The checked logits of a batch of ``n`` tiles (the first batch sets up the accumulator)."""
+        if self.acc is None:
+            channels = expected_channels(raw, self.n_classes, self.task)
+            self.acc = RowAccumulator(self.grid, channels, blend_window(self.grid.tile, self.window),
+                                      self.writers.plan.first_row)
+            self.sink = RowSink(self.writers, self.row_areas, self.valids, self.grid.width, channels)
+        logits = check_logits(raw, n, self.acc.channels, self.grid.tile)
+        self.writers.record_probe(logits)
+        return logits
+
+    def add(self, tiles: Sequence[Tile], logits: np.ndarray) -> None:
+        """Blend checked logits (:meth:`check`); finished rows go to the sink."""
+        assert self.acc is not None and self.sink is not None
+        first_row = self.writers.plan.first_row
+        for i, t in enumerate(tiles):
+            if t.row < first_row:  # computed only to keep the batches of the full run
+                continue
+            tb = time.perf_counter()
+            self.acc.add(t, logits[i], self.sink.emit)
+            self.blend_s += time.perf_counter() - tb
+
+    def finish(self) -> dict[str, float]:
+        """Sink the last rows; returns the blend/postprocess/write timings."""
+        if self.acc is None or self.sink is None:
+            raise RuntimeError("the scene produced no tiles")
+        self.blend_s -= self.sink.postprocess_s + self.sink.write_s  # emitted from inside acc.add
+        self.sink.emit(self.acc.finish())
+        return {"blend_s": self.blend_s, "postprocess_s": self.sink.postprocess_s, "write_s": self.sink.write_s}
