@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rsvl_runtime.bundle import atomic_open, atomic_write_text
+from rsvl_runtime.files import atomic_open, atomic_write_text
 
 
 def _jsonable(o: Any) -> Any:

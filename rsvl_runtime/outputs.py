@@ -42,7 +42,7 @@ import rasterio.shutil
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from .bundle import atomic_open, atomic_write_text
+from .files import atomic_open, atomic_write_text
 from .transaction import DISK_RESERVE_BYTES, disk_full, no_space_error
 
 PathLike = str | os.PathLike[str]

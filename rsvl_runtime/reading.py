@@ -23,7 +23,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from .bundle import sha256_file
+from .files import sha256_file
 from .normalization import normalize_optical, normalize_sar
 from .options import InputOptions
 from .raster_io import (

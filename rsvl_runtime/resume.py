@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import atomic_write_text
+from .files import atomic_write_text
 from .tiling import TileGrid
 
 PROGRESS = "progress.json"

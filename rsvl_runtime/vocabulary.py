@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .bundle import BundleError, atomic_open, cache_root
+from .files import atomic_open, cache_root
+from .manifest import BundleError
 
 log = logging.getLogger("rsvl.runtime")
 

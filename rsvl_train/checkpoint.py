@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rsvl_runtime.bundle import atomic_open, atomic_write_text
+from rsvl_runtime.files import atomic_open, atomic_write_text
 
 from .checkpoint_io import (
     CheckpointError,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rsvl_runtime.bundle import atomic_open, atomic_write_text
+from rsvl_runtime.files import atomic_open, atomic_write_text
 
 from .checkpoint import load_weights, save_checkpoint
 from .factory import create_model_from_config, get_model_config

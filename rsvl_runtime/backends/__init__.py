@@ -9,25 +9,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from ..bundle import Bundle
 from ..manifest import GraphEntry
-from .base import BackendError, Session
+from .base import BackendError, Session, Sessions
 
 log = logging.getLogger("rsvl.runtime")
 
 BACKENDS = ("auto", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch")
-
-
-@dataclass
-class Sessions:
-    """The text and image graph of a bundle, loaded on one backend."""
-
-    text: Session
-    image: Session
-    backend: str
-    precision: str
 
 
 def _tensorrt_ready(bundle: Bundle) -> tuple[bool, str]:

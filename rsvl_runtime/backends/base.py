@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -19,3 +20,13 @@ class Session(Protocol):
     output_names: list[str]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class Sessions:
+    """The text and image graph of a bundle, loaded on one backend."""
+
+    text: Session
+    image: Session
+    backend: str
+    precision: str

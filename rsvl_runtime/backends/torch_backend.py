@@ -56,7 +56,7 @@ def torch_sessions(bundle: Bundle, precision: str = "auto"):
     except ImportError as e:
         raise BackendError(f"the torch backend needs PyTorch and rsvl[export] ({e}); "
                            "pip install 'rsvl[export]' or use --backend onnxruntime") from e
-    from . import Sessions
+    from .base import Sessions
 
     wfile = bundle.meta.weights.file
     if not wfile:

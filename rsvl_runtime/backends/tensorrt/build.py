@@ -99,7 +99,7 @@ def _check_precision(onnx_path: Path, precision: str, strong: bool) -> None:
 
 def write_bytes_atomic(path: Path, data: Any) -> str:
     """Write ``data`` (bytes or a buffer) to ``path`` atomically; return its sha256."""
-    from ...bundle import atomic_open
+    from ...files import atomic_open
 
     path.parent.mkdir(parents=True, exist_ok=True)
     view = memoryview(data)

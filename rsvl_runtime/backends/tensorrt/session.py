@@ -81,7 +81,7 @@ def runtime_cache_path(meta: Mapping[str, Any], directory: str | os.PathLike[str
     """Where the TensorRT-RTX runtime cache of this engine lives: ``tensorrt-rtx/`` in the rsvl cache
     directory, next to the vocabulary cache (``$RSVL_CACHE_DIR``, see ``bundle.cache_root``)."""
     if directory is None:
-        from ...bundle import cache_root
+        from ...files import cache_root
 
         directory = cache_root() / "tensorrt-rtx"
     key = str(meta.get("sha256") or meta.get("file", "engine"))[:32]
