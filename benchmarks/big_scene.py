@@ -61,7 +61,9 @@ def _run(cmd: list[str], env: dict[str, str], interrupt_rows: int | None = None,
          out: Path | None = None) -> dict[str, Any]:
     """Run ``cmd``; optionally SIGINT it once its checkpoint reaches ``interrupt_rows``."""
     t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, env=env)
+    # SIGINT back to its default in the child: a command started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and the Ctrl-C below would be lost
+    child = subprocess.Popen(cmd, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     rows = 0
     if interrupt_rows is not None and out is not None:
         while child.poll() is None:
