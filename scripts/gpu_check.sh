@@ -5,15 +5,16 @@
 #
 # 1. installs the wheels that scripts/gpu_wheels.sh packed (staged in /tmp/rsvl-wheels by earlier calls);
 # 2. records the machine (GPU, driver, compute capability, library versions);
-# 3. tsmnet-tiny at 256 px (the shipped trained weights): rsvl-bench exports a bundle whose image and text
-#    engines TensorRT-RTX builds on this machine, then measures torch eager FP32 / AMP / torch.compile / CUDA
-#    graphs / ONNX Runtime / the TensorRT engine at B = 1, 8, 32 and a tiled 1024² scene;
-#    benchmarks.engine_parity checks engine vs ONNX Runtime FP32 (cosine >= 0.999, argmax >= 99.5 %) and
-#    times a second launch (TensorRT-RTX runtime cache);
+# 3. tsmnet-tiny at 256 px (the shipped trained weights): rsvl-export builds the bundle with image and text
+#    engines (TensorRT-RTX, on this machine); rsvl-bench measures torch eager FP32, ONNX Runtime and the engine
+#    at B = 1, 8, 32 and a tiled 1024² scene; benchmarks.engine_parity checks engine vs ONNX Runtime FP32
+#    (cosine >= 0.999, argmax >= 99.5 %) and times a second launch (TensorRT-RTX runtime cache); then
+#    rsvl-bench measures AMP FP16, torch.compile and CUDA graphs;
 # 4. the paper-scale tsmnet (random weights, 256 px): the same, without the scene run.
 # If TensorRT-RTX refuses the GPU (Hopper, compute capability 9.0, is outside its support matrix), the exact
 # message lands in *_parity.json and in the TensorRT rows; the torch rows are measured regardless.
-# At most 8 files come back from $OUT: machine.txt, log.txt, {tiny,paper}_bench.{json,md}, {tiny,paper}_parity.json.
+# Three files come back from $OUT: machine.txt, log.txt and results.json (every bench.json and parity
+# report, {tiny,paper}_{fast,amp,compile,parity}, merged after each stage).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
@@ -54,22 +55,51 @@ print("engine auto ->", choose_flavour("auto"))
 PY
 } | tee "$OUT/machine.txt"
 
-bench() {  # bench NAME SECONDS ARGS... : rsvl-bench into $WORK/NAME, results copied to $OUT
-  local name=$1 limit=$2; shift 2
-  stage "bench $name ($*)"
-  timeout "$limit" python3 -m benchmarks.cli --out "$WORK/$name" "$@" || echo "bench $name ended with $?"
-  cp "$WORK/$name/bench.json" "$OUT/${name}_bench.json" 2>/dev/null
-  cp "$WORK/$name/bench.md" "$OUT/${name}_bench.md" 2>/dev/null
-  if [ -d "$WORK/$name/bundle" ]; then
-    stage "engine parity $name"
-    timeout 45 python3 -m benchmarks.engine_parity --bundle "$WORK/$name/bundle" --out "$OUT/${name}_parity.json" \
-      || echo "engine parity $name ended with $?"
-  fi
+collect() {  # merge every result written so far into $OUT/results.json (at most 8 files come back)
+  python3 - "$WORK/collect" "$OUT/results.json" <<'PY'
+import json, pathlib, sys
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+doc = {p.stem: json.loads(p.read_text()) for p in sorted(src.glob("*.json"))}
+dst.write_text(json.dumps(doc, indent=1, default=str))
+PY
 }
 
-bench tiny 180 --model tsmnet-tiny --tile 256 --batch 1,8,32 --budget 3 --scene-size 1024 --no-ort-optimize \
-  --backends torch ort-cpu-fp32 tensorrt
-bench paper 160 --model tsmnet --batch 1,8,32 --budget 2 --no-scene --no-text --no-ort-optimize --no-flops \
-  --backends torch-eager torch-amp torch-compile torch-cudagraph tensorrt
+bench() {  # bench NAME KEY SECONDS ARGS... : one rsvl-bench run on the model's bundle
+  local name=$1 key=$2 limit=$(( $3 * SLACK )); shift 3
+  stage "bench $name $key ($*)"
+  timeout "$limit" python3 -m benchmarks.cli --bundle "$WORK/$name/bundle" --out "$WORK/$name/$key" \
+    --batch 1,8,32 --budget 2 --no-ort-optimize --no-flops "$@" || echo "bench $name $key ended with $?"
+  cp "$WORK/$name/$key/bench.json" "$WORK/collect/${name}_${key}.json" 2>/dev/null
+  collect
+}
+
+run_model() {  # run_model NAME EXPORT_S MODEL_ARGS... : export once (with engines), then the measurements
+  local name=$1 export_s=$(( $2 * SLACK )); shift 2
+  case " $STAGES " in *" $name "*) ;; *) echo "skipping $name (STAGES=$STAGES)"; return;; esac
+  local b="$WORK/$name/bundle"
+  stage "export $name ($*): image + text engines with TensorRT-RTX on this GPU"
+  timeout "$export_s" python3 -m rsvl_export.cli "$@" --precision fp16 --max-batch 32 --out "$b" \
+    || echo "export $name ended with $?"
+  [ -f "$b/manifest.json" ] || { echo "no bundle for $name"; return; }
+  python3 -m rsvl_export.cli inspect "$b" | grep -A8 "TensorRT engine" || true
+  bench "$name" fast "${FAST_S[$name]}" --backends torch-eager ort-cpu-fp32 tensorrt "${EXTRA[@]}"
+  stage "engine parity $name"
+  timeout $(( 20 * SLACK )) python3 -m benchmarks.engine_parity --bundle "$b" --out "$WORK/collect/${name}_parity.json" \
+    || echo "engine parity $name ended with $?"
+  collect
+  bench "$name" amp "${AMP_S[$name]}" --no-scene --no-text --backends torch-amp torch-cudagraph
+  bench "$name" compile "${COMPILE_S[$name]}" --no-scene --no-text --backends torch-compile
+}
+
+# Every stage has its own cap, so an overrun loses one measurement, not the rest: at most 480 s in all.
+# A second call can redo one model with more time: STAGES=paper SLACK=2 bash scripts/gpu_check.sh
+STAGES=${STAGES:-tiny paper}
+SLACK=${SLACK:-1}
+mkdir -p "$WORK/collect"
+declare -A FAST_S=([tiny]=40 [paper]=35) AMP_S=([tiny]=30 [paper]=25) COMPILE_S=([tiny]=45 [paper]=40)
+EXTRA=(--scene-size 1024)
+run_model tiny 100 --model tsmnet-tiny --tile 256
+EXTRA=(--no-scene --no-text)
+run_model paper 125 --model tsmnet
 stage "done"
 ls -la "$OUT"
