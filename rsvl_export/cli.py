@@ -56,7 +56,7 @@ def export_parser() -> argparse.ArgumentParser:
                    help="leave the safetensors weights (torch reference backend) out of the bundle")
     p.add_argument("--ort-optimize", action="store_true",
                    help="also write image.ort.onnx: ORT CPU fusions + INT8 where parity holds (CPU deployments)")
-    p.add_argument("--timing-cache", help="TensorRT timing cache file (default ~/.cache/rsvl/trt_timing.cache)")
+    p.add_argument("--timing-cache", help="TensorRT timing cache file (default: trt_timing.cache in the rsvl cache folder, $RSVL_CACHE_DIR or ~/.cache/rsvl)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from rsvl_runtime.backends.tensorrt import choose_flavour, graph_profiles
 from rsvl_runtime.backends.tensorrt.build import build_engine
+from rsvl_runtime.files import cache_root
 from rsvl_runtime.manifest import GraphEntry
 from rsvl_runtime.segmenter import TEXT_CHUNK
 
@@ -64,7 +65,7 @@ def build_bundle_engines(work: Path, graphs: Mapping[str, GraphEntry | Mapping[s
     log.info("  %s", why)
     if name is None:
         return []
-    cache = Path(timing_cache) if timing_cache else Path.home() / ".cache" / "rsvl" / "trt_timing.cache"
+    cache = Path(timing_cache) if timing_cache else cache_root() / "trt_timing.cache"
     entries = []
     for graph in ENGINE_GRAPHS:
         if graph not in graphs:

@@ -71,7 +71,7 @@ def _tensorrt(bundle: Bundle, precision: str, threads: int | None) -> Sessions:
     """The bundle's engines on this GPU: the image engine, and the text engine when there is one
     (otherwise the text graph runs on ONNX Runtime). Refuses in one line before deserialising."""
     from .onnxruntime_backend import OrtSession, default_providers
-    from .tensorrt import TensorRTSession, require_engine
+    from .tensorrt import TensorRTSession
 
     eng = bundle.meta.engine("image")
     if eng is None:
@@ -80,8 +80,7 @@ def _tensorrt(bundle: Bundle, precision: str, threads: int | None) -> Sessions:
     if precision not in ("auto", eng.precision):
         raise BackendError(f"the bundle's image engine is {eng.precision}, not {precision}; pass "
                            f"--precision {eng.precision} or --backend onnxruntime")
-    require_engine(bundle.path(eng.file), eng.to_dict())
-    image = TensorRTSession(bundle.path(eng.file), eng.to_dict())
+    image = TensorRTSession(bundle.path(eng.file), eng.to_dict())  # checks the engine before deserialising
     text_eng = bundle.meta.engine("text")
     if text_eng is not None:
         text: Session = TensorRTSession(bundle.path(text_eng.file), text_eng.to_dict())

@@ -28,6 +28,7 @@ from .flavours import (
     TENSORRT_RTX,
     TensorRTUnavailable,
     can_build,
+    error_logger,
     flavour,
     import_flavour,
 )
@@ -106,26 +107,6 @@ def write_bytes_atomic(path: Path, data: Any) -> str:
     with atomic_open(path, "wb") as f:
         f.write(view)
     return hashlib.sha256(view).hexdigest()
-
-
-def _logger(trt: Any) -> Any:
-    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
-        """Forwards TensorRT messages to logging and keeps errors for the exception message."""
-
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
-                self.errors.append(msg)
-                log.error("%s: %s", trt.__name__, msg)
-            elif severity == trt.ILogger.WARNING:
-                log.debug("%s warning: %s", trt.__name__, msg)
-            else:
-                log.debug("%s: %s", trt.__name__, msg)
-
-    return _Logger()
 
 
 def _network_inputs(network: Any) -> dict[str, tuple[int, ...]]:
@@ -248,7 +229,7 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
     _check_precision(onnx_path, precision, strong)
     gpu = probe.gpu_info(device)
 
-    logger = _logger(trt)
+    logger = error_logger(trt, forward=True)
     t0 = time.perf_counter()
     try:
         builder = trt.Builder(logger)

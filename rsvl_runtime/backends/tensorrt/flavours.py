@@ -94,14 +94,32 @@ def can_build(name: str, device: int = 0) -> tuple[bool, str]:
     except TensorRTUnavailable as e:
         return False, str(e)
     version = str(trt.__version__)
+    gpu = probe.gpu_info(device)
     if f.builds_without_gpu:
-        gpu = probe.gpu_info(device)
         where = f"on {gpu}" if gpu else "ahead-of-time on the CPU (no GPU needed)"
         return True, f"{f.name} {version}, {where}"
-    gpu = probe.gpu_info(device)
     if gpu is None:
         return False, f"{f.name} {version} is installed but needs an NVIDIA GPU to build ({probe.describe_machine(device)})"
     return True, f"{f.name} {version} on {gpu}"
+
+
+def error_logger(trt: Any, forward: bool = False) -> Any:
+    """A ``trt.ILogger`` that keeps the errors (``.errors``) for one-line messages; with ``forward``
+    it also passes every message to logging (errors as errors, the rest at debug level)."""
+
+    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            error = severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR)
+            if error:
+                self.errors.append(msg)
+            if forward:
+                log.log(logging.ERROR if error else logging.DEBUG, "%s: %s", trt.__name__, msg)
+
+    return _Logger()
 
 
 def choose_flavour(requested: str, device: int = 0) -> tuple[str | None, str]:
@@ -136,6 +154,7 @@ __all__ = [
     "TensorRTUnavailable",
     "can_build",
     "choose_flavour",
+    "error_logger",
     "flavour",
     "import_flavour",
     "installed_version",

@@ -19,7 +19,7 @@ from typing import Any
 
 from ...bundle import BundleError
 from . import probe
-from .flavours import TensorRTUnavailable, flavour, import_flavour
+from .flavours import TensorRTUnavailable, error_logger, flavour, import_flavour
 from .profiles import rebuild_hint
 
 log = logging.getLogger("rsvl.tensorrt")
@@ -61,19 +61,6 @@ class EngineCheck:
                 f"{'/'.join(self.targets) or 'unknown'})")
 
 
-def _capture_logger(trt: Any) -> Any:
-    class _Capture(trt.ILogger):  # type: ignore[misc, name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.messages: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
-                self.messages.append(msg)
-
-    return _Capture()
-
-
 def _cuda_message(messages: list[str]) -> str:
     """The informative part of TensorRT's CUDA error ("cudaError 35: CUDA driver version is ...")."""
     for m in messages:
@@ -88,13 +75,13 @@ def library_validity(trt: Any, engine_path: Path) -> tuple[str, list[str], str]:
     ``Runtime.get_engine_validity`` on the engine's header; ``UNKNOWN`` where the library has none."""
     if not hasattr(trt.Runtime, "get_engine_validity"):
         return "UNKNOWN", [], ""
-    logger = _capture_logger(trt)
+    logger = error_logger(trt)
     with open(engine_path, "rb") as fh:
         header = fh.read(HEADER_BYTES)
     validity, bits = trt.Runtime(logger).get_engine_validity(header)
     diags = [text for name, text in _DIAGNOSTICS.items()
              if int(bits) & int(getattr(trt.EngineInvalidityDiagnostics, name, 0))]
-    return str(getattr(validity, "name", validity)), diags, _cuda_message(logger.messages)
+    return str(getattr(validity, "name", validity)), diags, _cuda_message(logger.errors)
 
 
 def check_engine(engine_path: str | os.PathLike[str], meta: Mapping[str, Any], device: int = 0) -> EngineCheck:
