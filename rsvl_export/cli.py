@@ -30,6 +30,11 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tsmnet-tiny", help="registry model: " + ", ".join(_model_names()))
     p.add_argument("--checkpoint", help="rsvl-train checkpoint (.safetensors with its .json); default: the "
                                         "registry's shipped weights, or random with a warning")
+    p.add_argument("--checkpoint-format", choices=("rsvl", "official"), default="rsvl",
+                   help="--checkpoint key layout: rsvl (rsvl-train) or official (the authors' released weights)")
+    p.add_argument("--pretrained", default=None, metavar="PATH",
+                   help="local pretrained weights for the backbones/text encoder (open_clip CLIP checkpoint or "
+                        "OpenAI .pt, timm Swin .safetensors/.pth, HF BERT folder)")
     p.add_argument("--out", help="bundle folder (default bundles/MODEL-PRECISION)")
     p.add_argument("--tile", type=int, help="tile size H=W of the image graph (default: the model's)")
     p.add_argument("--overlap", type=float, default=0.25, help="default tile overlap recorded in the bundle")
@@ -138,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .pipeline import ExportOptions, ParityFailure, export_bundle
 
-    opts = ExportOptions(model=args.model, checkpoint=args.checkpoint, out=args.out, tile=args.tile,
+    opts = ExportOptions(model=args.model, checkpoint=args.checkpoint, checkpoint_format=args.checkpoint_format,
+                         pretrained=args.pretrained, out=args.out, tile=args.tile,
                          overlap=args.overlap, max_batch=args.max_batch, max_vocab=args.max_vocab,
                          precision=args.precision, engine=args.engine, opset=args.opset, modalities=mods,
                          allow_parity_failure=args.allow_parity_failure, include_weights=not args.no_weights,

@@ -36,6 +36,8 @@ EXTRA_NAMES = ["river", "lake", "forest", "grassland", "parking lot", "bridge", 
 class ExportOptions:
     model: str = "tsmnet-tiny"
     checkpoint: str | None = None
+    checkpoint_format: str = "rsvl"  # "rsvl" (rsvl-train) | "official" (the paper authors' release)
+    pretrained: str | None = None  # local pretrained backbone/text weights (open_clip, timm, HF)
     out: str | None = None
     tile: int | None = None
     overlap: float = 0.25

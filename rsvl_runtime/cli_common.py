@@ -52,6 +52,20 @@ def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
                         "range, e.g. linear intensities (0..1) given as db are refused")
     p.add_argument("--no-sar-check", action="store_true",
                    help="run even when the SAR values look implausible for --sar-units (logged as a warning)")
+    p.add_argument("--sensor", default=None,
+                   help="preset bands and scaling of a known product (see rsvl_runtime/sensors.py)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="optical values are multiplied by this (e.g. 0.0001 for Sentinel-2 L2A reflectance)")
+    p.add_argument("--offset", type=float, default=None, help="added to the optical values after --scale")
+    p.add_argument("--stretch", default=None, metavar="pLOW,pHIGH",
+                   help="percentile stretch of the optical bands to 0..1, computed once per scene, e.g. p2,p98")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="pixels whose best class score is below this are labelled 'unclassified'")
+    p.add_argument("--vector", choices=("gpkg", "geojson"), default=None,
+                   help="also write class polygons (vectors.gpkg or vectors.geojson)")
+    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this (m²)")
+    p.add_argument("--simplify", type=float, default=None, help="polygon simplification tolerance (CRS units)")
+    p.add_argument("--no-stac", action="store_true", help="skip the STAC item item.json")
     p.add_argument("--no-scores", action="store_true", help="skip scores.tif")
     p.add_argument("--no-cog", action="store_true",
                    help="keep tiled GeoTIFFs with overviews but skip the COG rewrite (faster on huge scenes)")
@@ -66,6 +80,19 @@ def parse_bands(text: str | None, flag: str = "--bands") -> list[int] | None:
         return [int(b) for b in str(text).split(",") if b.strip()]
     except ValueError:
         raise ValueError(f"{flag} {text!r}: give 1-based band indexes separated by commas, e.g. 3,2,1") from None
+
+
+def parse_stretch(text: str | None) -> tuple[float, float] | None:
+    """``"p2,p98"`` (or ``"2,98"``) -> ``(2.0, 98.0)``; None for no value."""
+    if not text:
+        return None
+    try:
+        low, high = (float(v.strip().lstrip("pP")) for v in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"--stretch {text!r}: give two percentiles, e.g. --stretch p2,p98") from None
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"--stretch {text!r}: need 0 <= low < high <= 100, e.g. --stretch p2,p98")
+    return low, high
 
 
 def vocabulary(args: argparse.Namespace) -> Any:
@@ -90,6 +117,11 @@ def scene_options(args: argparse.Namespace) -> dict[str, Any]:
         "sar_units": getattr(args, "sar_units", None), "write_scores": not getattr(args, "no_scores", False),
         "cog": False if getattr(args, "no_cog", False) else None,
         "sar_check": not getattr(args, "no_sar_check", False), "progress": False,
+        "sensor": getattr(args, "sensor", None), "scale": getattr(args, "scale", None),
+        "offset": getattr(args, "offset", None), "stretch": parse_stretch(getattr(args, "stretch", None)),
+        "min_score": getattr(args, "threshold", None), "vector": getattr(args, "vector", None),
+        "min_area_m2": getattr(args, "min_area", None) or None, "simplify": getattr(args, "simplify", None),
+        "stac": False if getattr(args, "no_stac", False) else None,
     }
     if nodata is not None or sar_nodata is not None:
         opts["nodata"] = {"optical": nodata, "sar": sar_nodata}

@@ -32,6 +32,10 @@ class InputOptions:
     bundle's band order (None: the raster's own). ``nodata``: value for rasters that declare
     none (a float, or ``{"optical": v, "sar": v}``). ``sar_units``: ``"db"``/``"linear"`` (None:
     the bundle's). ``sar_check=False`` turns an implausible-SAR-units refusal into a warning.
+    ``sensor``: a preset of bands and scaling for a known product (``rsvl_runtime.sensors``).
+    ``scale``/``offset``: optical values become ``value * scale + offset`` (e.g. 0.0001 for
+    Sentinel-2 L2A reflectance), in place of the bundle's ``1 / spec.scale``. ``stretch``:
+    ``(low, high)`` percentiles mapped to 0..1, computed once per scene from a decimated read.
     """
 
     optical_spec: Mapping[str, Any] | None = None
@@ -41,6 +45,10 @@ class InputOptions:
     sar_bands: tuple[int, ...] | None = None
     nodata: NodataArg = None
     sar_check: bool = True
+    sensor: str | None = None
+    scale: float | None = None
+    offset: float | None = None
+    stretch: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bands", _int_tuple(self.bands))
@@ -82,6 +90,10 @@ class SceneOptions:
     reads it once per process, so it applies when this is the first GDAL use; otherwise set
     ``GDAL_CACHEMAX`` in the environment); None keeps GDAL's default (5 % of RAM).
     ``bundle_info`` is shown in the report and is part of the resume signature.
+    ``min_score``: pixels whose best class score is below it are labelled "unclassified".
+    ``vector``: also write class polygons (``"gpkg"`` or ``"geojson"``, :mod:`rsvl_runtime.vectors`);
+    ``min_area_m2`` drops smaller polygons, ``simplify`` is a simplification tolerance in CRS units.
+    ``stac``: write the STAC item ``item.json`` describing the run (:mod:`rsvl_runtime.stac`).
     """
 
     class_names: tuple[str, ...]
@@ -99,6 +111,11 @@ class SceneOptions:
     progress: bool = True
     gdal_cache_mb: int | None = 128
     bundle_info: Mapping[str, Any] | None = None
+    min_score: float | None = None
+    vector: str | None = None
+    min_area_m2: float = 0.0
+    simplify: float | None = None
+    stac: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(self.class_names))
@@ -119,7 +136,7 @@ class SceneOptions:
 
     def check(self) -> list[tuple[int, int, int]]:
         """Refuse impossible options; returns the palette (one RGB colour per class)."""
-        from .outputs import default_colors
+        from .colours import default_colors
 
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")

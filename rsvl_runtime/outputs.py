@@ -22,17 +22,12 @@ result stays untouched until then; :func:`is_complete` tells a finished folder f
 
 from __future__ import annotations
 
-import base64
-import colorsys
 import datetime as _dt
-import html
-import io
 import json
 import os
 import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +37,10 @@ import rasterio.shutil
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from .files import atomic_open, atomic_write_text
+from .files import atomic_write_text
 from .transaction import DISK_RESERVE_BYTES, disk_full, no_space_error
 
 PathLike = str | os.PathLike[str]
-Color = tuple[int, int, int]
 
 LABELS = "labels.tif"
 SCORES = "scores.tif"
@@ -60,7 +54,6 @@ DONE_FORMAT = "rsvl-outputs/1"
 LABEL_NODATA = 255
 SCORE_NODATA = 0
 BLOCK = 512
-NODATA_COLOR: Color = (0, 0, 0)
 
 
 # ----------------------------------------------------------------------------- atomic staging
@@ -303,203 +296,12 @@ def estimate_output_bytes(width: int, height: int, bands: int) -> int:
     return int(width * height * bands * ESTIMATE_FRACTION) + (1 << 20)
 
 
-# ----------------------------------------------------------------------------- class statistics
-def default_colors(n: int) -> list[Color]:
-    """``n`` distinguishable colours (golden-angle hues)."""
-    out = []
-    for i in range(n):
-        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.95)
-        out.append((int(r * 255), int(g * 255), int(b * 255)))
-    return out
-
-
-@dataclass
-class ClassStats:
-    """Running pixel counts and ground areas per class id (255 = nodata)."""
-
-    n_classes: int
-    pixels: np.ndarray = field(init=False)
-    area_m2: np.ndarray = field(init=False)
-    nodata_pixels: int = 0
-    nodata_area_m2: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.pixels = np.zeros(self.n_classes, np.int64)
-        self.area_m2 = np.zeros(self.n_classes, np.float64)
-
-    def update(self, labels: np.ndarray, row_areas: np.ndarray) -> None:
-        """Add ``labels [n, W]`` (uint8) whose rows have per-pixel areas ``row_areas [n]`` m²."""
-        flat = labels.ravel()
-        weights = np.repeat(np.asarray(row_areas, np.float64), labels.shape[1])
-        counts = np.bincount(flat, minlength=256)
-        areas = np.bincount(flat, weights=weights, minlength=256)
-        self.pixels += counts[:self.n_classes]
-        self.area_m2 += areas[:self.n_classes]
-        self.nodata_pixels += int(counts[LABEL_NODATA])
-        self.nodata_area_m2 += float(areas[LABEL_NODATA])
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able state (floats round-trip exactly)."""
-        return {"pixels": self.pixels.tolist(), "area_m2": self.area_m2.tolist(),
-                "nodata_pixels": self.nodata_pixels, "nodata_area_m2": self.nodata_area_m2}
-
-    @classmethod
-    def from_dict(cls, n_classes: int, doc: Mapping[str, Any]) -> ClassStats:
-        """Inverse of :meth:`to_dict` (ValueError when it does not fit ``n_classes``)."""
-        st = cls(n_classes)
-        st.pixels = np.asarray(doc["pixels"], np.int64)
-        st.area_m2 = np.asarray(doc["area_m2"], np.float64)
-        if st.pixels.shape != (n_classes,) or st.area_m2.shape != (n_classes,):
-            raise ValueError("class statistics of another vocabulary size")
-        st.nodata_pixels, st.nodata_area_m2 = int(doc["nodata_pixels"]), float(doc["nodata_area_m2"])
-        return st
-
-    @property
-    def valid_area_m2(self) -> float:
-        return float(self.area_m2.sum())
-
-    def table(self, class_names: Sequence[str], colors: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
-        """Per class: ``id, name, color, pixels, area_m2, fraction`` (fraction of the valid area)."""
-        total = self.valid_area_m2
-        return [{"id": i, "name": str(class_names[i]), "color": [int(c) for c in colors[i]],
-                 "pixels": int(self.pixels[i]), "area_m2": float(self.area_m2[i]),
-                 "fraction": float(self.area_m2[i] / total) if total > 0 else 0.0}
-                for i in range(self.n_classes)]
-
-
-def write_classes_json(path: PathLike, table: Sequence[Mapping[str, Any]], stats: ClassStats,
-                       crs: str | None) -> None:
-    """Write the class table (plus valid/nodata totals) as JSON, atomically."""
-    doc = {"classes": list(table), "valid_pixels": int(stats.pixels.sum()),
-           "valid_area_m2": stats.valid_area_m2, "nodata_pixels": stats.nodata_pixels,
-           "nodata_area_m2": stats.nodata_area_m2, "crs": crs,
-           "area_note": "areas in square metres (geographic CRS: per-row spherical approximation)"}
-    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
-
-
-# ----------------------------------------------------------------------------- preview
-def _palette(colors: Sequence[Sequence[int]]) -> np.ndarray:
-    lut = np.zeros((256, 3), np.uint8)
-    for i, c in enumerate(colors[:255]):
-        lut[i] = [int(v) for v in c[:3]]
-    lut[LABEL_NODATA] = NODATA_COLOR
-    return lut
-
-
-def read_decimated(path: PathLike, max_size: int = 1024) -> np.ndarray:
-    """Band 1 of a raster at most ``max_size`` px on the long side (nearest; uses overviews)."""
-    with rasterio.open(path) as ds:
-        scale = max(ds.width, ds.height) / max_size
-        if scale <= 1:
-            return ds.read(1)
-        shape = (max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
-        return ds.read(1, out_shape=shape, resampling=Resampling.nearest)
-
-
-def render_preview(labels: np.ndarray, colors: Sequence[Sequence[int]], class_names: Sequence[str],
-                   fractions: Sequence[float] | None = None) -> Any:
-    """Colour-map ``labels [h, w]`` and add a legend strip below it; returns a Pillow RGB image."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    rgb = _palette(colors)[labels]
-    img = Image.fromarray(rgb, "RGB")
-    font = ImageFont.load_default()
-    entries = [f"{n}" + (f"  {100 * fractions[i]:.1f}%" if fractions is not None else "")
-               for i, n in enumerate(class_names)]
-    if np.any(labels == LABEL_NODATA):
-        entries.append("nodata")
-    width = max(img.width, 320)
-    col_w = 200
-    cols = max(1, width // col_w)
-    row_h = 18
-    legend_h = 8 + row_h * (-(-len(entries) // cols))
-    canvas = Image.new("RGB", (width, img.height + legend_h), (255, 255, 255))
-    canvas.paste(img, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for i, text in enumerate(entries):
-        x = 6 + (i % cols) * col_w
-        y = img.height + 6 + (i // cols) * row_h
-        color = tuple(int(v) for v in (colors[i][:3] if i < len(class_names) else NODATA_COLOR))
-        draw.rectangle([x, y, x + 12, y + 12], fill=color, outline=(60, 60, 60))
-        draw.text((x + 18, y), text, fill=(0, 0, 0), font=font)
-    return canvas
-
-
-def write_preview(labels_path: PathLike, out_path: PathLike, colors: Sequence[Sequence[int]],
-                  class_names: Sequence[str], fractions: Sequence[float] | None = None,
-                  max_size: int = 1024) -> bytes:
-    """Render the preview of a labels raster and write it as PNG (atomically); returns the PNG bytes."""
-    img = render_preview(read_decimated(labels_path, max_size), colors, class_names, fractions)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    data = buf.getvalue()
-    _atomic_write_bytes(out_path, data)
-    return data
-
-
-def _atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-    os.chmod(path, file_mode())
-
-
-# ----------------------------------------------------------------------------- report
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td.l,th.l{text-align:left}.sw{display:inline-block;width:14px;height:14px;
-border:1px solid #555;vertical-align:middle}pre{background:#f7f7f7;padding:8px;overflow:auto}
-img{max-width:100%;border:1px solid #ccc}"""
-
-
-def _kv_table(items: Mapping[str, Any]) -> str:
-    rows = "".join(f"<tr><th class=l>{html.escape(str(k))}</th><td class=l>{html.escape(_fmt(v))}</td></tr>"
-                   for k, v in items.items())
-    return f"<table>{rows}</table>"
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v, default=str)
-    return str(v)
-
-
-def render_report(*, title: str, preview_png: bytes, table: Sequence[Mapping[str, Any]],
-                  timings: Mapping[str, Any], inputs: Mapping[str, Any], raster: Mapping[str, Any],
-                  bundle_info: Mapping[str, Any] | None = None) -> str:
-    """Self-contained HTML report: preview (base64), legend/area table, raster info, inputs,
-    timings and bundle information."""
-    b64 = base64.b64encode(preview_png).decode("ascii")
-    rows = []
-    for c in table:
-        r, g, b = c["color"]
-        rows.append(
-            f"<tr><td class=l><span class=sw style='background:rgb({r},{g},{b})'></span></td>"
-            f"<td>{c['id']}</td><td class=l>{html.escape(str(c['name']))}</td><td>{c['pixels']}</td>"
-            f"<td>{c['area_m2']:.1f}</td><td>{c['area_m2'] / 1e6:.4f}</td><td>{100 * c['fraction']:.2f}%</td></tr>")
-    classes = ("<table><tr><th class=l>colour</th><th>id</th><th class=l>class</th><th>pixels</th>"
-               "<th>area m²</th><th>area km²</th><th>fraction</th></tr>" + "".join(rows) + "</table>")
-    bundle = (f"<h2>Model bundle</h2><pre>{html.escape(json.dumps(bundle_info, indent=2, default=str))}</pre>"
-              if bundle_info else "")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<img alt='preview' src='data:image/png;base64,{b64}'>"
-            f"<h2>Classes</h2>{classes}<h2>Raster</h2>{_kv_table(raster)}"
-            f"<h2>Inputs</h2>{_kv_table(inputs)}<h2>Timings</h2>{_kv_table(timings)}{bundle}"
-            f"<p><small>generated {html.escape(_now())} by rsvl_runtime</small></p></body></html>\n")
-
-
-def write_report(path: PathLike, **kwargs: Any) -> None:
-    """:func:`render_report` written atomically to ``path``."""
-    atomic_write_text(path, render_report(**kwargs))
-
-
-def _now() -> str:
+# ----------------------------------------------------------------------------- done marker
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-# ----------------------------------------------------------------------------- done marker
 def clear_done(out_dir: PathLike) -> None:
     """Remove the completion marker (marks a folder incomplete; runs no longer call this: they
     replace the whole folder when done)."""
@@ -509,7 +311,7 @@ def clear_done(out_dir: PathLike) -> None:
 def write_done(out_dir: PathLike, outputs: Mapping[str, PathLike], info: Mapping[str, Any]) -> Path:
     """Write ``done.json`` LAST: the outputs (name -> bytes) plus ``info`` (timings, inputs, ...)."""
     out_dir = Path(out_dir)
-    doc = {"format": DONE_FORMAT, "complete": True, "finished_at": _now(),
+    doc = {"format": DONE_FORMAT, "complete": True, "finished_at": utc_now(),
            "outputs": {name: {"bytes": Path(p).stat().st_size} for name, p in outputs.items()},
            **dict(info)}
     path = out_dir / DONE

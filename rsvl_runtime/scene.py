@@ -35,8 +35,10 @@ import rasterio
 
 from . import outputs as out
 from . import resume
+from .classes import ClassStats, write_classes_json
 from .options import TASKS, InputOptions, NodataArg, SceneOptions
 from .postprocess import labels_and_scores, softmax
+from .preview import write_preview
 from .raster_io import pixel_area_m2
 from .reading import (
     Batch,
@@ -48,6 +50,7 @@ from .reading import (
     iter_scene_items,
     prepare_sources,
 )
+from .report import write_report
 from .sink import Blender, OutputSpec, SceneWriters, open_writers
 from .tiling import TileGrid
 from .transaction import OutputTransaction, disk_full, is_no_space, no_space_error
@@ -162,6 +165,8 @@ class SceneRun:
             "inputs": {m.modality: resume.input_fingerprint(m.path) for m in mods},
             "bands": {m.modality: list(m.bands) for m in mods}, "nodata": {m.modality: m.nodata for m in mods},
             "specs": [self.sources.optical_spec, self.sources.sar_spec], "sar_units": self.sources.sar_units,
+            "scaling": {k: getattr(self.options.inputs, k) for k in ("sensor", "scale", "offset", "stretch")},
+            "min_score": self.options.min_score,
             "outputs": asdict(self.spec), "tiling": self.options.tiling, "window": self.options.window,
             "bundle": {k: v for k, v in (self.options.bundle_info or {}).items() if k != "bundle"}})
 
@@ -194,7 +199,7 @@ class SceneRun:
         stage = out.OutputStage(txn.tmp)
         if cp is not None:
             try:
-                stats = out.ClassStats.from_dict(len(spec.class_names), cp.stats)
+                stats = ClassStats.from_dict(len(spec.class_names), cp.stats)
                 plan = resume.resume_plan(grid, cp.next_strip, self.options.batch)
                 if plan.rows != cp.rows:
                     raise ValueError(f"checkpoint at row {cp.rows} is not a strip boundary of the grid")
@@ -207,7 +212,7 @@ class SceneRun:
                 cp = None
         if cp is None:
             cp = resume.Checkpoint(self.signature, None)  # type: ignore[arg-type]
-            stats = out.ClassStats(len(spec.class_names))
+            stats = ClassStats(len(spec.class_names))
             labels, scores = open_writers(stage, self.ref, spec, None)
             plan = resume.ResumePlan()
         writers = {spec.raster_name: labels, **({out.SCORES: scores} if scores is not None else {})}
@@ -271,8 +276,8 @@ class SceneRun:
         grid, task, class_names, palette = self.grid, self.spec.task, list(self.spec.class_names), self.palette
         crs = self.ref.crs.to_string() if self.ref.crs is not None else None
         table = w.stats.table(class_names, palette)
-        out.write_classes_json(w.stage.temp(out.CLASSES), table, w.stats, crs)
-        png = out.write_preview(w.stage.path(self.spec.raster_name), w.stage.temp(out.PREVIEW), palette,
+        write_classes_json(w.stage.temp(out.CLASSES), table, w.stats, crs)
+        png = write_preview(w.stage.path(self.spec.raster_name), w.stage.temp(out.PREVIEW), palette,
                                 class_names, [c["fraction"] for c in table])
         assert self.hasher is not None
         inputs = self.hasher.records()
@@ -283,7 +288,7 @@ class SceneRun:
         raster = {"size": f"{grid.width} x {grid.height} px", "crs": crs or "none",
                   "transform": list(self.ref.transform)[:6], "task": task, **self.options.tiling,
                   "tiles": grid.n_tiles}
-        out.write_report(w.stage.temp(out.REPORT), title=f"rsvl — {Path(self.sources.reference.path).name}",
+        write_report(w.stage.temp(out.REPORT), title=f"rsvl — {Path(self.sources.reference.path).name}",
                          preview_png=png, table=table, timings=timings,
                          inputs={k: v["path"] for k, v in inputs.items()}, raster=raster,
                          bundle_info=self.options.bundle_info)

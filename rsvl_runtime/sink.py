@@ -21,6 +21,7 @@ from rasterio.enums import Resampling
 
 from . import outputs as out
 from . import resume
+from .classes import ClassStats
 from .options import SceneOptions
 from .postprocess import labels_and_scores
 from .tiling import FinishedRows, RowAccumulator, Tile, TileGrid, blend_window
@@ -62,7 +63,7 @@ class SceneWriters:
     stage: out.OutputStage
     labels: out.GeoTiffRowWriter
     scores: out.GeoTiffRowWriter | None
-    stats: out.ClassStats
+    stats: ClassStats
     plan: resume.ResumePlan
     checkpointer: resume.Checkpointer
 

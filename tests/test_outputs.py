@@ -14,6 +14,10 @@ from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 
 from rsvl_runtime import outputs as out
+from rsvl_runtime.classes import ClassStats, write_classes_json
+from rsvl_runtime.colours import NODATA_COLOR, default_colors
+from rsvl_runtime.preview import write_preview
+from rsvl_runtime.report import write_report
 
 from ._runtime_rasters import CRS
 
@@ -90,7 +94,7 @@ def test_stage_commit_and_discard(tmp_path: Path) -> None:
 
 
 def test_class_stats_table() -> None:
-    s = out.ClassStats(3)
+    s = ClassStats(3)
     labels = np.array([[0, 1, 255], [2, 2, 1]], np.uint8)
     s.update(labels, np.array([100.0, 50.0]))
     t = s.table(["water", "forest", "urban"], [(0, 0, 255), (0, 255, 0), (255, 0, 0)])
@@ -103,9 +107,9 @@ def test_class_stats_table() -> None:
 
 
 def test_classes_json(tmp_path: Path) -> None:
-    s = out.ClassStats(2)
+    s = ClassStats(2)
     s.update(np.array([[0, 1]], np.uint8), np.array([4.0]))
-    out.write_classes_json(tmp_path / "classes.json", s.table(["a", "b"], out.default_colors(2)), s, "EPSG:32633")
+    write_classes_json(tmp_path / "classes.json", s.table(["a", "b"], default_colors(2)), s, "EPSG:32633")
     doc = json.loads((tmp_path / "classes.json").read_text())
     assert doc["valid_area_m2"] == 8.0 and doc["classes"][1]["name"] == "b" and doc["crs"] == "EPSG:32633"
 
@@ -114,19 +118,19 @@ def test_preview_is_downsampled_with_legend(tmp_path: Path) -> None:
     data = (np.arange(3000)[None, None, :] // 1000 * np.ones((1, 400, 1))).astype(np.uint8)
     data[:, :10] = 255
     p = _write(tmp_path / "labels.tif", data, [400], cog=False)
-    png = out.write_preview(p, tmp_path / "preview.png", [(255, 0, 0), (0, 255, 0), (0, 0, 255)],
+    png = write_preview(p, tmp_path / "preview.png", [(255, 0, 0), (0, 255, 0), (0, 0, 255)],
                             ["r", "g", "b"], [0.3, 0.3, 0.4])
     img = Image.open(tmp_path / "preview.png")
     assert img.width <= 1024 and img.height > 1024 * 400 / 3000  # image + legend strip
     arr = np.asarray(img)
     assert tuple(arr[50, 10]) == (255, 0, 0) and tuple(arr[50, img.width - 10]) == (0, 0, 255)
-    assert tuple(arr[0, 10]) == out.NODATA_COLOR
+    assert tuple(arr[0, 10]) == NODATA_COLOR
     assert png == (tmp_path / "preview.png").read_bytes()
 
 
 def test_report_self_contained(tmp_path: Path) -> None:
     table = [{"id": 0, "name": "<water>", "color": [0, 0, 255], "pixels": 3, "area_m2": 300.0, "fraction": 1.0}]
-    out.write_report(tmp_path / "r.html", title="t", preview_png=b"\x89PNGfake", table=table,
+    write_report(tmp_path / "r.html", title="t", preview_png=b"\x89PNGfake", table=table,
                      timings={"total_s": 1.5}, inputs={"optical": "/x/o.tif"},
                      raster={"crs": "EPSG:32633"}, bundle_info={"model": "tsmnet-tiny"})
     text = (tmp_path / "r.html").read_text()
