@@ -93,6 +93,7 @@ class SceneOptions:
     ``min_score``: pixels whose best class score is below it are labelled "unclassified".
     ``vector``: also write class polygons (``"gpkg"`` or ``"geojson"``, :mod:`rsvl_runtime.vectors`);
     ``min_area_m2`` drops smaller polygons, ``simplify`` is a simplification tolerance in CRS units.
+    ``vocabulary``: per class ``{"name", "synonyms", "color", "prompts"}`` for the report.
     ``stac``: write the STAC item ``item.json`` describing the run (:mod:`rsvl_runtime.stac`).
     """
 
@@ -116,11 +117,14 @@ class SceneOptions:
     min_area_m2: float = 0.0
     simplify: float | None = None
     stac: bool = True
+    vocabulary: tuple[Mapping[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(self.class_names))
         if self.colors is not None:
             object.__setattr__(self, "colors", tuple(tuple(c) for c in self.colors))
+        if self.vocabulary is not None:
+            object.__setattr__(self, "vocabulary", tuple(dict(v) for v in self.vocabulary))
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> SceneOptions:

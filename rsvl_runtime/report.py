@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .files import atomic_write_text
+from .finished import FinishedRun
 from .outputs import utc_now
 
 PathLike = str | os.PathLike[str]
@@ -63,7 +64,9 @@ def render_report(*, title: str, preview_png: bytes, table: Sequence[Mapping[str
             f"<p><small>generated {html.escape(utc_now())} by rsvl_runtime</small></p></body></html>\n")
 
 
-def write_report(path: PathLike, **kwargs: Any) -> None:
-    """:func:`render_report` written atomically to ``path``."""
-    atomic_write_text(path, render_report(**kwargs))
+def write_report(path: PathLike, run: FinishedRun, preview_png: bytes) -> None:
+    """The report of a finished run (:func:`render_report`), written atomically to ``path``."""
+    atomic_write_text(path, render_report(title=run.title, preview_png=preview_png, table=run.class_table,
+                                          timings=run.timings, inputs={k: v["path"] for k, v in run.inputs.items()},
+                                          raster=run.raster, bundle_info=run.bundle_info))
 

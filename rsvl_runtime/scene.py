@@ -36,6 +36,7 @@ import rasterio
 from . import outputs as out
 from . import resume
 from .classes import ClassStats, write_classes_json
+from .finished import FinishedRun
 from .options import TASKS, InputOptions, NodataArg, SceneOptions
 from .postprocess import labels_and_scores, softmax
 from .preview import write_preview
@@ -270,17 +271,16 @@ class SceneRun:
                 **sunk}
 
     def _finish(self, w: SceneWriters) -> SceneResult:
-        """Class table, preview and report into the stage, commit them in the temporary folder,
-        done.json, then swap the folder in."""
+        """Class table, preview, report (and polygons, STAC item when asked) into the stage,
+        commit them in the temporary folder, done.json, then swap the folder in."""
         t0 = time.perf_counter()
         grid, task, class_names, palette = self.grid, self.spec.task, list(self.spec.class_names), self.palette
         crs = self.ref.crs.to_string() if self.ref.crs is not None else None
         table = w.stats.table(class_names, palette)
         write_classes_json(w.stage.temp(out.CLASSES), table, w.stats, crs)
         png = write_preview(w.stage.path(self.spec.raster_name), w.stage.temp(out.PREVIEW), palette,
-                                class_names, [c["fraction"] for c in table])
+                            class_names, [c["fraction"] for c in table])
         assert self.hasher is not None
-        inputs = self.hasher.records()
         seconds = time.perf_counter() - self.t_start
         timings = {**self.timings, "total_s": seconds,
                    "tiles_per_s": grid.n_tiles / seconds if seconds > 0 else 0.0,
@@ -288,13 +288,24 @@ class SceneRun:
         raster = {"size": f"{grid.width} x {grid.height} px", "crs": crs or "none",
                   "transform": list(self.ref.transform)[:6], "task": task, **self.options.tiling,
                   "tiles": grid.n_tiles}
-        write_report(w.stage.temp(out.REPORT), title=f"rsvl — {Path(self.sources.reference.path).name}",
-                         preview_png=png, table=table, timings=timings,
-                         inputs={k: v["path"] for k, v in inputs.items()}, raster=raster,
-                         bundle_info=self.options.bundle_info)
+        run = FinishedRun(title=f"rsvl — {Path(self.sources.reference.path).name}", task=task,
+                          out_dir=self.out_dir, stage=w.stage, raster_name=self.spec.raster_name,
+                          class_table=table, stats=w.stats, palette=palette, crs=crs,
+                          transform=self.ref.transform, width=grid.width, height=grid.height,
+                          options=self.options, sources=self.sources, raster=raster, timings=timings)
+        if self.options.vector:
+            from .vectors import write_vectors
+
+            write_vectors(run)
+        run.inputs = self.hasher.records()
+        write_report(w.stage.temp(out.REPORT), run, preview_png=png)
+        if self.options.stac:
+            from .stac import write_stac_item
+
+            write_stac_item(run)
         timings["reports_s"] = time.perf_counter() - t0
         committed = w.stage.commit()
-        out.write_done(w.stage.out_dir, committed, {"task": task, "timings": timings, "inputs": inputs,
+        out.write_done(w.stage.out_dir, committed, {"task": task, "timings": timings, "inputs": run.inputs,
                                                     "raster": raster, "class_names": class_names})
         self.txn.commit()
         out_dir = self.out_dir

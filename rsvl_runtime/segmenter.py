@@ -37,6 +37,7 @@ from .vocabulary import (
     prompts_for,
     text_signature,
     vocabulary_key,
+    vocabulary_to_json,
 )
 
 log = logging.getLogger("rsvl.runtime")
@@ -176,6 +177,12 @@ class Segmenter(_BundleModel):
         self.classes, self.text_emb = vocab, emb.astype(np.float32)
         return vocab
 
+    def vocabulary_info(self) -> list[dict[str, Any]]:
+        """Per class: name, synonyms, colour and the prompts its embedding averages (the report)."""
+        texts, owner = prompts_for(self.classes, self.templates)
+        return [{**v, "prompts": [t for t, o in zip(texts, owner) if o == i]}
+                for i, v in enumerate(vocabulary_to_json(self.classes))]
+
     def _bundle_cache(self, vocab: list[VocabClass]) -> np.ndarray | None:
         rel = self.bundle.meta.vocab_cache
         if not rel:
@@ -284,7 +291,8 @@ class Segmenter(_BundleModel):
 
         self._check_mode(optical_path is not None, sar_path is not None)
         opts = self.scene_options(options, class_names=[c.name for c in self.classes],
-                                  colors=[c.color for c in self.classes], bundle_info=self.info())
+                                  colors=[c.color for c in self.classes], bundle_info=self.info(),
+                                  vocabulary=self.vocabulary_info())
         preflight(optical_path, sar_path, opts.inputs)
         self._check_tile(opts.tile)
         return run_scene(self.predict_logits, str(optical_path) if optical_path else None,

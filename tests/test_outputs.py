@@ -17,7 +17,7 @@ from rsvl_runtime import outputs as out
 from rsvl_runtime.classes import ClassStats, write_classes_json
 from rsvl_runtime.colours import NODATA_COLOR, default_colors
 from rsvl_runtime.preview import write_preview
-from rsvl_runtime.report import write_report
+from rsvl_runtime.report import render_report
 
 from ._runtime_rasters import CRS
 
@@ -130,10 +130,9 @@ def test_preview_is_downsampled_with_legend(tmp_path: Path) -> None:
 
 def test_report_self_contained(tmp_path: Path) -> None:
     table = [{"id": 0, "name": "<water>", "color": [0, 0, 255], "pixels": 3, "area_m2": 300.0, "fraction": 1.0}]
-    write_report(tmp_path / "r.html", title="t", preview_png=b"\x89PNGfake", table=table,
-                     timings={"total_s": 1.5}, inputs={"optical": "/x/o.tif"},
-                     raster={"crs": "EPSG:32633"}, bundle_info={"model": "tsmnet-tiny"})
-    text = (tmp_path / "r.html").read_text()
+    text = render_report(title="t", preview_png=b"\x89PNGfake", table=table, timings={"total_s": 1.5},
+                         inputs={"optical": "/x/o.tif"}, raster={"crs": "EPSG:32633"},
+                         bundle_info={"model": "tsmnet-tiny"})
     assert base64.b64encode(b"\x89PNGfake").decode() in text
     assert "&lt;water&gt;" in text and "<water>" not in text
     assert "tsmnet-tiny" in text and "/x/o.tif" in text and "EPSG:32633" in text
