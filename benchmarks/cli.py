@@ -5,7 +5,11 @@
     rsvl-bench --model tsmnet --bundle bundles/tsmnet-fp16 --backends torch-eager,ort-cpu-fp32,ort-opt
 
 Writes OUT/bench.json, OUT/bench.md, OUT/bench.png and prints a table. Without ``--bundle`` the
-model is exported first into OUT/bundle (reused by later runs unless ``--reexport``).
+model is exported first into OUT/bundle (reused by later runs unless ``--reexport``). The same run
+measures the machine's GEMM ceilings (``benchmarks/roofline.py``; ``--no-roofline`` skips it) and
+every row shows its GFLOP/s and % of the matching ceiling.
+
+    rsvl-bench compare OLD/bench.json NEW/bench.json   # flags rows > 10 % slower (exit code 1)
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ def _batches(s: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rsvl_runtime.cli_common import HelpFormatter
+    from rsvl_runtime.logs import add_verbosity_arguments
+
     backends_help = "\n".join(f"  {k:16s} {v}" for k, v in RUNNER_KEYS.items())
     p = argparse.ArgumentParser(
-        prog="rsvl-bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="rsvl-bench", formatter_class=HelpFormatter,
         description="Benchmark one rsvl model's image graph on PyTorch eager/AMP/compile, ONNX Runtime "
                     "(plain, FP16, fused/INT8) and TensorRT, with agreement against eager FP32.",
         epilog=f"backends (--backends, comma separated; groups: {', '.join(GROUPS)}):\n{backends_help}")
@@ -60,24 +67,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not build image.ort.onnx (skips the ort-opt runner unless the bundle has one)")
     p.add_argument("--no-int8", dest="int8", action="store_false", help="ort_optimize: fusions only, no INT8")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP count")
+    p.add_argument("--no-roofline", dest="roofline", action="store_false",
+                   help="skip measuring the machine's GEMM ceilings (no %% of peak in the table)")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the ONNX Runtime per-op-type profile of the image graph")
     p.add_argument("--reexport", action="store_true", help="export again even if OUT/bundle matches")
     p.add_argument("--omp-spin", action="store_true",
                    help="keep OpenMP's default (active) wait policy for PyTorch; by default rsvl-bench sets "
                         "OMP_WAIT_POLICY=PASSIVE when unset, because spinning threads collapse PyTorch CPU "
                         "throughput (measured 40x) when other processes share the cores")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity_arguments(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from .compare import main as compare_main
+
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     if not args.omp_spin and "torch" not in sys.modules:
         # must happen before OpenMP starts (torch import); recorded in bench.json
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # the root logger stays at WARNING: onnxruntime.quantization logs every tensor at INFO on it
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("rsvl").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("rsvl").setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet
+                                       else logging.INFO)
     try:
         from .backends import parse_backends
 
@@ -93,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         backends=backends, threads=args.threads, budget_s=args.budget_s, scene=args.scene,
                         scene_size=args.scene_size, scene_batch=args.scene_batch, text=args.text,
                         ort_optimize=args.ort_optimize, int8=args.int8, flops=args.flops, seed=args.seed,
-                        reexport=args.reexport)
+                        reexport=args.reexport, roofline=args.roofline, profile=args.profile)
     run_benchmark(opts)
     print(f"wrote {args.out}/bench.json, bench.md, bench.png")
     return 0

@@ -1,5 +1,7 @@
 """Writing the results: ``bench.json`` (everything), ``bench.md`` (tables with ratios against
-eager FP32), ``bench.png`` (throughput vs batch per backend) and a rich table on the terminal."""
+eager FP32, achieved GFLOP/s and % of the machine's measured GEMM ceiling, the ceilings with the
+CPU model and flags, the ONNX Runtime per-op-type profile), ``bench.png`` (throughput vs batch
+per backend, and % of the matching ceiling per row) and a rich table on the terminal."""
 
 from __future__ import annotations
 
@@ -69,12 +71,59 @@ def image_table_rows(doc: dict[str, Any]) -> list[list[str]]:
         rows.append([r["label"], str(r["batch"]), r["precision"], _f(r["p50_ms"]), _f(r["p90_ms"]), _f(r["p99_ms"]),
                      _f(r["tiles_per_s"]), _f(r.get("megapixels_per_s"), 3),
                      (_f(r.get("speedup_vs_eager")) + "×") if r.get("speedup_vs_eager") else "–",
-                     _f(peak, 0), cos, arg, rel, _f(r.get("compile_s"), 1) if r.get("compile_s") is not None else ""])
+                     _f(r.get("gflops_per_s"), 1), _pct(r), _f(peak, 0), cos, arg, rel,
+                     _f(r.get("compile_s"), 1) if r.get("compile_s") is not None else ""])
     return rows
 
 
+def _pct(r: dict[str, Any]) -> str:
+    """``12.3 % fp32`` (% of the matching measured ceiling and its class), or –."""
+    p = r.get("percent_of_peak")
+    if p is None:
+        return "–"
+    return f"{p:.1f} % {r.get('ceiling_class', '')}".strip()
+
+
 IMAGE_HEADER = ["backend", "B", "precision", "p50 ms", "p90 ms", "p99 ms", "tiles/s", "MP/s", "× eager",
-                "peak MB", "cosine", "argmax", "maxabs/range", "compile s"]
+                "GFLOP/s", "% peak", "peak MB", "cosine", "argmax", "maxabs/range", "compile s"]
+
+
+def roofline_lines(doc: dict[str, Any]) -> list[str]:
+    """The ceilings section of bench.md: CPU model and flags, every measured GEMM ceiling."""
+    rf = doc.get("roofline")
+    if not rf:
+        return []
+    cpu = rf.get("cpu", {})
+    lines = ["## Machine ceilings (dense GEMM, measured in this run)", "",
+             (f"- CPU: {cpu.get('model')}; VNNI: {'yes' if cpu.get('vnni') else 'no'}; "
+              f"SIMD flags: {' '.join(cpu.get('simd_flags', [])) or '–'}; threads {rf.get('threads')}"),
+             (f"- FLOPs per tile: {_f(doc.get('model', {}).get('gflops_per_tile'), 3)} GFLOP "
+              f"(source: {doc.get('model', {}).get('flops_source')}); each row's `% peak` = its GFLOP/s over the "
+              "best ceiling of its class (INT8 rows vs INT8, CUDA FP16/AMP/TensorRT rows vs FP16, others vs FP32)"),
+             "", _md_table(["ceiling", "class", "device", "engine", "n", "GFLOP/s", "status"],
+                           [[k, c.get("class", ""), c.get("device", ""), c.get("engine", ""), str(c.get("n", "")),
+                             _f(c.get("gflops"), 1), c.get("status", "") if c.get("status") == "ok"
+                             else f"{c.get('status')}: {c.get('reason', '')}"]
+                            for k, c in rf.get("ceilings", {}).items()]), ""]
+    return lines
+
+
+def profile_lines(doc: dict[str, Any]) -> list[str]:
+    """The per-op-type ONNX Runtime profile section of bench.md."""
+    prof = doc.get("ort_profile")
+    if not prof:
+        return []
+    lines = ["## Where the ONNX Runtime image graph spends its time (B=1, per-op-type kernel time)", ""]
+    for name, p in prof.items():
+        if p.get("error"):
+            lines += [f"- {name}: profiling failed: {p['error']}", ""]
+            continue
+        lines += [(f"**{name}**: {_f(p.get('total_ms_per_run'))} ms of kernels per run ({p.get('runs')} runs, "
+                   "profiling on)"), "",
+                  _md_table(["op type", "ms/run", "%", "nodes"],
+                            [[o["op_type"], _f(o["ms_per_run"], 3), _f(o["percent"], 1), str(o["nodes"])]
+                             for o in p.get("ops", [])]), ""]
+    return lines
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -93,7 +142,8 @@ def markdown(doc: dict[str, Any]) -> str:
              f" ({model.get('prompts')} prompts), {'--quick, ' if opts.get('quick') else ''}"
              f"budget {opts.get('budget', {}).get('budget_s')} s per measurement"),
              (f"- model: {model.get('parameters_m')} M parameters, "
-             f"{_f(model.get('gflops_per_tile'), 2)} GFLOP per tile (image graph, torch FlopCounter)"
+             f"{_f(model.get('gflops_per_tile'), 2)} GFLOP per tile (image graph, torch FlopCounterMode; "
+             f"{model.get('flops_source') or 'not counted'})"
              f"; weights {doc.get('bundle', {}).get('weights')} (trained: {doc.get('bundle', {}).get('trained')})"),
              f"- bundle: {doc.get('bundle', {}).get('path')} ({doc.get('bundle', {}).get('source')})",
              *_load_warning(mc),
@@ -102,7 +152,7 @@ def markdown(doc: dict[str, Any]) -> str:
              "the same batch. Agreement is against eager FP32 on the same inputs (cosine of the flattened logits, "
              "fraction of pixels with the same argmax class, max-abs error / logit range). Peak MB = process RSS "
              "high-water during the measurement (includes the loaded reference model), or torch's CUDA peak."),
-             "", _md_table(IMAGE_HEADER, image_table_rows(doc)), ""]
+             "", _md_table(IMAGE_HEADER, image_table_rows(doc)), "", *roofline_lines(doc), *profile_lines(doc)]
     skipped = [r for r in doc.get("image", []) if r.get("status") != "ok"]
     skipped_runners = [(k, v) for k, v in doc.get("runners", {}).items() if v.get("status") != "ok"]
     if skipped or skipped_runners:
@@ -143,13 +193,15 @@ def markdown(doc: dict[str, Any]) -> str:
     text = doc.get("text")
     if text:
         lines += ["## Text graph (vocabulary change)", "",
-                  _md_table(["path", "prompts", "p50 ms", "p90 ms", "prompts/s", "× eager", "min cosine"],
+                  _md_table(["path", "prompts", "p50 ms", "p90 ms", "prompts/s", "× eager", "GFLOP/s", "% peak",
+                             "min cosine"],
                             [[r["label"], str(r["prompts"]), _f(r.get("p50_ms")), _f(r.get("p90_ms")),
                               _f(r.get("prompts_per_s"), 1),
                               (_f(r.get("speedup_vs_eager")) + "×") if r.get("speedup_vs_eager") else "–",
+                              _f(r.get("gflops_per_s"), 1), _pct(r),
                               _f((r.get("agreement") or {}).get("min_vector_cosine"), 6)]
                              if r.get("status") == "ok" else [r["label"], str(r["prompts"]), "error", "", "", "",
-                                                              r.get("reason", "")] for r in text]), ""]
+                                                              "", "", r.get("reason", "")] for r in text]), ""]
     scene = doc.get("scene")
     if scene:
         lines += ["## End-to-end tiled scene (`predict_raster`: read, normalise, infer, blend, write)", ""]
@@ -202,7 +254,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         if r.get("status") == "ok":
             series.setdefault(r["runner"], []).append((r["batch"], r["tiles_per_s"]))
             labels[r["runner"]] = r["label"]
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
+    _peak_bars(doc, ax2)
     markers = "os^vD<>pPX*h"
     for i, (k, pts) in enumerate(series.items()):
         pts.sort()
@@ -229,6 +282,30 @@ def plot(doc: dict[str, Any], path: Path) -> None:
             fig.savefig(f, format="png")
     finally:
         plt.close(fig)
+
+
+def _peak_bars(doc: dict[str, Any], ax: Any) -> None:
+    """Bar chart: % of the matching measured ceiling per (backend, batch) row."""
+    rows = [r for r in doc.get("image", []) if r.get("status") == "ok" and r.get("percent_of_peak") is not None]
+    if not rows:
+        ax.text(0.5, 0.5, "no roofline (no FLOP count or no ceiling)", ha="center", va="center",
+                transform=ax.transAxes, fontsize=8)
+        ax.set_axis_off()
+        return
+    labels = [f"{r['runner']} B={r['batch']}" for r in rows]
+    vals = [float(r["percent_of_peak"]) for r in rows]
+    colours = {"fp32": "tab:blue", "int8": "tab:orange", "fp16": "tab:green"}
+    cols = [colours.get(str(r.get("ceiling_class", "fp32")), "tab:gray") for r in rows]
+    y = list(range(len(rows)))
+    ax.barh(y, vals, color=cols)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("% of the matching GEMM ceiling (blue FP32, orange INT8, green FP16)")
+    ax.set_title("achieved GFLOP/s / measured ceiling", fontsize=9)
+    for i, v in enumerate(vals):
+        ax.text(v, i, f" {v:.1f}%", va="center", fontsize=7)
+    ax.grid(True, axis="x", alpha=0.3)
 
 
 # --------------------------------------------------------------------------- terminal

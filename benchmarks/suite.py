@@ -2,8 +2,11 @@
 
 Steps: bundle (given, reused from OUT/bundle, or exported) -> eager reference model with the
 bundle's weights -> inputs per batch (synthetic scene tiles, the first ``vocab_size`` classes)
--> eager FP32 reference outputs -> FLOPs per tile -> ``image.ort.onnx`` (rsvl_export.ort_optimize)
--> every runner x every batch (latency, throughput, peak memory, agreement with eager)
+-> eager FP32 reference outputs -> FLOPs per tile (the manifest's ``graphs.image.flops``, counted
+once at export; counted here only for bundles without it) -> ``image.ort.onnx``
+(rsvl_export.ort_optimize) -> the machine's GEMM ceilings (``roofline.py``) -> every runner x
+every batch (latency, throughput, peak memory, agreement with eager, GFLOP/s and % of the
+matching ceiling) -> ONNX Runtime per-op-type profile of the image graphs (``profiling.py``)
 -> text graph (vocabulary change) -> end-to-end tiled scene -> bench.json / bench.md / bench.png.
 """
 
@@ -38,6 +41,8 @@ from .measure import (
     machine_info,
     measure,
 )
+from .profiling import profile_ort
+from .roofline import annotate_rows, ceiling_for, measure_ceilings, roofline_columns
 
 log = logging.getLogger("rsvl.bench")
 
@@ -64,6 +69,8 @@ class BenchOptions:
     flops: bool = True
     seed: int = 0
     reexport: bool = False
+    roofline: bool = True
+    profile: bool = True
 
 
 def _sha256(path: Path) -> str:
@@ -214,6 +221,45 @@ def count_flops(module: Any, feeds: dict[str, np.ndarray], names: list[str], dev
         return None
 
 
+def image_flops(meta: Any, module: Any, inputs: Inputs, names: list[str], device: str
+                ) -> tuple[float | None, str | None]:
+    """FLOPs per tile of the image graph and where the number comes from: the manifest
+    (counted once at export) or, for a bundle exported before that, a count here."""
+    g = meta.graphs["image"].flops
+    if g is not None:
+        return float(g.per_item), f"manifest (export, {g.extra.get('counter', 'FlopCounterMode')} at {g.extra.get('shapes')})"
+    total = count_flops(module, inputs.feeds(1), names, device)
+    return total, ("bench (the bundle's manifest has no flops)" if total else None)
+
+
+def annotate_text_rows(rows: list[dict[str, Any]], flops_per_prompt: float,
+                       ceilings: dict[str, Any], device: str = "cpu") -> None:
+    """GFLOP/s and % of the FP32 ceiling of the text rows (per prompt FLOPs from the manifest;
+    the eager row runs on ``device``, the ONNX Runtime rows on the CPU)."""
+    for r in rows:
+        if r.get("status") == "ok" and r.get("prompts_per_s"):
+            dev = device if r.get("runner") == "torch-eager" else "cpu"
+            r.update(roofline_columns(flops_per_prompt, float(r["prompts_per_s"]),
+                                      ceiling_for({"precision": "fp32", "device": dev}, ceilings)),
+                     ceiling_class="fp32")
+
+
+def profile_image_graphs(ctx: BenchContext, inputs: Inputs) -> dict[str, Any]:
+    """Per-op-type ONNX Runtime profile (B=1) of ``image.onnx`` and of ``image.ort.onnx`` when
+    there is one: where the image graph's time goes when a row stays far from its ceiling."""
+    out: dict[str, Any] = {}
+    files = {"image.onnx": ctx.bundle.graph_file("image", "fp32")}
+    if ctx.ort_variant is not None and Path(ctx.ort_variant).is_file():
+        files["image.ort.onnx"] = Path(ctx.ort_variant)
+    for name, path in files.items():
+        try:
+            out[name] = profile_ort(path, inputs.feeds(1), ctx.threads, runs=3 if ctx.quick else 10)
+        except Exception as e:  # noqa: BLE001 - a failed profile is reported, not fatal
+            out[name] = {"error": f"{type(e).__name__}: {e}"}
+            log.warning("profiling %s failed: %s", name, e)
+    return out
+
+
 # --------------------------------------------------------------------------- ort_optimize
 def prepare_ort_variant(opts: BenchOptions, bundle: Any, inputs: Inputs, out: Path, threads: int,
                         model_config: dict[str, Any]) -> tuple[Path | None, dict[str, Any] | None]:
@@ -305,10 +351,8 @@ def run_image(ctx: BenchContext, keys: list[str], batches: list[int], inputs: In
                 row["compile_s"] = bound.compile_s
             if bound.notes:
                 row["notes"] = bound.notes
-            if flops:
-                row["gflops_per_s"] = round(flops * timing.items_per_s / 1e9, 2)
-                if peak_tflops and runner.device.startswith("cuda"):
-                    row["fraction_of_fp16_peak"] = round(flops * timing.items_per_s / (peak_tflops * 1e12), 5)
+            if flops and peak_tflops and runner.device.startswith("cuda"):  # the datasheet figure, for the record
+                row["fraction_of_fp16_peak"] = round(flops * timing.items_per_s / (peak_tflops * 1e12), 5)
             results.append(row)
             log.info("%-16s B=%-3d p50 %9.2f ms  %8.2f tiles/s  cos %.6f  argmax %.4f", key, b, timing.p50,
                      timing.items_per_s, agree.get("cosine", float("nan")), agree.get("argmax_agreement", float("nan")))
@@ -363,6 +407,21 @@ def run_text(ctx: BenchContext, inputs: Inputs, budget: Budget) -> list[dict[str
     except Exception as e:  # noqa: BLE001
         rows.append({"runner": "ort", "label": "ONNX Runtime text.onnx", **base, "status": "error",
                      "reason": f"{type(e).__name__}: {e}"})
+    if "text" in ctx.bundle.meta.graphs and ctx.bundle.meta.graphs["text"].ort:
+        from rsvl_runtime.backends.onnxruntime_backend import OrtSession
+
+        label = "ONNX Runtime text.ort.onnx (fused)"
+        try:
+            sess = OrtSession(ctx.bundle.graph_file("text", "ort"), providers=["CPUExecutionProvider"],
+                              threads=ctx.threads)
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            got = sess.run(feeds)[sess.output_names[0]]
+            t = measure(lambda: sess.run(feeds), budget, batch=k)
+            rows.append({"runner": "ort-opt", "label": label, **base, "status": "ok", **_text_summary(t),
+                         "agreement": _metrics(ref, got, "embeddings")})
+        except Exception as e:  # noqa: BLE001
+            rows.append({"runner": "ort-opt", "label": label, **base, "status": "error",
+                         "reason": f"{type(e).__name__}: {e}"})
     if ctx.task == "semantic":
         try:
             import tempfile
@@ -525,10 +584,12 @@ def run_benchmark(opts: BenchOptions) -> dict[str, Any]:
         with torch.inference_mode():
             refs[b] = module(*[torch.from_numpy(inputs.feeds(b)[n]).to(device) for n in input_names]).float().cpu().numpy()
     log.info("eager reference outputs for B=%s in %.1f s", batches, time.perf_counter() - t0)
-    flops = count_flops(module, inputs.feeds(1), input_names, device) if opts.flops else None
+    flops, flops_source = image_flops(m, module, inputs, input_names, device) if opts.flops else (None, None)
     gpu = machine.get("gpu") or {}
     peak = fp16_peak_tflops(gpu["name"]) if gpu.get("name") else None
-    doc["model"].update(gflops_per_tile=round(flops / 1e9, 3) if flops else None, fp16_peak_tflops=peak)
+    doc["model"].update(gflops_per_tile=round(flops / 1e9, 3) if flops else None, flops_per_tile=flops,
+                        flops_source=flops_source,
+                        fp16_peak_tflops=peak)
     del module
 
     # the ORT-optimised variant
@@ -537,9 +598,19 @@ def run_benchmark(opts: BenchOptions) -> dict[str, Any]:
         ctx.ort_variant_name = (rep or {}).get("variant")
         doc["ort_optimize"] = rep
 
+    if opts.roofline:
+        doc["roofline"] = measure_ceilings(threads, quick=opts.quick, device=device,
+                                           budget_s=1.0 if opts.quick else 3.0)
     doc["image"], doc["runners"] = run_image(ctx, keys, batches, inputs, refs, budget, flops, peak)
+    annotate_rows(doc["image"], flops, (doc.get("roofline") or {}).get("ceilings", {}))
+    if opts.profile:
+        doc["ort_profile"] = profile_image_graphs(ctx, inputs)
     if opts.text:
         doc["text"] = run_text(ctx, inputs, budget)
+        text_flops = m.graphs["text"].flops if "text" in m.graphs else None
+        if text_flops:
+            annotate_text_rows(doc["text"], text_flops.per_item, (doc.get("roofline") or {}).get("ceilings", {}),
+                               device)
     if opts.scene:
         size = opts.scene_size or (512 if opts.quick else 1024)
         sb = opts.scene_batch or max([b for b in batches if b <= 8] or [batches[0]])

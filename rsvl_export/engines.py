@@ -10,8 +10,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rsvl_runtime.backends.tensorrt import choose_flavour, graph_profiles
-from rsvl_runtime.backends.tensorrt.build import build_engine
+from rsvl_runtime.backends.tensorrt import (
+    TensorRTUnavailable,
+    choose_flavour,
+    graph_profiles,
+)
+from rsvl_runtime.backends.tensorrt.build import EngineBuildError, build_engine
+from rsvl_runtime.backends.tensorrt.profiles import final_bundle_paths
 from rsvl_runtime.files import cache_root
 from rsvl_runtime.manifest import GraphEntry
 from rsvl_runtime.segmenter import TEXT_CHUNK
@@ -73,8 +78,12 @@ def build_bundle_engines(work: Path, graphs: Mapping[str, GraphEntry | Mapping[s
         src, prec = engine_source(graphs, graph, precision)
         inputs = {n: t.to_dict() for n, t in _graph(graphs, graph).inputs.items()}
         profiles = engine_profiles(graph, inputs, max_batch, max_vocab)
-        info = build_engine(work / src, work / f"{graph}.{prec}.engine", profiles, flavour_name=name, precision=prec,
-                            graph=graph, targets=targets, timing_cache_path=cache, workspace_gb=workspace_gb)
+        try:
+            info = build_engine(work / src, work / f"{graph}.{prec}.engine", profiles, flavour_name=name,
+                                precision=prec, graph=graph, targets=targets, timing_cache_path=cache,
+                                workspace_gb=workspace_gb)
+        except (TensorRTUnavailable, EngineBuildError) as e:  # name the bundle's files, not the build folder's
+            raise type(e)(final_bundle_paths(str(e))) from e
         entries.append(info.to_dict())
     return entries
 

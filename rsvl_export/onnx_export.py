@@ -18,7 +18,8 @@ measured traps call for (see ``docs/export-notes.md``, Exporter):
   (``exporter == "legacy"``) so the caller must check parity before accepting it.
 
 The result carries what the bundle manifest needs: input/output names, dtypes and symbolic
-shapes, the exporter used, seconds and file size.
+shapes, the exporter used, seconds and file size. :func:`count_flops` counts a graph's FLOPs
+once, on the export wrapper (the manifest's ``graphs[name].flops``).
 """
 
 from __future__ import annotations
@@ -437,6 +438,29 @@ def check_layer_norm(model: onnx.ModelProto, module: nn.Module) -> int:
 
 
 # --------------------------------------------------------------------------- main entry
+def count_flops(module: nn.Module, example_inputs: Mapping[str, torch.Tensor], per_axis: str | None = None,
+                per_input: str | None = None) -> dict[str, Any]:
+    """FLOPs of one forward pass of ``module`` at ``example_inputs``, counted once with
+    ``torch.utils.flop_counter.FlopCounterMode`` (matmul, conv, attention; 2 FLOPs per
+    multiply-add; element-wise ops are not counted).
+
+    ``per_input``/``per_axis`` name the input whose axis 0 is the unit of work (``optical`` /
+    ``B`` for an image graph: per tile; ``input_ids`` / ``K`` for a text graph: per prompt).
+    Returns ``{"total", "per_item", "item_axis", "items", "shapes", "counter"}``: the
+    manifest's ``graphs[name].flops`` (:class:`rsvl_runtime.manifest.FlopCount`)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = module.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        module(**example_inputs)
+    total = int(fc.get_total_flops())
+    name = per_input or next(iter(example_inputs))
+    items = int(example_inputs[name].shape[0]) if example_inputs[name].dim() else 1
+    return {"total": total, "per_item": total / max(items, 1), "item_axis": per_axis or f"{name}[0]",
+            "items": items, "shapes": {k: list(v.shape) for k, v in example_inputs.items()},
+            "counter": "torch.utils.flop_counter.FlopCounterMode"}
+
+
 def export_onnx(
     module: nn.Module,
     example_inputs: dict[str, torch.Tensor],

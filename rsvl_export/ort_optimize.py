@@ -1,27 +1,37 @@
-"""An ONNX-Runtime-only, CPU-oriented variant of the image graph (``image.ort.onnx``).
+"""ONNX-Runtime-only, CPU-oriented variants of the exported graphs (``image.ort.onnx``,
+``text.ort.onnx``).
 
-:func:`optimize_for_ort` takes the exported FP32 image graph and
+:func:`optimize_for_ort` takes an exported FP32 graph and
 
-1. fuses what ONNX Runtime's transformer optimizer recognises (LayerNorm + residual add ->
-   ``SkipLayerNormalization``, bias + GELU -> ``BiasGelu``, attention where the pattern
-   matches) with ``onnxruntime.transformers.optimizer.optimize_model`` at ``opt_level`` 1
-   (hardware-agnostic: constant folding and the Python fusions only — never the NCHWc
-   layout ops of ``ORT_ENABLE_ALL``, which must not be shipped, see docs/export-notes.md);
-2. optionally quantises the weight MatMul/Gemm nodes to INT8 with dynamic (per-batch)
-   activation scales (``onnxruntime.quantization.quantize_dynamic``, per-channel weights),
-   trying a few node selections from the widest to the narrowest;
+1. fuses transformer blocks into ONNX Runtime contrib ops with onnxscript's rewriter for
+   dynamo-exported graphs (``onnxscript.rewriter.ort_fusions.optimize_for_ort``: SDPA ->
+   ``MultiHeadAttention``/``Attention``, LayerNorm + residual -> ``SkipLayerNormalization``,
+   bias + erf-GELU -> ``BiasGelu``, ``FusedMatMul``); when onnxscript raises, ONNX Runtime's
+   transformer optimizer (``onnxruntime.transformers.optimizer.optimize_model``, ``opt_level``
+   1, hardware-agnostic — never the NCHWc layout ops of ``ORT_ENABLE_ALL``, see
+   docs/export-notes.md) is tried instead. The report lists how many of each fused op the graph
+   holds (``fusion.fused_ops``) and what the rewriter applied (``fusion.rules``);
+2. optionally (image graphs) quantises weight MatMul/Gemm nodes to INT8 with dynamic activation
+   scales (``onnxruntime.quantization.quantize_dynamic``, per-channel weights), trying node
+   selections from the widest to the narrowest (:data:`INT8_PLANS`): every weight MatMul; the
+   same with ``reduce_range`` (7-bit, no u8s8 saturation without VNNI); the nodes of the
+   backbone / MLP modules, selected by their module path (:func:`module_path`: the dynamo
+   exporter's ``pkg.torch.onnx.name_scopes`` / ``namespace`` metadata, else the weight's name);
+   and every weight MatMul but the most sensitive module groups, which stay FP32 (per-group
+   sensitivity = the parity drop when only that group is quantised);
 
 and keeps a candidate **only where parity holds** against the FP32 graph on the given inputs:
-the fused FP32 graph must pass our ``fp32_logits`` gate, an INT8 graph the ``int8_logits``
-gate (cosine >= 0.999 and argmax agreement >= 0.995), and an INT8 graph must also be faster
-than the fused FP32 one, or it is not worth shipping. The returned report says what was
-tried, what was accepted and why.
+the fused FP32 graph must pass our FP32 gate (``fp32_logits`` / ``fp32_embeddings``), an INT8
+graph the ``int8_logits`` gate (cosine >= 0.999 and argmax agreement >= 0.995), and an INT8
+graph must also be faster than the fused FP32 one, or it is not worth shipping. The returned
+report says what was tried, what was accepted and why, and on which CPU (``cpu``: model name
+and VNNI flag) — the shipped INT8 variant is valid for that kind of CPU.
 
-The result uses ``com.microsoft`` contrib ops, so it is for ONNX Runtime only (TensorRT and
-other runtimes use ``image.onnx`` / ``image.fp16.onnx``). Dynamic INT8 uses u8 x s8
-integer GEMMs: exact on CPUs with AVX512-VNNI/AVX-VNNI (as measured here); on older AVX2
-CPUs without VNNI the u8s8 products can saturate, so the report records the CPU flags it was
-validated on and the runtime should re-check parity there (``check_inputs``).
+The result uses ``com.microsoft`` contrib ops, so it is for ONNX Runtime's CPU provider only
+(TensorRT and other runtimes use ``image.onnx`` / ``image.fp16.onnx``). Dynamic INT8 uses u8 x s8
+integer GEMMs: exact on CPUs with AVX512-VNNI/AVX-VNNI; on older AVX2 CPUs without VNNI the
+u8s8 products can saturate, so the runtime uses the FP32 graph there unless the report says the
+variant was validated without VNNI.
 
 Command line (for experiments)::
 
@@ -31,19 +41,23 @@ Command line (for experiments)::
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import os
+import re
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from .fp16 import NAME_SCOPES
+from .onnx_export import op_counts
 from .parity import Gate, compare, gate_for
 
 log = logging.getLogger("rsvl.export.ort")
@@ -51,7 +65,12 @@ log = logging.getLogger("rsvl.export.ort")
 #: The gate an INT8 candidate must pass against the FP32 graph.
 INT8_GATE = Gate("int8_logits", cosine=0.999, argmax_agreement=0.995)
 
-#: What the transformer optimizer needs to know per model kind.
+#: Contrib ops the fusions produce (counted in the report, the export log and parity.json).
+FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+             "BiasGelu", "FastGelu", "Gelu", "QuickGelu", "BiasSplitGelu", "FusedMatMul", "GroupQueryAttention",
+             "RotaryEmbedding", "SimplifiedLayerNormalization")
+
+#: What ONNX Runtime's transformer optimizer (the fallback fusion engine) needs per model kind.
 MODEL_KINDS: dict[str, dict[str, Any]] = {
     # open_clip ViT-B/16 branches (tsmnet)
     "vit": {"model_type": "vit", "num_heads": 12, "hidden_size": 768},
@@ -62,12 +81,28 @@ MODEL_KINDS: dict[str, dict[str, Any]] = {
     "bert": {"model_type": "bert", "num_heads": 0, "hidden_size": 0},
 }
 
-#: Node selections tried for INT8, widest first. ``scope`` filters by the dynamo exporter's
-#: ``pkg.torch.onnx.name_scopes`` metadata (module paths); None = every weight MatMul/Gemm.
-INT8_PLANS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
-    ("int8-all", None),
-    ("int8-backbone", (".resblocks.", ".blocks.", ".layers.", ".stages.", ".transformer.")),
-    ("int8-mlp", (".mlp.", ".mlp", ".c_fc", ".c_proj", ".fc1", ".fc2")),
+
+@dataclass(frozen=True)
+class Int8Plan:
+    """One INT8 node selection. ``scopes``: module-path components a node's :func:`module_path`
+    must contain (None = every weight MatMul/Gemm); ``sensitivity``: keep the most sensitive
+    module groups FP32 (chosen by measurement)."""
+
+    name: str
+    scopes: tuple[str, ...] | None = None
+    reduce_range: bool = False
+    sensitivity: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: Node selections tried for INT8, widest first; the first that keeps parity is timed.
+INT8_PLANS: tuple[Int8Plan, ...] = (
+    Int8Plan("int8-all"),
+    Int8Plan("int8-all-reduce-range", reduce_range=True),
+    Int8Plan("int8-backbone", ("resblocks", "blocks", "layers", "stages", "transformer", "encoder", "backbone",
+                               "optical_backbone", "sar_backbone", "image_encoder")),
+    Int8Plan("int8-mlp", ("mlp", "c_fc", "c_proj", "fc1", "fc2", "ffn", "intermediate")),
+    Int8Plan("int8-keep-sensitive-fp32", sensitivity=True),
 )
 
 
@@ -88,22 +123,55 @@ def model_kind_for(config: Mapping[str, Any]) -> str:
 
 def _kind_params(model_kind: str, src: onnx.ModelProto) -> dict[str, Any]:
     if model_kind == "auto":
-        scopes = " ".join(_scopes(n) for n in src.graph.node[:2000])
-        model_kind = "vit" if ".resblocks." in scopes else ("swin" if "swin" in scopes.lower() else "cnn")
+        paths = " ".join(module_path(n) for n in src.graph.node[:2000])
+        model_kind = "vit" if "resblocks" in paths else ("swin" if "swin" in paths.lower() else "cnn")
     if model_kind not in MODEL_KINDS:
         raise OrtOptimizeError(f"model_kind={model_kind!r}; expected auto or one of {sorted(MODEL_KINDS)}")
     return {"kind": model_kind, **MODEL_KINDS[model_kind]}
 
 
-def _scopes(node: onnx.NodeProto) -> str:
-    for p in node.metadata_props:
-        if p.key == "pkg.torch.onnx.name_scopes":
-            return p.value
+_NAMESPACE_PATH = re.compile(r"/?([A-Za-z_][\w.]*): [\w.]+")
+
+
+def module_path(node: onnx.NodeProto, weight_names: Mapping[str, str] | None = None) -> str:
+    """The dotted module path of ``node`` (``model.fuse.0.in1``), from what the dynamo exporter
+    records on each node: ``pkg.torch.onnx.name_scopes`` (a list whose last entry is the op,
+    the one before it the innermost module), else ``namespace`` (``: Cls/path: Cls/...``), else
+    the name of its weight initializer (``weight_names``: node name -> initializer, without
+    ``.weight``), else the node name. Nodes rewritten by a fusion keep the metadata."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    scopes = meta.get(NAME_SCOPES)
+    if scopes:
+        try:
+            items = [s for s in ast.literal_eval(scopes) if isinstance(s, str) and s]
+        except (ValueError, SyntaxError):
+            items = []
+        if len(items) >= 2:
+            return items[-2]
+        if items:
+            return items[-1]
+    ns = meta.get("namespace")
+    if ns:
+        paths = [m.group(1) for m in _NAMESPACE_PATH.finditer(ns) if "." in m.group(1) or m.group(1) == "model"]
+        paths = [p for p in paths if not p.startswith(("aten.", "torch."))]
+        if paths:
+            return paths[-1]
+    if weight_names and node.name in weight_names:
+        w = weight_names[node.name]
+        return w.removesuffix(".weight")
     return node.name
 
 
-def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+def in_scopes(path: str, scopes: Sequence[str]) -> bool:
+    """Whether the dotted ``path`` has one of ``scopes`` as a whole component (or a dotted run of
+    components): ``blocks`` matches ``model.backbone.blocks.3.mlp`` but not ``model.resblocks``."""
+    parts = f".{path}."
+    return any(f".{s.strip('.')}." in parts for s in scopes)
+
+
+def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """How many of each fused contrib op (:data:`FUSED_OPS`) ``model`` holds (zeros left out)."""
+    return {k: v for k, v in op_counts(model).items() if k in FUSED_OPS}
 
 
 def cpu_flags() -> dict[str, bool]:
@@ -112,6 +180,19 @@ def cpu_flags() -> dict[str, bool]:
 
     have = flags()
     return {f: f in have for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")}
+
+
+def cpu_identity() -> dict[str, Any]:
+    """The CPU a variant was validated on: model name (``/proc/cpuinfo``) and whether it has VNNI."""
+    from rsvl_runtime.cpu import has_vnni
+
+    name = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    return {"model": name, "vnni": has_vnni()}
 
 
 def _session(path: str | os.PathLike[str], threads: int | None):
@@ -135,29 +216,32 @@ def _as_feed_list(check_inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str,
     return feeds
 
 
-def _run_all(sess, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+def _run_all(sess, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """Every output of ``sess`` for each feed."""
     names = {i.name for i in sess.get_inputs()}
     outs = []
     for f in feeds:
         missing = names - set(f)
         if missing:
             raise OrtOptimizeError(f"check inputs lack {sorted(missing)} (the graph expects {sorted(names)})")
-        outs.append(sess.run(None, {k: v for k, v in f.items() if k in names})[0])
+        outs.append(sess.run(None, {k: v for k, v in f.items() if k in names}))
     return outs
 
 
-def _parity(refs: list[np.ndarray], gots: list[np.ndarray], gate: Gate) -> dict[str, Any]:
-    """Worst case over the check inputs of our parity metrics, and the gate's verdict."""
+def _parity(refs: list[list[np.ndarray]], gots: list[list[np.ndarray]], gate: Gate, kind: str = "logits"
+            ) -> dict[str, Any]:
+    """Worst case over the check inputs and outputs of our parity metrics, and the gate's verdict."""
     worst: dict[str, float] = {}
     fails: list[str] = []
-    for r, g in zip(refs, gots):
-        c = compare(r, g, kind="logits", gate=gate)
-        fails += c.failed_checks
-        for k, v in c.metrics.items():
-            if k in ("max_abs", "max_abs_rel_to_range", "nonfinite"):
-                worst[k] = max(worst.get(k, -np.inf), float(v))
-            elif k in ("cosine", "argmax_agreement"):
-                worst[k] = min(worst.get(k, np.inf), float(v))
+    for rs, gs in zip(refs, gots):
+        for r, g in zip(rs, gs):
+            c = compare(r, g, kind=kind, gate=gate)
+            fails += c.failed_checks
+            for k, v in c.metrics.items():
+                if k in ("max_abs", "max_abs_rel_to_range", "nonfinite"):
+                    worst[k] = max(worst.get(k, -np.inf), float(v))
+                elif k in ("cosine", "argmax_agreement", "mean_vector_cosine", "min_vector_cosine"):
+                    worst[k] = min(worst.get(k, np.inf), float(v))
     return {"gate": gate.name, "passed": not fails, "failed_checks": sorted(set(fails)), **worst}
 
 
@@ -189,6 +273,48 @@ def _weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
             and (n.input[1] in inits or n.input[1] in consts)]
 
 
+def weight_matmul_paths(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> :func:`module_path` of every weight MatMul/Gemm (names made unique first)."""
+    _ensure_names(model)
+    nodes = _weight_matmuls(model)
+    weights = {n.name: n.input[1] for n in nodes}
+    return {n.name: module_path(n, weights) for n in nodes}
+
+
+def select_nodes(model: onnx.ModelProto, scopes: Sequence[str] | None = None,
+                 exclude_groups: Sequence[str] = (), group_depth: int | None = None) -> list[str]:
+    """Names of the weight MatMul/Gemm nodes to quantise: all of them, or those whose module path
+    has one of ``scopes`` as a component, minus those in ``exclude_groups`` (see :func:`groups`)."""
+    paths = weight_matmul_paths(model)
+    names = [n for n, p in paths.items() if scopes is None or in_scopes(p, scopes)]
+    if exclude_groups:
+        gmap = groups(paths, depth=group_depth)
+        drop = {n for g in exclude_groups for n in gmap.get(g, ())}
+        names = [n for n in names if n not in drop]
+    return names
+
+
+def groups(paths: Mapping[str, str], depth: int | None = None, max_groups: int = 24) -> dict[str, list[str]]:
+    """Weight nodes grouped by module-path prefix (the parent module of each Linear, coarsened
+    until there are at most ``max_groups`` groups); ``depth`` fixes the prefix length instead."""
+    def by(d: int | None) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for n, p in paths.items():
+            parts = p.split(".")
+            key = ".".join(parts[:d] if d is not None else parts[:-1] or parts)
+            out.setdefault(key, []).append(n)
+        return out
+
+    if depth is not None:
+        return by(depth)
+    g = by(None)
+    d = max((len(p.split(".")) for p in paths.values()), default=1)
+    while len(g) > max_groups and d > 1:
+        d -= 1
+        g = by(d)
+    return g
+
+
 def _ensure_names(model: onnx.ModelProto) -> None:
     seen: set[str] = set()
     for i, n in enumerate(model.graph.node):
@@ -197,79 +323,161 @@ def _ensure_names(model: onnx.ModelProto) -> None:
         seen.add(n.name)
 
 
+def _set_meta(model: onnx.ModelProto, **values: str) -> None:
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta.update(values)
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+
+
 # --------------------------------------------------------------------------- steps
-def fuse(src: str | os.PathLike[str], dst: str | os.PathLike[str], model_kind: str = "auto",
-         opt_level: int = 1) -> dict[str, Any]:
-    """Transformer-optimizer fusions of ``src`` into ``dst`` (FP32). Returns op counts and timing."""
+def _fuse_onnxscript(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    import onnx_ir as ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort as ort_fusions
+
+    fused, counts = ort_fusions(ir.from_proto(model))
+    return ir.to_proto(fused), {k: int(v) for k, v in counts.items() if v}
+
+
+def _fuse_ort_transformers(src: Path, params: Mapping[str, Any], opt_level: int) -> onnx.ModelProto:
     from onnxruntime.transformers.optimizer import optimize_model
 
-    t0 = time.perf_counter()
-    model = onnx.load(str(src))
-    params = _kind_params(model_kind, model)
-    before = _op_counts(model)
     opt = optimize_model(str(src), model_type=params["model_type"], num_heads=params["num_heads"],
                          hidden_size=params["hidden_size"], opt_level=opt_level, use_gpu=False,
                          only_onnxruntime=False)
-    out = opt.model
+    return opt.model
+
+
+def fuse(src: str | os.PathLike[str], dst: str | os.PathLike[str], model_kind: str = "auto",
+         opt_level: int = 1, engine: str = "onnxscript") -> dict[str, Any]:
+    """Fusions of ``src`` into ``dst`` (FP32): ``engine`` ``onnxscript`` (the ORT fusion rules for
+    dynamo-exported graphs; falls back to the transformer optimizer when it raises) or
+    ``ort-transformers``. Returns the fused-op counts, the rules applied, node counts and timing."""
+    t0 = time.perf_counter()
+    model = onnx.load(str(src))
+    params = _kind_params(model_kind, model)
+    before = op_counts(model)
+    rules: dict[str, int] = {}
+    used = engine
+    out: onnx.ModelProto | None = None
+    if engine == "onnxscript":
+        try:
+            out, rules = _fuse_onnxscript(model)
+        except Exception as e:  # noqa: BLE001 - the rewriter raises many types
+            log.warning("onnxscript ORT fusions failed (%s: %s); trying onnxruntime.transformers", type(e).__name__, e)
+            used = "ort-transformers"
+    elif engine != "ort-transformers":
+        raise OrtOptimizeError(f"fusion engine={engine!r}; expected onnxscript or ort-transformers")
+    if out is None:
+        out = _fuse_ort_transformers(Path(src), params, opt_level)
     _ensure_names(out)
     # keep the exporter's metadata (model name, task, graph) and record what was done
     meta = {p.key: p.value for p in out.metadata_props}
     for p in model.metadata_props:
         meta.setdefault(p.key, p.value)
-    meta["rsvl_ort_variant"] = "fused"
     del out.metadata_props[:]
     for k, v in meta.items():
         out.metadata_props.add(key=k, value=v)
+    _set_meta(out, rsvl_ort_variant="fused")
     onnx.save(out, str(dst))
-    after = _op_counts(out)
-    fused = {k: v for k, v in after.items() if k in ("Attention", "MultiHeadAttention", "SkipLayerNormalization",
-                                                      "BiasGelu", "FastGelu", "Gelu", "BiasSplitGelu",
-                                                      "SkipSimplifiedLayerNormalization", "QuickGelu")}
-    return {"kind": params["kind"], "model_type": params["model_type"], "num_heads": params["num_heads"],
-            "hidden_size": params["hidden_size"], "opt_level": opt_level, "fused_ops": fused,
-            "nodes_before": sum(before.values()), "nodes_after": sum(after.values()),
-            "seconds": round(time.perf_counter() - t0, 2)}
+    after = op_counts(out)
+    return {"engine": used, "kind": params["kind"], "model_type": params["model_type"],
+            "opt_level": opt_level if used == "ort-transformers" else None, "rules": rules,
+            "fused_ops": fused_op_counts(out), "nodes_before": sum(before.values()),
+            "nodes_after": sum(after.values()), "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str],
-                  scopes: Sequence[str] | None = None, per_channel: bool = True) -> dict[str, Any]:
-    """Dynamic INT8 quantisation of the weight MatMul/Gemm nodes of ``src`` (all of them, or those
-    whose module path contains one of ``scopes``). Returns the quantised node count."""
+                  scopes: Sequence[str] | None = None, per_channel: bool = True, reduce_range: bool = False,
+                  nodes: Sequence[str] | None = None) -> dict[str, Any]:
+    """Dynamic INT8 quantisation of weight MatMul/Gemm nodes of ``src``: ``nodes`` by name, or
+    :func:`select_nodes` with ``scopes`` (None = all). Returns the quantised node count."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src))
-    nodes = _weight_matmuls(model)
-    if scopes is not None:
-        nodes = [n for n in nodes if any(s in _scopes(n) for s in scopes)]
-    if not nodes:
+    names = list(nodes) if nodes is not None else select_nodes(model, scopes)
+    if not names:
         return {"nodes": 0}
-    names = [n.name for n in nodes]
     t0 = time.perf_counter()
-    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=names,
-                     per_channel=per_channel, reduce_range=False, weight_type=QuantType.QInt8,
-                     extra_options={"MatMulConstBOnly": True})
+    # names made unique by select_nodes: quantise that copy, not the file on disk
+    with tempfile.TemporaryDirectory(prefix="rsvl-q-", dir=Path(dst).parent) as tmp:
+        named = Path(tmp) / "named.onnx"
+        _ensure_names(model)
+        onnx.save(model, str(named))
+        quantize_dynamic(str(named), str(dst), op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=names,
+                         per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                         extra_options={"MatMulConstBOnly": True})
     q = onnx.load(str(dst))
-    meta = {p.key: p.value for p in q.metadata_props}
-    meta["rsvl_ort_variant"] = "int8-dynamic"
-    del q.metadata_props[:]
-    for k, v in meta.items():
-        q.metadata_props.add(key=k, value=v)
+    _set_meta(q, rsvl_ort_variant="int8-dynamic")
     onnx.save(q, str(dst))
-    return {"nodes": len(names), "per_channel": per_channel, "seconds": round(time.perf_counter() - t0, 2),
-            "ops": {k: v for k, v in _op_counts(q).items()
+    return {"nodes": len(names), "per_channel": per_channel, "reduce_range": reduce_range,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "ops": {k: v for k, v in op_counts(q).items()
                     if k in ("DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger")}}
 
 
+def sensitivity(base: Path, refs: list[list[np.ndarray]], feeds: list[dict[str, np.ndarray]], tmp: Path,
+                threads: int | None, max_groups: int = 24) -> list[dict[str, Any]]:
+    """Per module group: the parity drop (1 - cosine, 1 - argmax agreement) at the first check
+    input when only that group is quantised; most sensitive first."""
+    model = onnx.load(str(base))
+    gmap = groups(weight_matmul_paths(model), max_groups=max_groups)
+    out = []
+    for i, (g, names) in enumerate(gmap.items()):
+        q = tmp / f"sens_{i}.onnx"
+        quantize_int8(base, q, nodes=names)
+        par = _parity(refs[:1], _run_all(_session(q, threads), feeds[:1]), INT8_GATE)
+        out.append({"group": g, "nodes": len(names), "cosine_drop": 1 - par.get("cosine", 1.0),
+                    "argmax_drop": 1 - par.get("argmax_agreement", 1.0)})
+        q.unlink(missing_ok=True)
+    return sorted(out, key=lambda r: (r["argmax_drop"], r["cosine_drop"]), reverse=True)
+
+
 # --------------------------------------------------------------------------- main entry
+def _try_plan(plan: Int8Plan, base: Path, tmp: Path, refs: list[list[np.ndarray]],
+              feeds: list[dict[str, np.ndarray]], threads: int | None, gate: Gate,
+              attempt: dict[str, Any]) -> tuple[Path, Any, dict[str, Any]] | None:
+    """Quantise ``base`` by ``plan`` and check parity; (path, session, parity) when it holds."""
+    q = tmp / f"{plan.name}.onnx"
+    if plan.sensitivity:
+        sens = sensitivity(base, refs, feeds, tmp, threads)
+        attempt["sensitivity"] = [{**r, "cosine_drop": float(f"{r['cosine_drop']:.3g}"),
+                                   "argmax_drop": float(f"{r['argmax_drop']:.3g}")} for r in sens[:8]]
+        gmap = groups(weight_matmul_paths(onnx.load(str(base))))
+        order = [r["group"] for r in sens]
+        for keep in (1, 2, 4, 8):  # the most sensitive groups stay FP32
+            if keep >= len(order):
+                break
+            kept = set(order[:keep])
+            names = [n for g, ns in gmap.items() if g not in kept for n in ns]
+            attempt.update(quantize_int8(base, q, nodes=names), fp32_groups=sorted(kept))
+            sess = _session(q, threads)
+            par = _parity(refs, _run_all(sess, feeds), gate)
+            attempt["parity"] = par
+            if par["passed"]:
+                return q, sess, par
+        return None
+    attempt.update(quantize_int8(base, q, plan.scopes, reduce_range=plan.reduce_range))
+    if not attempt["nodes"]:
+        attempt["result"] = "no weight MatMul/Gemm in scope"
+        return None
+    sess = _session(q, threads)
+    par = _parity(refs, _run_all(sess, feeds), gate)
+    attempt["parity"] = par
+    return (q, sess, par) if par["passed"] else None
+
+
 def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLike[str], model_kind: str = "auto",
                      check_inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
                      *, int8: bool = True, threads: int | None = None, min_speedup: float = 1.05,
-                     int8_gate: Gate = INT8_GATE, opt_level: int = 1, timing_budget_s: float = 6.0
-                     ) -> dict[str, Any]:
+                     int8_gate: Gate = INT8_GATE, opt_level: int = 1, timing_budget_s: float = 6.0,
+                     output_kind: str = "logits", plans: Sequence[Int8Plan] = INT8_PLANS,
+                     fusion_engine: str = "onnxscript", fused_tolerance: float = 1.10) -> dict[str, Any]:
     """Write the fastest ONNX-Runtime CPU variant of ``src_onnx`` that keeps parity to ``dst_onnx``.
 
     Args:
-        src_onnx: the exported FP32 image graph (``image.onnx``).
+        src_onnx: the exported FP32 graph (``image.onnx`` or ``text.onnx``).
         dst_onnx: where to write the variant (``image.ort.onnx``); always written (at worst a copy
             of the fused or the source graph).
         model_kind: ``auto`` | ``vit`` | ``swin`` | ``cnn`` | ``bert`` (see :func:`model_kind_for`).
@@ -280,12 +488,18 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
             ``min_speedup`` x faster than the fused FP32 graph at the first check input).
         threads: ONNX Runtime intra-op threads for the checks (None: ORT's default).
         timing_budget_s: seconds for the round-robin latency comparison of the candidates.
+        output_kind: ``logits`` (image graphs) or ``embedding`` (text graphs): the parity gates.
+        plans: the INT8 node selections, tried in order (:data:`INT8_PLANS`).
+        fusion_engine: ``onnxscript`` (default) or ``ort-transformers`` (see :func:`fuse`).
+        fused_tolerance: the fused graph is shipped over the source unless its latency exceeds the
+            source's by this factor (timings on a shared machine are noisy; fusion is parity-held).
 
     Returns:
-        a JSON-serialisable report: ``variant`` (``source`` | ``fused`` | ``int8-...``), ``fusion``,
-        ``attempts`` (each INT8 plan with node count, parity and latency), ``parity`` of the
-        written file against the source, ``latency_ms`` per candidate at the first check input,
-        ``speedup`` of the written file over the source, ``cpu_flags`` and versions.
+        a JSON-serialisable report: ``variant`` (``source`` | ``fused`` | ``int8-...``), ``fusion``
+        (engine, rules applied, ``fused_ops`` counts, parity), ``attempts`` (each INT8 plan with
+        node count, parity and latency), ``parity`` of the written file against the source,
+        ``latency_ms`` per candidate at the first check input, ``speedup`` of the written file
+        over the source, ``fused_ops`` of the written file, ``cpu`` (model, vnni), ``cpu_flags``.
     """
     import onnxruntime as ort
 
@@ -298,8 +512,9 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
     feeds = _as_feed_list(check_inputs)
     dst.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"source": str(src), "output": str(dst), "onnxruntime": ort.__version__,
-                              "cpu_flags": cpu_flags(), "int8_gate": {"cosine": int8_gate.cosine,
-                                                                      "argmax_agreement": int8_gate.argmax_agreement},
+                              "cpu": cpu_identity(), "cpu_flags": cpu_flags(),
+                              "int8_gate": {"cosine": int8_gate.cosine,
+                                            "argmax_agreement": int8_gate.argmax_agreement},
                               "check_inputs": [{k: list(v.shape) for k, v in f.items()} for f in feeds],
                               "attempts": [], "latency_ms": {}}
     src_sess = _session(src, threads)
@@ -309,13 +524,14 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
     # other processes affects every candidate alike
     cands: dict[str, tuple[Path, Any, dict[str, Any]]] = {"source": (src, src_sess, identity)}
 
-    with tempfile.TemporaryDirectory(prefix="rsvl-ort-", dir=dst.parent) as tmp:
-        fused = Path(tmp) / "fused.onnx"
+    with tempfile.TemporaryDirectory(prefix="rsvl-ort-", dir=dst.parent) as tmp_dir:
+        tmp = Path(tmp_dir)
+        fused = tmp / "fused.onnx"
         base = src
         try:
-            report["fusion"] = fuse(src, fused, model_kind, opt_level)
+            report["fusion"] = fuse(src, fused, model_kind, opt_level, engine=fusion_engine)
             sess = _session(fused, threads)
-            par = _parity(refs, _run_all(sess, feeds), gate_for("fp32", "logits"))
+            par = _parity(refs, _run_all(sess, feeds), gate_for("fp32", output_kind), output_kind)
             report["fusion"]["parity"] = par
             if par["passed"]:
                 cands["fused"] = (fused, sess, par)
@@ -323,39 +539,34 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
             else:
                 log.warning("fused graph fails the FP32 gate (%s): not used", "; ".join(par["failed_checks"]))
                 del sess
-        except Exception as e:  # noqa: BLE001 - the optimizer raises many types
-            log.warning("transformer-optimizer fusion failed: %s", e)
+        except Exception as e:  # noqa: BLE001 - the optimizers raise many types
+            log.warning("fusion failed: %s", e)
             report["fusion"] = {"error": f"{type(e).__name__}: {e}"}
 
         if int8:
-            for name, scopes in INT8_PLANS:
-                q = Path(tmp) / f"{name}.onnx"
-                attempt: dict[str, Any] = {"name": name, "scopes": list(scopes) if scopes else None}
+            for plan in plans:
+                attempt: dict[str, Any] = {"name": plan.name, "scopes": list(plan.scopes) if plan.scopes else None}
                 report["attempts"].append(attempt)
                 try:
-                    attempt.update(quantize_int8(base, q, scopes))
-                    if not attempt["nodes"]:
-                        attempt["result"] = "no weight MatMul/Gemm in scope"
-                        continue
-                    sess = _session(q, threads)
-                    par = _parity(refs, _run_all(sess, feeds), int8_gate)
-                    attempt["parity"] = par
-                    if par["passed"]:
-                        attempt["result"] = "parity ok"
-                        cands[name] = (q, sess, par)
-                        break  # the widest selection that keeps parity is the one to time
-                    attempt["result"] = "rejected: parity " + "; ".join(par["failed_checks"])
-                    del sess
+                    got = _try_plan(plan, base, tmp, refs, feeds, threads, int8_gate, attempt)
                 except Exception as e:  # noqa: BLE001
                     attempt["result"] = f"error: {type(e).__name__}: {e}"
-                    log.warning("INT8 plan %s failed: %s", name, e)
+                    log.warning("INT8 plan %s failed: %s", plan.name, e)
+                    continue
+                if got is not None:
+                    attempt["result"] = "parity ok"
+                    cands[plan.name] = got
+                    break  # the widest selection that keeps parity is the one to time
+                if "result" not in attempt:
+                    attempt["result"] = "rejected: parity " + "; ".join(attempt.get("parity", {})
+                                                                        .get("failed_checks", ["not reached"]))
 
         lat = _interleaved_latency({k: v[1] for k, v in cands.items()}, feeds[0], budget_s=timing_budget_s)
         report["latency_ms"] = lat
         fp32 = [k for k in ("source", "fused") if k in lat]
         best_name = "source"
-        if "fused" in lat and lat["fused"] <= lat["source"] * 1.02:
-            best_name = "fused"  # numerically neutral and fewer nodes: keep unless clearly slower
+        if "fused" in lat and lat["fused"] <= lat["source"] * fused_tolerance:
+            best_name = "fused"  # parity-held and fewer nodes: keep unless clearly slower
         q_name = next((k for k in lat if k.startswith("int8")), None)
         if q_name:
             att = next(a for a in report["attempts"] if a["name"] == q_name)
@@ -368,23 +579,18 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
                 att["result"] = f"rejected: not faster ({lat[q_name]:.1f} ms vs {fastest_fp32:.1f} ms FP32)"
         best_path, _, best_parity = cands[best_name]
         best_ms = lat[best_name]
-        for k in list(cands):
-            cands.pop(k)
+        cands.clear()
         model = onnx.load(str(best_path))
-        meta = {p.key: p.value for p in model.metadata_props}
-        meta["rsvl_ort_variant"] = best_name
-        meta["rsvl_ort_only"] = "true"
-        del model.metadata_props[:]
-        for k, v in meta.items():
-            model.metadata_props.add(key=k, value=v)
+        _set_meta(model, rsvl_ort_variant=best_name, rsvl_ort_only="true")
         onnx.save(model, str(dst))
+    written = onnx.load(str(dst))
     report.update(variant=best_name, parity=best_parity,
                   speedup=round(report["latency_ms"]["source"] / best_ms, 3) if best_ms > 0 else None,
-                  bytes=dst.stat().st_size, op_counts=_op_counts(onnx.load(str(dst))),
+                  bytes=dst.stat().st_size, op_counts=op_counts(written), fused_ops=fused_op_counts(written),
                   seconds=round(time.perf_counter() - t_start, 1))
-    log.info("image.ort variant: %s, %.1f ms vs %.1f ms source (x%.2f), parity cos %.6f argmax %.4f",
-             best_name, best_ms, report["latency_ms"]["source"], report["speedup"] or 0,
-             best_parity.get("cosine", 1.0), best_parity.get("argmax_agreement", 1.0))
+    log.info("%s variant: %s, %.1f ms vs %.1f ms source (x%.2f), fused ops %s, parity cos %.6f", dst.name,
+             best_name, best_ms, report["latency_ms"]["source"], report["speedup"] or 0, report["fused_ops"],
+             best_parity.get("cosine", 1.0))
     return report
 
 

@@ -10,10 +10,11 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ class ExportOptions:
     model: str = "tsmnet-tiny"
     checkpoint: str | None = None
     checkpoint_format: str = "rsvl"  # "rsvl" (rsvl-train) | "official" (the paper authors' release)
-    pretrained: str | None = None  # local pretrained backbone/text weights (open_clip, timm, HF)
+    pretrained: str | Sequence[str] | None = None  # local pretrained backbone/text weights (open_clip, timm, HF)
     out: str | None = None
     tile: int | None = None
     overlap: float = 0.25
@@ -59,29 +60,83 @@ class ExportOptions:
 
 
 class StepTimer:
-    """Logs ``[n/N] step ... seconds`` for every step and keeps the timings for the manifest."""
+    """Logs ``[n/N] step ... seconds`` for every step and keeps the timings for the manifest.
 
-    def __init__(self, total: int) -> None:
+    A step still running after ``heartbeat_s`` seconds logs ``[n/N] step: still running (30 s)``
+    every ``heartbeat_s`` seconds (from a daemon thread), so a long ONNX export or engine build
+    shows progress; ``-q`` hides these lines with the others.
+    """
+
+    #: Seconds between the "still running" lines of a long step (<= 0: none).
+    heartbeat_s: float = 15.0
+
+    def __init__(self, total: int, heartbeat_s: float | None = None) -> None:
         self.total = total
         self.n = 0
         self.timings: dict[str, float] = {}
+        if heartbeat_s is not None:
+            self.heartbeat_s = heartbeat_s
+
+    def _beat(self, n: int, name: str, t0: float, stop: Any) -> None:
+        while not stop.wait(self.heartbeat_s):
+            log.info("[%d/%d] %s: still running (%.0f s)", n, self.total, name, time.perf_counter() - t0)
 
     @contextmanager
     def step(self, name: str, what: str) -> Iterator[None]:
+        import threading
+
         self.n += 1
         log.info("[%d/%d] %s: %s", self.n, self.total, name, what)
         t0 = time.perf_counter()
-        yield
+        stop = threading.Event()
+        beat = (threading.Thread(target=self._beat, args=(self.n, name, t0, stop), daemon=True,
+                                 name=f"rsvl-export-{name}") if self.heartbeat_s > 0 else None)
+        if beat is not None:
+            beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if beat is not None:
+                beat.join()
         dt = time.perf_counter() - t0
         self.timings[name] = round(self.timings.get(name, 0.0) + dt, 3)
         log.info("[%d/%d] %s done in %.1f s", self.n, self.total, name, dt)
 
 
 def load_model(opts: ExportOptions) -> tuple[nn.Module, dict[str, Any]]:
-    """The model to export and a description of its weights."""
-    from rsvl_train.checkpoint import load_checkpoint, load_default, read_checkpoint_config
+    """The model to export and a description of its weights (the manifest's ``weights`` entry).
 
+    ``--checkpoint`` (``--checkpoint-format rsvl``: an rsvl-train checkpoint; ``official``: the
+    TSMNet authors' release, :mod:`rsvl_train.official`) and its sha256; else ``--pretrained``
+    local part weights (:func:`rsvl_train.weights_io.load_pretrained`; a str or a list of paths),
+    each recorded with source, kind, path, sha256 and tensor count; else the registry default.
+    """
+    from rsvl_runtime.files import sha256_file
+    from rsvl_train.checkpoint import (
+        checkpoint_paths,
+        load_checkpoint,
+        load_default,
+        read_checkpoint_config,
+    )
+    if opts.checkpoint_format not in ("rsvl", "official"):
+        raise ValueError(f"--checkpoint-format {opts.checkpoint_format!r}: expected 'rsvl' or 'official'")
+    pretrained = [opts.pretrained] if isinstance(opts.pretrained, str | os.PathLike) else list(opts.pretrained or [])
+    if pretrained and opts.checkpoint:
+        raise ValueError("--pretrained fills parts of an untrained model, --checkpoint holds the whole trained "
+                         "model: give one of them")
     overrides = dict(opts.overrides)
+    if opts.checkpoint_format == "official":
+        if not opts.checkpoint:
+            raise ValueError("--checkpoint-format official needs --checkpoint PATH (the authors' released .pth)")
+        from rsvl_train.official import load_official_checkpoint
+
+        if opts.tile:
+            overrides["tile_size"] = int(opts.tile)
+        model, report = load_official_checkpoint(opts.checkpoint, **overrides)
+        log.info("%s", report.summary())
+        return model, {"source": str(opts.checkpoint), "trained": True, "checkpoint_format": "official",
+                       "sha256": sha256_file(opts.checkpoint)}
     if overrides.get("head") == "paper" and "num_classes" not in overrides:
         from rsvl_train.factory import get_model_config
 
@@ -95,7 +150,15 @@ def load_model(opts: ExportOptions) -> tuple[nn.Module, dict[str, Any]]:
             log.info("checkpoint holds %s (not %s): exporting the checkpoint's model",
                      model.config.get("name"), opts.model)
         meta = read_checkpoint_config(opts.checkpoint).get("info", {})
-        return model, {"source": str(opts.checkpoint), "trained": True, "metrics": meta.get("metrics", {})}
+        return model, {"source": str(opts.checkpoint), "trained": True, "metrics": meta.get("metrics", {}),
+                       "checkpoint_format": "rsvl", "sha256": sha256_file(checkpoint_paths(opts.checkpoint)[0])}
+    if pretrained:
+        from rsvl_train.factory import create_model_from_config, get_model_config
+        from rsvl_train.weights_io import load_pretrained, weights_file
+
+        model = create_model_from_config(get_model_config(opts.model, **overrides)).eval()
+        sources = [{**load_pretrained(model, p).to_dict(), "sha256": sha256_file(weights_file(p))} for p in pretrained]
+        return model, {"source": "pretrained", "trained": False, "pretrained": sources}
     model, trained = load_default(opts.model, **overrides)
     return model, {"source": "registry-default" if trained else "random-init", "trained": trained}
 
@@ -180,6 +243,7 @@ class Exporter:
                                      "export_seconds": round(res.seconds, 2), "bytes": res.bytes}
                 log.info("  %s.onnx: %s exporter, %.1f MB, %.1f s", spec.name, res.exporter,
                          res.bytes / 2**20, res.seconds)
+                self._count_flops(spec, graphs[spec.name])
         with self.timer.step("fp16", "FP16 image graph (LayerNorm/Softmax/reductions kept FP32)"
                              if o.precision == "fp16" else "skipped (--precision fp32)"):
             if o.precision == "fp16":
@@ -227,30 +291,84 @@ class Exporter:
                                     targets=o.engine_targets, timing_cache=o.timing_cache,
                                     workspace_gb=o.engine_workspace_gb)
 
+    @staticmethod
+    def _count_flops(spec: GraphSpec, graph: dict[str, Any]) -> None:
+        """``graphs[name]["flops"]``: FLOPs counted once on the export wrapper, per unit of the
+        first input's axis 0 (per tile for the image graph, per prompt for the text graph)."""
+        from .onnx_export import count_flops
+
+        first = next(iter(spec.example_inputs))
+        axis = spec.dynamic_axes.get(first, {}).get(0, "B")
+        try:
+            graph["flops"] = count_flops(spec.module, spec.example_inputs, per_axis=axis, per_input=first)
+        except Exception as e:  # noqa: BLE001 - a counter gap must not fail the export; the bench then counts
+            log.warning("  %s: FLOP count failed (%s: %s); the manifest has no flops for it",
+                        spec.name, type(e).__name__, e)
+            return
+        log.info("  %s: %.3f GFLOP per %s (FlopCounterMode at %s)", spec.name, graph["flops"]["per_item"] / 1e9,
+                 "tile" if axis == "B" and spec.name == "image" else f"{axis} item", graph["flops"]["shapes"])
+
     def _ort_variant(self, model: nn.Module, work: Path, graphs: dict[str, Any], task: str) -> None:
-        """``image.ort.onnx``: the fastest ORT-CPU graph that keeps parity with ``image.onnx``
-        (used by the runtime on the CPU provider only; it holds CPU-specific contrib/INT8 ops)."""
+        """``image.ort.onnx`` and ``text.ort.onnx``: the fastest ORT-CPU graphs that keep parity
+        with ``image.onnx`` / ``text.onnx`` (fused attention/normalisation; INT8 for the image
+        graph where parity holds). Used by the runtime on the CPU provider only (they hold
+        CPU-specific contrib/INT8 ops). What shipped, its fused-op counts and the CPU it was
+        validated on (model name, VNNI) go into the manifest's ``ort_report`` and ``parity.json``
+        (``meta.ort_variants``); each variant is gated against its source graph, which itself
+        passed the gates against eager."""
+        import json
+
         from .ort_optimize import model_kind_for, optimize_for_ort
 
-        if task != "semantic":
-            log.info("  skipped: the ORT variant is built for semantic image graphs")
-            return
+        text_feeds, image_feeds = self._ort_check_inputs(model, graphs, task)
+        summary: dict[str, Any] = {}
+        for name, feeds, kind, int8 in (("image", image_feeds, "logits", True), ("text", text_feeds, "embeddings",
+                                                                                   False)):
+            dst = f"{name}.ort.onnx"
+            rep = optimize_for_ort(work / graphs[name]["fp32"], work / dst, model_kind_for(model.config)
+                                   if name == "image" else "bert", feeds, int8=int8, output_kind=kind)
+            graphs[name]["ort"] = dst
+            graphs[name]["ort_report"] = {k: rep[k] for k in ("variant", "parity", "speedup", "cpu", "cpu_flags",
+                                                              "fused_ops") if k in rep}
+            summary[name] = {"file": dst, "variant": rep.get("variant"), "fused_ops": rep.get("fused_ops"),
+                             "fusion_rules": (rep.get("fusion") or {}).get("rules"), "cpu": rep.get("cpu"),
+                             "parity_vs_source": rep.get("parity"),
+                             "int8_attempts": [{k: a.get(k) for k in ("name", "nodes", "result", "fp32_groups")
+                                                if k in a} for a in rep.get("attempts", [])]}
+            log.info("  %s: %s, fused ops %s, %.2fx faster than %s here", dst, rep.get("variant"),
+                     rep.get("fused_ops"), float(rep.get("speedup") or 1.0), graphs[name]["fp32"])
+        parity_file = work / "parity.json"
+        if parity_file.is_file():
+            doc = json.loads(parity_file.read_text(encoding="utf-8"))
+            doc.setdefault("meta", {})["ort_variants"] = summary
+            parity_file.write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
+
+    @staticmethod
+    def _ort_check_inputs(model: nn.Module, graphs: dict[str, Any], task: str
+                          ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+        """Parity inputs of the ORT variants: text feeds at two vocabulary sizes, image feeds at
+        B = 1 and 2 (synthetic tiles, the real text features)."""
         tile = graphs["image"]["inputs"]["optical"]["shape"][-1]
         names = list(graphs["image"]["inputs"])
-        ids, mask = model.tokenize(parity_vocabulary(model, 7))
+        texts = parity_vocabulary(model, 7) if task == "semantic" else REFERRING_EXAMPLES[:2]
+        ids, mask = model.tokenize(texts)
+        text_feeds = [{"input_ids": ids, "attention_mask": mask}]
+        more = parity_vocabulary(model, 20) if task == "semantic" else REFERRING_EXAMPLES[:5]
+        ids2, mask2 = model.tokenize(more)
+        text_feeds.append({"input_ids": ids2, "attention_mask": mask2})
         with torch.no_grad():
-            emb = model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-        feeds = []
+            out = model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))
+        image_feeds = []
         for b in (1, 2):
             tiles = synthetic_tiles(model, b, tile, seed=300 + b)
-            feeds.append({n: (emb if n == "text_emb" else tiles[n]) for n in names})
-        rep = optimize_for_ort(work / graphs["image"]["fp32"], work / "image.ort.onnx", model_kind_for(model.config),
-                               feeds)
-        graphs["image"]["ort"] = "image.ort.onnx"
-        graphs["image"]["ort_report"] = {k: rep[k] for k in ("variant", "parity", "speedup", "cpu_flags")
-                                         if k in rep}
-        log.info("  image.ort.onnx: %s, %.2fx faster than image.onnx here", rep.get("variant"),
-                 float(rep.get("speedup") or 1.0))
+            if task == "semantic":
+                extra = {"text_emb": out.numpy()}
+            else:
+                words, sentence = (o.numpy() for o in out)
+                sel = [i % len(texts) for i in range(b)]
+                extra = {"word_feats": words[sel], "sentence_emb": sentence[sel], "attention_mask": mask[sel]}
+            image_feeds.append({n: (extra[n] if n in extra else tiles[n]) for n in names})
+        return text_feeds, image_feeds
 
     # ---------------------------------------------------------------- parity
     def _parity(self, model: nn.Module, specs: list[GraphSpec], work: Path, graphs: dict[str, Any]):
@@ -266,7 +384,8 @@ class Exporter:
         image_inputs = list(graphs["image"]["inputs"])
         task = model.config.get("task", "semantic")
         tile = next(iter(image_spec.example_inputs.values())).shape[-1]
-        fixed_k = model.config.get("num_classes") if model.config.get("head") == "paper" else None
+        fixed_k = ((model.config.get("num_classes") or len(model.config.get("classes", [])))
+                   if model.config.get("head") == "paper" else None)
         for k in ((int(fixed_k),) if fixed_k else o.parity_vocabs):
             if task == "semantic" and fixed_k:
                 ids, mask = model.tokenize(model.prompts([c["name"] for c in model.config["classes"]])[:k])
@@ -341,7 +460,8 @@ class Exporter:
             architecture=cfg.get("architecture"),
             task=task,
             head=cfg.get("head", "open"),
-            fixed_vocabulary_size=cfg.get("num_classes") if cfg.get("head") == "paper" else None,
+            fixed_vocabulary_size=(cfg.get("num_classes") or len(classes)) if cfg.get("head") == "paper" else None,
+            logit_scale=float(model.tau.detach()) if hasattr(model, "tau") else None,
             modalities={m: ModalitySpec.from_dict(spec, f"modalities.{m}") for m, spec in modalities.items()},
             modes=tuple(modes),
             tile=TileSpec(size=tile, overlap=o.overlap),

@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rsvl_runtime.cli_common import HelpFormatter
+from rsvl_runtime.logs import add_verbosity_arguments, clean_message, setup_cli_logging
+
 from .triton import DEFAULT_QUEUE_DELAY_US, LINK_MODES, RepositoryOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rsvl-export triton", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("bundle", help="bundle folder or .zip written by rsvl-export")
     p.add_argument("repo", help="model repository folder to write (created; existing models are replaced)")
     p.add_argument("--max-batch", type=int, default=None,
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-vendor-runtime", action="store_true",
                    help="do not copy rsvl_runtime next to model.py (Triton's Python must have rsvl installed)")
     p.add_argument("--no-validate", action="store_true", help="skip validating the written configs")
+    add_verbosity_arguments(p)
     return p
 
 
@@ -46,6 +50,7 @@ def _options(args: argparse.Namespace) -> RepositoryOptions:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_cli_logging(args)
     from rsvl_runtime.bundle import BundleError
 
     from .triton import validate_repository, write_triton_repository
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         repo = write_triton_repository(args.bundle, args.repo, args.max_batch, _options(args))
     except (BundleError, ValueError, FileNotFoundError) as e:
-        print(f"rsvl-export triton: error: {e}", file=sys.stderr)
+        print(f"rsvl-export triton: error: {clean_message(e)}", file=sys.stderr)
         return 2
     print(f"Triton repository: {repo.root}")
     for name, path in repo.models.items():

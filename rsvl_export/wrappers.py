@@ -24,7 +24,8 @@ class SemanticText(nn.Module):
 
 
 class SemanticImage(nn.Module):
-    """``optical [B,3,H,W], sar [B,1,H,W], text_emb [K,D] -> logits [B,K,H,W]``."""
+    """``optical [B,3,H,W], sar [B,1,H,W], text_emb [K,D] -> logits [B,K,H,W]`` (``tau * cosine``
+    for both TSMNet heads; the ``paper`` head's K is fixed at export, see :func:`graph_specs`)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -99,9 +100,10 @@ def graph_specs(model: nn.Module, tile: int, modalities: tuple[str, ...] = ("opt
     g = torch.Generator().manual_seed(0)
     task = model.config.get("task", "semantic")
     if task == "semantic":
-        fixed_k = model.config.get("num_classes") if model.config.get("head") == "paper" else None
+        # the paper head concatenates the K-channel score map into the FPN input: K is a static axis
+        fixed_k = getattr(model, "num_classes", None) if model.config.get("head") == "paper" else None
         if fixed_k:
-            example_vocab = int(fixed_k)  # the paper head's classifier fixes K: a static axis
+            example_vocab = int(fixed_k)
         ids, mask = _example_tokens(model, example_vocab)
         with torch.no_grad():
             text_emb = model.encode_text(ids, mask)

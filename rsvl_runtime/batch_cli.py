@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from .cli_common import (
+    CACHE_HELP,
+    VOCAB_FILE_HELP,
+    HelpFormatter,
     add_engine_arguments,
     add_scene_arguments,
     add_vocabulary_arguments,
@@ -33,6 +36,7 @@ from .cli_common import (
     scene_options,
     vocabulary,
 )
+from .logs import add_verbosity_arguments
 
 #: ``--ray`` without an address: start (or join) a local Ray instance.
 LOCAL_RAY = "local"
@@ -54,13 +58,15 @@ def add_batch_arguments(parser: argparse.ArgumentParser, title: str = "batch (ma
 
 
 def build_parser(prog: str = "rsvl-batch") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpFormatter,
+                                epilog=f"{VOCAB_FILE_HELP}\n\n{CACHE_HELP}")
     p.add_argument("--bundle", required=True, help="semantic (TSMNet) bundle folder or .zip written by rsvl-export")
     p.add_argument("--out", required=True, help="output folder: OUT/<id>/ per scene and OUT/summary.csv")
     add_batch_arguments(p, required=True)
     add_vocabulary_arguments(p)
     add_engine_arguments(p)
     add_scene_arguments(p)
+    add_verbosity_arguments(p, quiet_help="only warnings, errors and the summary")
     return p
 
 
@@ -123,9 +129,9 @@ def run_batch(args: argparse.Namespace, prog: str = "rsvl-batch") -> int:
 
 def main(argv: list[str] | None = None, prog: str = "rsvl-batch") -> int:
     args = build_parser(prog).parse_args(argv)
-    from .logs import setup_logging
+    from .logs import setup_cli_logging
 
-    setup_logging(quiet=args.quiet)
+    setup_cli_logging(args)
     return run_guarded(prog, lambda: run_batch(args, prog), str(Path(args.out)))
 
 

@@ -5,7 +5,8 @@ Scenes come from a manifest or from folders:
 - a **manifest** (``.csv``, or ``.json``: a list of objects or ``{"scenes": [...]}``) with the
   columns ``id, optical, sar`` (``sar`` or ``optical`` may be empty for single-modality
   bundles; ``id`` defaults to the optical file's stem). Relative paths are resolved against the
-  manifest's folder.
+  manifest's folder; a URL or ``/vsi*`` path (``https://``, ``s3://``, ``/vsicurl/`` ...) is kept
+  as written, and is not checked here (its run reports a missing one).
 - a **folder** with ``optical/`` and ``sar/`` subfolders, files paired by name
   (``optical/a.tif`` + ``sar/a.tif``; a trailing ``_optical`` / ``_sar`` in the stem is ignored
   when pairing);
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .batch_summary import SUMMARY_CSV, SUMMARY_PARQUET
+from .raster_io import is_gdal_path
 
 log = logging.getLogger("rsvl.batch")
 
@@ -96,7 +98,7 @@ def _finish_records(records: list[SceneRecord], modes: Sequence[str] | None) -> 
             r.error = "no input raster: give optical and/or sar"
         else:
             missing = [f"{m} file not found: {p}" for m, p in (("optical", r.optical), ("sar", r.sar))
-                       if p and not Path(p).is_file()]
+                       if p and not is_gdal_path(p) and not Path(p).is_file()]
             if missing:
                 r.error = "; ".join(missing)
             elif _mode_of(r.optical, r.sar) not in modes:
@@ -161,6 +163,8 @@ def records_from_manifest(path: PathLike, modes: Sequence[str] | None = None) ->
     def resolve(v: Any) -> str | None:
         if v is None or str(v).strip() == "":
             return None
+        if is_gdal_path(str(v).strip()):
+            return str(v).strip()
         q = Path(os.path.expanduser(str(v).strip()))
         return str(q if q.is_absolute() else (base / q))
 
@@ -170,7 +174,8 @@ def records_from_manifest(path: PathLike, modes: Sequence[str] | None = None) ->
         sid = str(row.get("id") or "").strip()
         if not sid:
             first = optical or sar
-            sid = _strip_modality(Path(first).stem) if first else f"scene{i + 1:04d}"
+            stem = Path(first.split("?")[0] if is_gdal_path(first) else first).stem if first else ""
+            sid = _strip_modality(stem) if stem else f"scene{i + 1:04d}"
         records.append(SceneRecord(sid, optical, sar))
     return _finish_records(records, modes)
 

@@ -3,7 +3,8 @@
 :func:`preflight` runs in :meth:`Segmenter.predict_raster <rsvl_runtime.segmenter.Segmenter.predict_raster>`
 and :meth:`Referrer.predict_raster <rsvl_runtime.segmenter.Referrer.predict_raster>`, so ``rsvl-infer``,
 batch runs and Ray actors all get it, before anything is written. :func:`check_array` is the
-same rule set for the in-memory arrays of ``Segmenter.predict`` / ``Referrer.predict``. Every
+same rule set for the in-memory arrays of ``Segmenter.predict`` / ``Referrer.predict``, and
+:func:`with_array_limits` their ``--stretch`` (computed once per array, as once per scene). Every
 refusal is a :class:`~rsvl_runtime.raster_io.RasterInputError` whose message names the file
 (or array), the wrong value and the fix; warnings go to the ``rsvl.checks`` logger.
 
@@ -11,7 +12,11 @@ The rules:
 
 - **Data type** (rasters and arrays alike, :func:`rsvl_runtime.raster_io.check_input_dtype`):
   optical in the bundle's integer type (``uint8``, or ``uint16`` when the bundle declares it),
-  SAR float32/float64. Floats 0..1, other integers, bool, complex and object data are refused.
+  SAR float32/float64. Other optical types (uint16 reflectance x 10000, float reflectance) need
+  the caller's scaling (``--scale``/``--offset``, a ``--sensor`` preset or ``--stretch``); bool,
+  complex and object data are refused.
+- **Paths**: a URL or ``/vsi*`` path reaches GDAL unchanged
+  (:func:`rsvl_runtime.raster_io.is_gdal_path`); a missing or unreachable one is one line.
 - **Georeferencing**: an input without a CRS, without a geotransform (a PNG/JPEG, an identity
   transform) or with only ground control points is refused: its areas would be 1 m² pixels.
   GCP-only rasters can be warped with their GCPs by ``rsvl-infer --align``.
@@ -44,28 +49,30 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from rasterio.enums import Resampling
-from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from .normalization import band_stats, linear_to_db
+from .normalization import OpticalScaling, band_stats, linear_to_db
 from .options import InputOptions
 from .raster_io import (
     GEOREF_GCPS,
     GEOREF_NO_CRS,
     GEOREF_OK,
+    STRETCH_MAX_SIDE,
     ModalityInput,
     PathLike,
     RasterInputError,
     check_coregistered,
     check_input_dtype,
+    decimated_shape,
     footprint,
     georeferencing,
     open_raster,
     prepare_input,
+    read_decimated,
     read_window,
     valid_mask,
 )
+from .sensors import scaling_of
 
 log = logging.getLogger("rsvl.checks")
 
@@ -104,8 +111,7 @@ class Sample:
 
 
 def _sample_shape(height: int, width: int, max_side: int | None = None) -> tuple[int, int]:
-    step = max(1, math.ceil(max(height, width) / (max_side or SAMPLE_MAX_SIDE)))
-    return max(1, math.ceil(height / step)), max(1, math.ceil(width / step))
+    return decimated_shape(height, width, max_side or SAMPLE_MAX_SIDE)
 
 
 def _source(src: ModalityInput) -> str:
@@ -116,13 +122,7 @@ def sample_input(src: ModalityInput, shape: tuple[int, int] | None = None) -> Sa
     """Decimated nearest-neighbour read of ``src`` (``shape``: its size, default
     :func:`_sample_shape`); GDAL uses the raster's overviews when it has them."""
     h, w = shape or _sample_shape(src.height, src.width)
-    with open_raster(src.path) as ds:
-        try:
-            values = ds.read(indexes=list(src.bands), out_shape=(len(src.bands), h, w),
-                             resampling=Resampling.nearest)
-        except RasterioError as e:
-            raise RasterInputError(f"cannot read {_source(src)}: {e}. The file is corrupt or truncated; "
-                                   "re-create or re-download it") from e
+    values = read_decimated(src, (h, w))
     return Sample(_source(src), values, valid_mask(values, src.nodata), src.nodata,
                   exact=(h, w) == (src.height, src.width))
 
@@ -290,7 +290,8 @@ def preflight(optical: PathLike | None, sar: PathLike | None, options: InputOpti
             continue  # a raster the bundle has no input for is refused by run_scene
         check_georeferenced(path, modality)
         inputs[modality] = prepare_input(path, modality, spec, bands=opts.bands_of(modality),
-                                         nodata=opts.nodata_for(modality))
+                                         nodata=opts.nodata_for(modality),
+                                         scaling=scaling_of(opts) if modality == "optical" else None)
     if len(inputs) == 2:
         with open_raster(inputs["optical"].path) as a, open_raster(inputs["sar"].path) as b:
             check_coregistered(a, b)
@@ -319,15 +320,37 @@ def to_chw(arr: np.ndarray, bands: int, what: str) -> np.ndarray:
     return arr
 
 
-def check_array(arr: Any, modality: str, spec: Mapping[str, Any], *, what: str | None = None) -> np.ndarray:
+def check_array(arr: Any, modality: str, spec: Mapping[str, Any], *, what: str | None = None,
+                scaling: OpticalScaling | None = None) -> np.ndarray:
     """An in-memory input as ``[C, H, W]``, after the CLI's data-type rule
-    (:func:`rsvl_runtime.raster_io.check_input_dtype`). ``None`` or a non-array is refused."""
+    (:func:`rsvl_runtime.raster_io.check_input_dtype`; ``scaling``: the caller's optical
+    scaling, which lets uint16/float arrays through). ``None`` or a non-array is refused."""
     label = what or ("optical array" if modality == "optical" else "SAR array")
     if arr is None:
         raise RasterInputError(f"{label} is None; pass a numpy array")
     a = np.asarray(arr)
-    check_input_dtype(a.dtype, spec, modality, label)
+    check_input_dtype(a.dtype, spec, modality, label, scaling if modality == "optical" else None)
     return to_chw(a, len(spec.get("bands", [])) or a.shape[0], label)
+
+
+def with_array_limits(scaling: OpticalScaling | None, optical: np.ndarray,
+                      nodata: float | None = None) -> OpticalScaling | None:
+    """The Python API's ``--stretch``: ``scaling`` with its limits computed once from the checked
+    ``[C, H, W]`` array (:func:`check_array`) decimated to
+    :data:`~rsvl_runtime.raster_io.STRETCH_MAX_SIDE` px a side, ``nodata`` excluded, as for a
+    raster; ``scaling`` itself when it needs none. ``scaling`` comes from
+    :func:`rsvl_runtime.sensors.scaling_of` of the caller's ``InputOptions(sensor=, scale=,
+    offset=, stretch=)`` (a preset's bands are not applied to arrays: select them, e.g.
+    ``arr[[3, 2, 1]]``)."""
+    if scaling is None or not scaling.needs_limits:
+        return scaling
+    h, w = optical.shape[-2:]
+    step = max(1, math.ceil(max(h, w) / STRETCH_MAX_SIDE))
+    values = optical[:, ::step, ::step]
+    try:
+        return scaling.with_limits(values, valid_mask(values, nodata))
+    except ValueError as e:
+        raise RasterInputError(f"optical array: {e}") from e
 
 
 def sar_array_valid(sar: np.ndarray, spec: Mapping[str, Any], units: str | None, *,

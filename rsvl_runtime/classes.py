@@ -1,7 +1,10 @@
 """Per-class statistics of a run and the class table ``classes.json``.
 
-:class:`ClassStats` counts pixels and ground areas per class id while rows are written (and
-round-trips through the resume checkpoint); :func:`write_classes_json` writes the table.
+:class:`ClassStats` counts pixels and ground areas per label id while rows are written (and
+round-trips through the resume checkpoint); :func:`write_classes_json` writes the table. The
+ids are the classes and, when a ``min_score`` threshold applies, "unclassified" (id K, a row
+of the same form: :mod:`rsvl_runtime.postprocess`); fractions are of the valid area, so they
+sum to 1 with it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ PathLike = str | os.PathLike[str]
 
 @dataclass
 class ClassStats:
-    """Running pixel counts and ground areas per class id (255 = nodata)."""
+    """Running pixel counts and ground areas per label id (``n_classes`` ids, "unclassified"
+    included when thresholded; 255 = nodata)."""
 
     n_classes: int
     pixels: np.ndarray = field(init=False)
@@ -75,9 +79,11 @@ class ClassStats:
 
 
 def write_classes_json(path: PathLike, table: Sequence[Mapping[str, Any]], stats: ClassStats,
-                       crs: str | None) -> None:
-    """Write the class table (plus valid/nodata totals) as JSON, atomically."""
-    doc = {"classes": list(table), "valid_pixels": int(stats.pixels.sum()),
+                       crs: str | None, threshold: Mapping[str, Any] | None = None) -> None:
+    """Write the class table (plus valid/nodata totals) as JSON, atomically. ``threshold``:
+    ``{"min_score", "unclassified_id", "score"}`` of a thresholded run (stored as ``threshold``)."""
+    doc = {"classes": list(table), "threshold": dict(threshold) if threshold else None,
+           "valid_pixels": int(stats.pixels.sum()),
            "valid_area_m2": stats.valid_area_m2, "nodata_pixels": stats.nodata_pixels,
            "nodata_area_m2": stats.nodata_area_m2, "crs": crs,
            "area_note": "areas in square metres (geographic CRS: per-row spherical approximation)"}

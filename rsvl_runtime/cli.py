@@ -25,14 +25,19 @@ import sys
 from pathlib import Path
 
 from .cli_common import (
+    CACHE_HELP,
+    VOCAB_FILE_HELP,
+    HelpFormatter,
     add_engine_arguments,
     add_scene_arguments,
     add_vocabulary_arguments,
+    commands_epilog,
     os_error_line,
     run_guarded,
     scene_options,
     vocabulary,
 )
+from .logs import add_verbosity_arguments
 
 __all__ = ["build_parser", "main", "os_error_line", "run"]
 
@@ -43,15 +48,23 @@ DEPRECATED_INPUTS = ("rsvl-infer: warning: --inputs is deprecated and will be re
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rsvl-infer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="rsvl-infer", description=__doc__, formatter_class=HelpFormatter,
+        usage="%(prog)s --bundle DIR (--optical A.tif | --sar B.tif) --out DIR [options]\n"
+              "       rsvl-infer batch --bundle DIR --inputs SCENES --out DIR [options]",
+        epilog=commands_epilog("rsvl-infer", {BATCH_COMMAND: "many scenes in one job, in-process or on Ray "
+                                                             "(same as rsvl-batch)"},
+                               VOCAB_FILE_HELP, CACHE_HELP))
     p.add_argument("--bundle", required=True, help="bundle folder or .zip written by rsvl-export")
-    p.add_argument("--optical", help="optical GeoTIFF (bands in the bundle's order, or use --bands)")
-    p.add_argument("--sar", help="SAR GeoTIFF on the same grid (optional when the bundle supports optical-only)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--optical", help="optical GeoTIFF: a path or URL (http(s)://, s3://, /vsicurl/..., any path GDAL "
+                                     "opens); bands in the bundle's order, or use --bands/--sensor")
+    p.add_argument("--sar", help="SAR GeoTIFF on the same grid, path or URL (optional when the bundle supports "
+                                 "optical-only)")
+    p.add_argument("--out", required=True, help="output folder (written in one step when the run completes)")
     add_vocabulary_arguments(p, refer=True)
     add_engine_arguments(p)
     add_scene_arguments(p)
+    add_verbosity_arguments(p, quiet_help="no progress bar; only warnings and errors")
     p.add_argument("--align", action="store_true",
                    help="reproject the SAR onto the optical grid first (refused when they do not overlap); "
                         "GCP-only inputs are warped with their GCPs to their CRS")
@@ -128,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return batch_main(argv[1:], prog=f"rsvl-infer {BATCH_COMMAND}")
     args = build_parser().parse_args(argv)
-    from .logs import setup_logging
+    from .logs import setup_cli_logging
 
-    setup_logging(quiet=args.quiet)
+    setup_cli_logging(args)
     return run_guarded("rsvl-infer", lambda: run(args), getattr(args, "out", None))
 
 

@@ -2,11 +2,17 @@
 :mod:`rsvl_runtime.batch_cli`) share: the model and per-scene flags, their translation into
 ``predict_raster`` options (:func:`scene_options`), and the error handling of ``main``
 (:func:`run_guarded`: one line per error, exit 2; 3 for a bug; 130 when interrupted).
+
+Every rsvl CLI (``rsvl-export``, ``rsvl-train`` and ``rsvl-bench`` too) formats its ``--help``
+with :class:`HelpFormatter` (description as written, defaults shown) and takes its epilog
+sections from here: :func:`commands_epilog` (the subcommands), :data:`VOCAB_FILE_HELP` (the
+``--vocab-file`` formats) and :data:`CACHE_HELP` (the cache folder and what lives there).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import errno
 import os
 import sys
@@ -16,19 +22,76 @@ from typing import Any
 
 from .backends import BACKENDS
 
+#: The ``--help`` epilog section on the cache folder (every CLI that reads or writes it shows it).
+CACHE_HELP = """cache:
+  vocabulary embeddings, extracted .zip bundles and TensorRT files are cached in
+  $RSVL_CACHE_DIR, else $XDG_CACHE_HOME/rsvl, else ~/.cache/rsvl:
+    vocab/             encoded vocabularies (one .npz per bundle digest and vocabulary text)
+    bundles/           .zip bundles extracted once (by the zip's sha256; the latest few kept)
+    tensorrt-rtx/      TensorRT-RTX runtime caches of engines built ahead of time
+    trt_timing.cache   the TensorRT builder timing cache of rsvl-export
+  Deleting the folder is safe: it is rebuilt on demand."""
+
+#: The ``--help`` epilog section on the ``--vocab-file`` formats (see rsvl_runtime.vocabulary).
+VOCAB_FILE_HELP = """vocabulary files (--vocab-file):
+  *.json   a list of class names with optional synonyms after commas
+           ["water, lake, river", "building"], or of objects
+           [{"name": "water", "synonyms": ["lake", "river"], "color": [0, 90, 200]}, ...]
+  other    a text file, one class per line, synonyms after commas, '#' starts a comment:
+             water, lake, river
+             building   # roofs included
+  2 to 255 classes; a class without a colour gets one from the default palette."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` of every rsvl CLI: the description and epilog as written (examples, sections)
+    and each flag's default, except when there is none to show (None, False) or its help
+    already names it."""
+
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        d = action.default
+        return not (d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, (list, tuple)) and not d)
+                    or isinstance(action, (argparse._HelpAction, argparse._VersionAction)))
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and action.option_strings and self._shows_default(action):
+            action = copy.copy(action)
+            action.help = "default: %(default)s"  # a flag without help text still shows its default
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not self._shows_default(action) or any(k in text for k in ("(default", "default:", "%(default)")):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def commands_epilog(prog: str, commands: dict[str, str], *sections: str) -> str:
+    """An epilog with a ``commands:`` section (``PROG COMMAND -h`` for each) and more sections."""
+    width = max(len(f"{prog} {c}") for c in commands) + 2
+    lines = ["commands:"] + [f"  {(prog + ' ' + c).ljust(width)}{what}" for c, what in commands.items()]
+    lines.append(f"  (`{prog} COMMAND -h` shows the flags of each)")
+    return "\n\n".join(["\n".join(lines), *sections])
+
 
 def add_vocabulary_arguments(parser: argparse.ArgumentParser, refer: bool = False) -> None:
     """``--vocab`` / ``--vocab-file`` (and ``--refer`` when ``refer``), mutually exclusive."""
     voc = parser.add_mutually_exclusive_group()
     voc.add_argument("--vocab", help="classes separated by commas, synonyms by '|': \"water|lake,building,road\"")
-    voc.add_argument("--vocab-file", help="JSON list or text file with one class per line (synonyms after commas)")
+    voc.add_argument("--vocab-file", metavar="FILE",
+                     help="classes from a file: .json (a list of names, or of objects {\"name\", \"synonyms\", "
+                          "\"color\": [r,g,b]}) or text (one class per line, synonyms after commas); see "
+                          "'vocabulary files' below (default: the bundle's vocabulary)")
     if refer:
-        voc.add_argument("--refer", help="referring expression (CADFormer bundles)")
+        voc.add_argument("--refer", metavar="TEXT", help="referring expression (CADFormer bundles)")
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend``, ``--precision``, ``--batch``, ``--threads``, ``--expect-digest``."""
-    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="inference engine: auto picks TensorRT with a GPU and an engine in the bundle, "
+                             "else ONNX Runtime")
     parser.add_argument("--precision", choices=("auto", "fp32", "fp16", "ort"), default="auto",
                         help="image graph: auto (fp16 on GPU, the ORT-optimised graph or fp32 on CPU)")
     parser.add_argument("--batch", type=int, default=None, help="tiles per engine call")
@@ -39,7 +102,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
-    """The per-scene flags: tiling, bands, nodata, SAR units and checks, outputs, ``--quiet``."""
+    """The per-scene flags: tiling, bands, nodata, SAR units and checks, outputs (``-v``/``-q``
+    come from :func:`rsvl_runtime.logs.add_verbosity_arguments`)."""
     p = parser
     p.add_argument("--tile", type=int, default=None, help="tile size (must equal the bundle's)")
     p.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (default: the bundle's)")
@@ -52,15 +116,23 @@ def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
                         "range, e.g. linear intensities (0..1) given as db are refused")
     p.add_argument("--no-sar-check", action="store_true",
                    help="run even when the SAR values look implausible for --sar-units (logged as a warning)")
-    p.add_argument("--sensor", default=None,
-                   help="preset bands and scaling of a known product (see rsvl_runtime/sensors.py)")
+    from .sensors import PRESETS
+
+    presets = "; ".join(f"{name} ({pr.title}: bands {pr.describe_bands()}, scale {pr.scale:g}, offset {pr.offset:g})"
+                        for name, pr in PRESETS.items())
+    p.add_argument("--sensor", choices=tuple(PRESETS), default=None,
+                   help=f"bands and scaling of a known product (--bands/--scale given explicitly win): {presets}")
     p.add_argument("--scale", type=float, default=None,
-                   help="optical values are multiplied by this (e.g. 0.0001 for Sentinel-2 L2A reflectance)")
-    p.add_argument("--offset", type=float, default=None, help="added to the optical values after --scale")
+                   help="optical values are multiplied by this (lets uint16/float optical through), e.g. 0.0001 "
+                        "for Sentinel-2 L2A reflectance x 10000, 1 for float reflectance 0..1")
+    p.add_argument("--offset", type=float, default=None,
+                   help="added to the optical values after --scale (needs --scale or --sensor), e.g. -0.2")
     p.add_argument("--stretch", default=None, metavar="pLOW,pHIGH",
                    help="percentile stretch of the optical bands to 0..1, computed once per scene, e.g. p2,p98")
     p.add_argument("--threshold", type=float, default=None,
-                   help="pixels whose best class score is below this are labelled 'unclassified'")
+                   help="pixels whose best class score is below this become 'unclassified' (id K, its own colour, a "
+                        "row in classes.json); the score is the softmax probability, or for a one-class vocabulary "
+                        "the cosine mapped to 0..1. Default: no threshold with 2+ classes, 0.5 (cosine > 0) with one")
     p.add_argument("--vector", choices=("gpkg", "geojson"), default=None,
                    help="also write class polygons (vectors.gpkg or vectors.geojson)")
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this (m²)")
@@ -69,7 +141,6 @@ def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-scores", action="store_true", help="skip scores.tif")
     p.add_argument("--no-cog", action="store_true",
                    help="keep tiled GeoTIFFs with overviews but skip the COG rewrite (faster on huge scenes)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def parse_bands(text: str | None, flag: str = "--bands") -> list[int] | None:
@@ -100,9 +171,19 @@ def vocabulary(args: argparse.Namespace) -> Any:
     if getattr(args, "vocab", None) is not None:
         return args.vocab
     if getattr(args, "vocab_file", None):
-        from .vocabulary import load_vocabulary_file
+        import json
 
-        return load_vocabulary_file(args.vocab_file)
+        from .vocabulary import VocabularyError, load_vocabulary_file
+
+        try:
+            return load_vocabulary_file(args.vocab_file)
+        except json.JSONDecodeError as e:
+            raise VocabularyError(f"--vocab-file {args.vocab_file}: not valid JSON ({e.msg} at line {e.lineno} "
+                                  f"column {e.colno}); give a JSON list such as [\"water, lake\", \"building\"], "
+                                  "or use a text file with one class per line") from None
+        except UnicodeDecodeError:
+            raise VocabularyError(f"--vocab-file {args.vocab_file}: not UTF-8 text; save it as UTF-8 (a JSON "
+                                  "list or one class per line)") from None
     return None
 
 
@@ -167,12 +248,13 @@ def run_guarded(prog: str, run: Callable[[], int], out: str | None) -> int:
     line) and returns 2, a bug one line (the traceback with ``RSVL_TRACEBACK=1``) and 3, Ctrl-C 130."""
     from .backends.base import BackendError
     from .bundle import BundleError
+    from .logs import clean_message
     from .raster_io import RasterInputError
 
     try:
         return run()
     except (BundleError, BackendError, RasterInputError, ValueError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {clean_message(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # read-only or full --out, permissions, unreadable files
         print(f"{prog}: error: {os_error_line(e, out)}", file=sys.stderr)
@@ -183,6 +265,6 @@ def run_guarded(prog: str, run: Callable[[], int], out: str | None) -> int:
     except Exception as e:  # a bug: one line, the traceback on request
         if os.environ.get("RSVL_TRACEBACK"):
             raise
-        print(f"{prog}: internal error: {type(e).__name__}: {e} (set RSVL_TRACEBACK=1 for the traceback "
+        print(f"{prog}: internal error: {type(e).__name__}: {clean_message(e)} (set RSVL_TRACEBACK=1 for the traceback "
               "and report it)", file=sys.stderr)
         return 3

@@ -29,6 +29,9 @@ class FinishedRun:
     path). ``raster_name``: ``labels.tif`` or ``mask.tif``. ``class_table``: the rows of
     classes.json. ``palette``: one RGB colour per class id of ``class_table``. ``inputs``:
     per modality ``{"path", "sha256", ...}``. ``raster``: size, CRS, transform, task, tiling.
+    ``timings``: the run's timings (they go to done.json); the writers add theirs
+    (:func:`rsvl_runtime.vectors.write_vectors`: ``vector_polygons``, ``vector_dropped``,
+    ``vectors_s``), and the STAC item reads the polygon count from there.
     """
 
     title: str

@@ -16,7 +16,8 @@ Layout (format version 2)::
       embedding_dim
       text            TextSpec                  tokenizer, max_length, pad_id, templates, encoder
       default_vocabulary  ({"name": ..., "synonyms": [...], "color": [r, g, b]}, ...)
-      graphs          {name: GraphEntry}        fp32, fp16, ort, exporter, inputs, outputs, ort_report
+      graphs          {name: GraphEntry}        fp32, fp16, ort, exporter, inputs, outputs, ort_report,
+                                                flops (FlopCount: total, per_item, item_axis, items; optional)
                                                 inputs/outputs: {name: TensorSpec}  dtype, shape
       precision, opset
       engines         (EngineEntry, ...)        graph, file, flavour, version, precision, targets,
@@ -167,9 +168,12 @@ class ModalitySpec:
     the rule is ``rsvl_runtime/normalization.py``'s.
 
     Defaults: ``bands``/``mean``/``std`` empty (``normalization.band_stats`` refuses a spec
-    without one statistic per band). ``dtype``, ``scale`` and ``units`` are None when absent and
-    are then not written back; the value a reader uses then comes from one property each:
-    :attr:`optical_dtype` ``"uint8"``, :attr:`optical_scale` ``255.0``, :attr:`sar_units` ``"db"``.
+    without one statistic per band). ``dtype``, ``scale``, ``offset`` and ``units`` are None when
+    absent and are then not written back; the value a reader uses then comes from one property
+    each: :attr:`optical_dtype` ``"uint8"``, :attr:`optical_scale` ``255.0``,
+    :attr:`optical_offset` ``0.0``, :attr:`sar_units` ``"db"``. Optical values become
+    ``dn / scale + offset`` before ``(x - mean) / std`` (a bundle trained on reflectance declares
+    e.g. ``dtype`` ``"uint16"``, ``scale`` 10000 and, for data with an additive offset, ``offset``).
     """
 
     bands: tuple[str, ...] = ()
@@ -179,6 +183,7 @@ class ModalitySpec:
     scale: float | None = None
     units: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    offset: float | None = None
 
     #: What :attr:`optical_dtype`, :attr:`optical_scale`, :attr:`sar_units` give for an absent key.
     DEFAULT_DTYPE = "uint8"
@@ -196,6 +201,11 @@ class ModalitySpec:
         return self.DEFAULT_SCALE if self.scale is None else self.scale
 
     @property
+    def optical_offset(self) -> float:
+        """Added to ``dn / scale`` before ``(x - mean) / std`` (0.0 when not declared)."""
+        return 0.0 if self.offset is None else self.offset
+
+    @property
     def sar_units(self) -> str:
         """The units SAR values are in when the caller does not say (``"db"``)."""
         return (self.units or self.DEFAULT_UNITS).lower()
@@ -205,7 +215,8 @@ class ModalitySpec:
         f = _Fields(d, where, source)
         return cls(bands=f.strs("bands") or (), mean=f.numbers("mean"), std=f.numbers("std"),
                    dtype=f.opt("dtype", "str", None), scale=f.opt("scale", "number", None),
-                   units=f.opt("units", "str", None), extra=f.extra())
+                   units=f.opt("units", "str", None), offset=f.opt("offset", "number", None),
+                   extra=f.extra())
 
     @classmethod
     def coerce(cls, spec: ModalitySpec | Mapping[str, Any] | None) -> ModalitySpec:
@@ -216,9 +227,9 @@ class ModalitySpec:
         return cls.from_dict(dict(spec or {}))
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"bands": list(self.bands), "dtype": self.dtype, "scale": self.scale, "units": self.units,
-             "mean": list(self.mean), "std": list(self.std)}
-        return {**_drop_none(d, ("dtype", "scale", "units")), **_plain(self.extra)}
+        d = {"bands": list(self.bands), "dtype": self.dtype, "scale": self.scale, "offset": self.offset,
+             "units": self.units, "mean": list(self.mean), "std": list(self.std)}
+        return {**_drop_none(d, ("dtype", "scale", "offset", "units")), **_plain(self.extra)}
 
 
 @dataclass(frozen=True)
@@ -304,6 +315,32 @@ def _tensors(f: _Fields, key: str) -> dict[str, TensorSpec]:
 
 
 @dataclass(frozen=True)
+class FlopCount:
+    """``graphs.<name>.flops`` (optional): the graph's FLOPs counted once at export
+    (``rsvl_export.onnx_export.count_flops``) at the example shapes.
+
+    ``total`` FLOPs of one call; ``per_item`` = total / ``items``, the unit of work being axis 0
+    of ``item_axis`` (``B``: per tile for an image graph; ``K``: per prompt for a text graph).
+    Other keys (``shapes``, ``counter``) stay in ``extra``."""
+
+    total: int
+    per_item: float
+    item_axis: str = "B"
+    items: int = 1
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str, source: str = "manifest") -> FlopCount:
+        f = _Fields(d, where, source)
+        return cls(total=f.req("total", "int"), per_item=f.req("per_item", "number"),
+                   item_axis=f.opt("item_axis", "str", "B"), items=f.opt("items", "int", 1), extra=f.extra())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "per_item": self.per_item, "item_axis": self.item_axis, "items": self.items,
+                **_plain(self.extra)}
+
+
+@dataclass(frozen=True)
 class GraphEntry:
     """``graphs.<name>`` (``text`` / ``image``): the ONNX files and the I/O signature.
 
@@ -319,6 +356,7 @@ class GraphEntry:
     inputs: Mapping[str, TensorSpec] = field(default_factory=dict)
     outputs: Mapping[str, TensorSpec] = field(default_factory=dict)
     ort_report: Mapping[str, Any] | None = None
+    flops: FlopCount | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def file(self, precision: str) -> str | None:
@@ -335,14 +373,16 @@ class GraphEntry:
         f = _Fields(d, where, source)
         return cls(fp32=f.req("fp32", "str"), fp16=f.opt("fp16", "str", None), ort=f.opt("ort", "str", None),
                    exporter=f.opt("exporter", "str", None), inputs=_tensors(f, "inputs"),
-                   outputs=_tensors(f, "outputs"), ort_report=f.opt("ort_report", "dict", None), extra=f.extra())
+                   outputs=_tensors(f, "outputs"), ort_report=f.opt("ort_report", "dict", None),
+                   flops=(FlopCount.from_dict(fl, f.sub("flops"), source)
+                          if (fl := f.opt("flops", "dict", None)) is not None else None), extra=f.extra())
 
     def to_dict(self) -> dict[str, Any]:
         d = {"fp32": self.fp32, "fp16": self.fp16, "ort": self.ort, "exporter": self.exporter,
              "inputs": {n: t.to_dict() for n, t in self.inputs.items()},
              "outputs": {n: t.to_dict() for n, t in self.outputs.items()},
-             "ort_report": _plain(self.ort_report)}
-        return {**_drop_none(d, ("fp16", "ort", "exporter", "ort_report")), **_plain(self.extra)}
+             "ort_report": _plain(self.ort_report), "flops": self.flops.to_dict() if self.flops else None}
+        return {**_drop_none(d, ("fp16", "ort", "exporter", "ort_report", "flops")), **_plain(self.extra)}
 
 
 @dataclass(frozen=True)
@@ -384,24 +424,62 @@ class EngineEntry:
 
 
 @dataclass(frozen=True)
+class PretrainedSource:
+    """``weights.pretrained[i]``: a local pretrained file loaded into a model part at export
+    (``rsvl-export --pretrained``): ``source`` (``open_clip``, ``openai``, ``timm``,
+    ``huggingface``), ``kind`` (``clip``, ``swin``, ``bert``), ``path`` as given, ``sha256`` of the
+    file (of the weights file inside a HuggingFace folder) and ``tensors`` loaded."""
+
+    source: str
+    kind: str
+    path: str
+    sha256: str | None = None
+    tensors: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "weights.pretrained[]", source: str = "manifest") -> PretrainedSource:
+        f = _Fields(d, where, source)
+        return cls(source=f.req("source", "str"), kind=f.req("kind", "str"), path=f.req("path", "str"),
+                   sha256=f.opt("sha256", "str", None), tensors=f.opt("tensors", "int", None), extra=f.extra())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "kind": self.kind, "path": self.path, "sha256": self.sha256,
+                "tensors": self.tensors, **_plain(self.extra)}
+
+
+@dataclass(frozen=True)
 class WeightsEntry:
     """``weights``: the PyTorch weights shipped for the torch backend. Defaults: ``file`` None
-    (exported with ``--no-weights``), ``source`` None, ``trained`` None (unknown); other keys
-    (``metrics``) in ``extra``."""
+    (exported with ``--no-weights``), ``source`` None, ``trained`` None (unknown); optional (absent
+    in older manifests, written only when set): ``sha256`` of the ``--checkpoint`` file the weights
+    came from, its ``checkpoint_format`` (``rsvl`` | ``official``) and ``pretrained``
+    (:class:`PretrainedSource` list); other keys (``metrics``) in ``extra``."""
 
     file: str | None = None
     source: str | None = None
     trained: bool | None = None
+    sha256: str | None = None
+    checkpoint_format: str | None = None
+    pretrained: tuple[PretrainedSource, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "weights", source: str = "manifest") -> WeightsEntry:
         f = _Fields(d, where, source)
+        pre = f.opt("pretrained", "list", None) or []
         return cls(file=f.opt("file", "str", None), source=f.opt("source", "str", None),
-                   trained=f.opt("trained", "bool", None), extra=f.extra())
+                   trained=f.opt("trained", "bool", None), sha256=f.opt("sha256", "str", None),
+                   checkpoint_format=f.opt("checkpoint_format", "str", None),
+                   pretrained=tuple(PretrainedSource.from_dict(p, f"{where}.pretrained[{i}]", source)
+                                    for i, p in enumerate(pre)),
+                   extra=f.extra())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "source": self.source, "trained": self.trained, **_plain(self.extra)}
+        optional = {"sha256": self.sha256, "checkpoint_format": self.checkpoint_format,
+                    "pretrained": [p.to_dict() for p in self.pretrained] or None}
+        return {"file": self.file, "source": self.source, "trained": self.trained,
+                **{k: v for k, v in optional.items() if v is not None}, **_plain(self.extra)}
 
 
 @dataclass(frozen=True)
@@ -504,6 +582,7 @@ class Manifest:
     architecture            None
     head                    ``"open"`` (K free; ``"paper"``: K fixed)
     fixed_vocabulary_size   None (open vocabulary)
+    logit_scale             None (the image graph's tau in ``logits = tau * cos``; unknown)
     modes                   ``("optical+sar",)``
     embedding_dim           None (unknown: the vocabulary cache width is not checked)
     default_vocabulary      empty
@@ -535,6 +614,7 @@ class Manifest:
     architecture: str | None = None
     head: str = "open"
     fixed_vocabulary_size: int | None = None
+    logit_scale: float | None = None
     modes: tuple[str, ...] = ("optical+sar",)
     embedding_dim: int | None = None
     default_vocabulary: tuple[Mapping[str, Any], ...] = ()
@@ -581,6 +661,7 @@ class Manifest:
         d: dict[str, Any] = {
             "format_version": self.format_version, "model": self.model, "architecture": self.architecture,
             "task": self.task, "head": self.head, "fixed_vocabulary_size": self.fixed_vocabulary_size,
+            **({"logit_scale": self.logit_scale} if self.logit_scale is not None else {}),
             "modalities": {n: s.to_dict() for n, s in self.modalities.items()}, "modes": list(self.modes),
             "tile": self.tile.to_dict(), "embedding_dim": self.embedding_dim, "text": self.text.to_dict(),
             "default_vocabulary": _plain(self.default_vocabulary),
@@ -619,6 +700,7 @@ def _optional_fields(f: _Fields) -> dict[str, Any]:
     out: dict[str, Any] = {
         "architecture": f.opt("architecture", "str", None), "head": f.opt("head", "str", "open"),
         "fixed_vocabulary_size": f.opt("fixed_vocabulary_size", "int", None),
+        "logit_scale": f.opt("logit_scale", "number", None),
         "modes": f.strs("modes", None) or ("optical+sar",), "embedding_dim": f.opt("embedding_dim", "int", None),
         "default_vocabulary": tuple(copy.deepcopy(default_vocab)), "precision": f.opt("precision", "str", "fp16"),
         "opset": f.opt("opset", "int", None),
@@ -637,6 +719,6 @@ def _optional_fields(f: _Fields) -> dict[str, Any]:
 
 __all__ = [
     "FORMAT_VERSION", "GRAPH_FILE_KEYS", "SUPPORTED_VERSIONS", "UPGRADES", "BundleError", "EngineEntry",
-    "FileEntry", "GraphEntry", "Limits", "Manifest", "ModalitySpec", "TensorSpec", "TextSpec", "TileSpec",
+    "FileEntry", "GraphEntry", "Limits", "Manifest", "ModalitySpec", "PretrainedSource", "TensorSpec", "TextSpec", "TileSpec",
     "WeightsEntry", "upgrade", "upgrade_v1_to_v2",
 ]

@@ -32,10 +32,14 @@ class InputOptions:
     bundle's band order (None: the raster's own). ``nodata``: value for rasters that declare
     none (a float, or ``{"optical": v, "sar": v}``). ``sar_units``: ``"db"``/``"linear"`` (None:
     the bundle's). ``sar_check=False`` turns an implausible-SAR-units refusal into a warning.
-    ``sensor``: a preset of bands and scaling for a known product (``rsvl_runtime.sensors``).
-    ``scale``/``offset``: optical values become ``value * scale + offset`` (e.g. 0.0001 for
-    Sentinel-2 L2A reflectance), in place of the bundle's ``1 / spec.scale``. ``stretch``:
-    ``(low, high)`` percentiles mapped to 0..1, computed once per scene from a decimated read.
+    ``sensor``: a preset of bands and scaling for a known product (``rsvl_runtime.sensors``;
+    ``--bands``/``--scale``/``--offset`` given win over it). ``scale``/``offset``: optical values
+    become ``value * scale + offset`` (e.g. 0.0001 for Sentinel-2 L2A reflectance), in place of
+    the bundle's ``value / spec.scale + spec.offset``; an ``offset`` needs a ``scale`` (or a
+    sensor). ``stretch``: ``(low, high)`` percentiles (0 <= low < high <= 100) mapped to 0..1,
+    computed once per scene from a decimated read (:class:`rsvl_runtime.normalization.OpticalScaling`).
+    Any of the four lets the optical raster be uint16/int16/float (not only the bundle's dtype).
+    Impossible values are a ValueError naming the flag.
     """
 
     optical_spec: Mapping[str, Any] | None = None
@@ -53,6 +57,30 @@ class InputOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "bands", _int_tuple(self.bands))
         object.__setattr__(self, "sar_bands", _int_tuple(self.sar_bands))
+        self._check_scaling()
+
+    def _check_scaling(self) -> None:
+        import math
+
+        from .sensors import get_preset
+
+        if self.sensor is not None:
+            object.__setattr__(self, "sensor", get_preset(self.sensor).name)
+        for flag, v in (("--scale", self.scale), ("--offset", self.offset)):
+            if v is not None and not math.isfinite(float(v)):
+                raise ValueError(f"{flag} {v}: give a finite number")
+        if self.scale is not None and float(self.scale) == 0:
+            raise ValueError("--scale 0 maps every optical value to the offset; give the product's scale "
+                             "factor, e.g. --scale 0.0001 for Sentinel-2 L2A")
+        if self.offset is not None and self.scale is None and self.sensor is None:
+            raise ValueError(f"--offset {self.offset} needs --scale (values become value * scale + offset), "
+                             "e.g. --scale 2.75e-05 --offset -0.2 for Landsat C2 L2, or a --sensor preset")
+        if self.stretch is not None:
+            st = tuple(float(v) for v in self.stretch)
+            if len(st) != 2 or not 0 <= st[0] < st[1] <= 100:
+                raise ValueError(f"--stretch {self.stretch}: need two percentiles 0 <= low < high <= 100, "
+                                 "e.g. --stretch p2,p98")
+            object.__setattr__(self, "stretch", st)
 
     def nodata_for(self, modality: str) -> float | None:
         """The nodata override of one modality (None: use the raster's)."""
@@ -80,7 +108,7 @@ _INPUT_FIELDS = frozenset(f.name for f in fields(InputOptions))
 class SceneOptions:
     """Everything a scene run needs besides ``predict_fn`` and the paths.
 
-    ``class_names``/``colors``: the vocabulary (K names; colours default to a palette).
+    ``class_names``/``colors``: the vocabulary (K names; missing colours are chosen by meaning).
     ``tile``/``overlap``/``batch``: tiling and tiles per ``predict_fn`` call. ``task``:
     ``"semantic"`` (labels.tif + scores.tif) or ``"referring"`` (mask.tif, K = 2 or a single
     target logit). ``write_scores``: write scores.tif. ``cog``: rewrite the rasters with the COG
@@ -90,7 +118,11 @@ class SceneOptions:
     reads it once per process, so it applies when this is the first GDAL use; otherwise set
     ``GDAL_CACHEMAX`` in the environment); None keeps GDAL's default (5 % of RAM).
     ``bundle_info`` is shown in the report and is part of the resume signature.
-    ``min_score``: pixels whose best class score is below it are labelled "unclassified".
+    ``min_score``: pixels whose best class score is below it are labelled "unclassified" (id K,
+    its own colour and row in classes.json; semantic task only, 0..1). Default None: no
+    threshold for K >= 2 (every valid pixel gets its most likely class); 0.5 for a one-class
+    vocabulary, whose score is the cosine mapped to 0..1 (see :mod:`rsvl_runtime.postprocess`).
+    A thresholded vocabulary has at most 254 classes.
     ``vector``: also write class polygons (``"gpkg"`` or ``"geojson"``, :mod:`rsvl_runtime.vectors`);
     ``min_area_m2`` drops smaller polygons, ``simplify`` is a simplification tolerance in CRS units.
     ``vocabulary``: per class ``{"name", "synonyms", "color", "prompts"}`` for the report.
@@ -139,22 +171,42 @@ class SceneOptions:
         return replace(self, **scene, inputs=replace(self.inputs, **inputs))
 
     def check(self) -> list[tuple[int, int, int]]:
-        """Refuse impossible options; returns the palette (one RGB colour per class)."""
-        from .colours import default_colors
+        """Refuse impossible options; returns the palette: one RGB colour per label id (the
+        classes, then "unclassified" when a threshold applies). Missing class colours are chosen
+        by meaning (:func:`rsvl_runtime.colours.class_palette`)."""
+        from .colours import UNCLASSIFIED_COLOR, class_palette
+        from .postprocess import Scoring
 
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         names = self.class_names
         if self.task == "referring" and len(names) != 2:
             raise ValueError(f"the referring task has 2 classes (background, target), got {list(names)}")
+        if self.task == "referring" and self.min_score is not None:
+            raise ValueError("min_score (--threshold) applies to semantic segmentation; the referring mask "
+                             "has no 'unclassified' class: leave it unset")
         if not 1 <= len(names) <= 255:
             raise ValueError(f"need 1..255 classes (255 is the nodata label), got {len(names)}")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
-        cols = list(self.colors) if self.colors is not None else []
-        if len(cols) < len(names):
-            cols += default_colors(len(names))[len(cols):]
-        return [tuple(int(v) for v in c[:3]) for c in cols[:len(names)]]  # type: ignore[misc]
+        if self.vector not in (None, "gpkg", "geojson"):
+            raise ValueError(f"--vector must be gpkg or geojson, got {self.vector!r}")
+        if self.min_area_m2 < 0:
+            raise ValueError(f"--min-area must be >= 0 (m²), got {self.min_area_m2}")
+        if self.simplify is not None and self.simplify <= 0:
+            raise ValueError(f"--simplify must be > 0 (a tolerance in CRS units), got {self.simplify}")
+        scoring = Scoring.of_options(self)
+        if scoring.n_ids > 255:
+            raise ValueError(f"{len(names)} classes plus 'unclassified' (min_score {self.min_score}) need "
+                             f"{scoring.n_ids} label ids, but 255 is the nodata label: use at most 254 classes "
+                             "with --threshold")
+        phrases = [[n] for n in names]
+        if self.vocabulary is not None and len(self.vocabulary) == len(names):
+            phrases = [[n, *(v.get("synonyms") or [])] for n, v in zip(names, self.vocabulary)]
+        palette = class_palette(phrases, list(self.colors or [])[:len(names)])
+        if scoring.unclassified is not None:
+            palette.append(UNCLASSIFIED_COLOR)
+        return palette
 
     @property
     def tiling(self) -> dict[str, Any]:

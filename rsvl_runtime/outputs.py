@@ -3,15 +3,22 @@
 Folder layout (semantic task)::
 
     labels.tif     uint8 class ids, nodata 255, input CRS/transform, 512x512 tiles, deflate,
-                   internal overviews (mode) — cloud-optimised (GDAL COG driver when available)
-    scores.tif     one band per class: probability * 255 as uint8 (valid pixels 1..255,
-                   nodata 0), band descriptions = class names, overviews (average)
-    classes.json   per class: id, name, color, pixels, area_m2, fraction (of the valid area)
-    preview.png    colour-mapped labels (<= 1024 px on the long side) + legend strip
+                   internal overviews (mode) — cloud-optimised (GDAL COG driver when available);
+                   GDAL colour table (one colour per id, nodata transparent)
+    labels.tif.aux.xml  GDAL PAM side-car: category names, raster attribute table
+    labels.qml     QGIS style (paletted, one entry per id, nodata transparent)
+    scores.tif     one band per class: score * 255 as uint8 (valid pixels 1..255, nodata 0),
+                   scale 1/255 per band (GIS tools show 0..1), band descriptions = class names,
+                   overviews (average)
+    classes.json   per class: id, name, color, pixels, area_m2, fraction (of the valid area);
+                   with a ``min_score`` threshold also the "unclassified" id K
+    preview.png    colour-mapped labels, RGBA (nodata transparent), <= 1024 px on the long side,
+                   + legend strip
     report.html    self-contained report (preview embedded as base64)
     done.json      written LAST: timings, inputs, outputs and their sizes
 
-The referring task writes ``mask.tif`` (uint8 0/1, nodata 255) instead of labels/scores.
+The referring task writes ``mask.tif`` (uint8 0/1, nodata 255, colour table, ``mask.tif.aux.xml``
+and ``mask.qml``) instead of labels/scores. Styling: :mod:`rsvl_runtime.styling`.
 
 Atomicity: a run writes into a temporary sibling folder (:mod:`rsvl_runtime.transaction`);
 there every file is written under a temporary name (``.<name>.<random>.tmp``) and renamed with
@@ -153,7 +160,9 @@ class GeoTiffRowWriter:
     Rows arrive in order through :meth:`write` (``[count, n, width]``); they are buffered up to one
     block row (``count x 512 x width`` bytes) and written window by window, so each compressed
     tile is written once. ``zlevel``: deflate level (1 is ~9x faster than 6 for ~15 % more
-    bytes; the runner uses it for the K-band scores). :meth:`close` builds internal overviews and, when ``cog`` and the COG
+    bytes; the runner uses it for the K-band scores). ``colormap`` (band 1's GDAL colour table,
+    :func:`rsvl_runtime.styling.label_colormap`) and ``scales`` (per band, offsets 0) are set
+    when the file is created and survive the COG rewrite. :meth:`close` builds internal overviews and, when ``cog`` and the COG
     driver is available, rewrites the file as a Cloud Optimized GeoTIFF (same temporary path).
 
     :meth:`checkpoint` makes the rows written so far durable (a valid TIFF on disk) and returns
@@ -165,7 +174,9 @@ class GeoTiffRowWriter:
     def __init__(self, path: PathLike, *, width: int, height: int, count: int, crs: Any,
                  transform: Any, nodata: float | None, descriptions: Sequence[str] | None = None,
                  overview_resampling: Resampling = Resampling.mode, cog: bool | None = None,
-                 block: int = BLOCK, zlevel: int = 6, resume: tuple[int, int] | None = None) -> None:
+                 block: int = BLOCK, zlevel: int = 6, resume: tuple[int, int] | None = None,
+                 colormap: Mapping[int, Sequence[int]] | None = None,
+                 scales: Sequence[float] | None = None) -> None:
         self.path = Path(path)
         self.width, self.height, self.count, self.block = width, height, count, block
         self.overview_resampling = overview_resampling
@@ -176,6 +187,8 @@ class GeoTiffRowWriter:
                          "tiled": True, "blockxsize": block, "blockysize": block,
                          "compress": "deflate", "zlevel": zlevel, "BIGTIFF": "IF_SAFER",
                          "NUM_THREADS": "ALL_CPUS"}
+        if count >= 3:  # K score bands, not an RGB image (GDAL's default for 3-4 uint8 bands)
+            self._profile["photometric"] = "MINISBLACK"
         self.zlevel = zlevel
         self._buf = np.empty((count, min(block, height), width), np.uint8)
         self._buf_y0 = 0  # scene row of self._buf[:, 0]
@@ -188,6 +201,11 @@ class GeoTiffRowWriter:
         if descriptions:
             for i, d in enumerate(descriptions, start=1):
                 self._ds.set_band_description(i, str(d))
+        if colormap is not None:
+            self._ds.write_colormap(1, dict(colormap))
+        if scales is not None:
+            self._ds.scales = tuple(float(v) for v in scales)
+            self._ds.offsets = (0.0,) * count
 
     def _reopen(self, rows: int, crc: int) -> None:
         self._ds = rasterio.open(self.path, "r+", NUM_THREADS="ALL_CPUS")
@@ -322,7 +340,8 @@ def write_done(out_dir: PathLike, outputs: Mapping[str, PathLike], info: Mapping
 
 def is_complete(out_dir: PathLike) -> bool:
     """True when ``out_dir`` holds a finished run: a valid ``done.json`` whose listed outputs all
-    exist with the recorded sizes."""
+    exist with the recorded sizes (GDAL ``.aux.xml`` side-cars only need to exist: GIS tools add
+    statistics to them)."""
     path = Path(out_dir) / DONE
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -336,7 +355,7 @@ def is_complete(out_dir: PathLike) -> bool:
     for name, meta in outputs.items():
         f = Path(out_dir) / name
         try:
-            if not f.is_file() or f.stat().st_size != int(meta["bytes"]):
+            if not f.is_file() or (f.stat().st_size != int(meta["bytes"]) and not name.endswith(".aux.xml")):
                 return False
         except (OSError, KeyError, TypeError, ValueError):
             return False

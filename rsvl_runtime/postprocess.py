@@ -1,20 +1,48 @@
-"""Logits to probabilities, labels and scores (pure numpy): the one :func:`softmax` of the runtime.
+"""Logits to scores, labels and the "unclassified" threshold (pure numpy): the one
+:func:`softmax` of the runtime and the one definition of a class score (:class:`Scoring`).
+
+Scores (what ``scores.tif`` stores x 255 and what ``min_score`` is compared with):
+
+- semantic, K >= 2: the softmax probability of each class;
+- semantic, K == 1 (one class, e.g. ``--vocab water``): a softmax over one class is always 1,
+  so the score is the cosine between pixel and class embedding mapped to 0..1,
+  ``(1 + logit / logit_scale) / 2`` — the image graph outputs ``logits = tau * cos(z, t_k)``
+  (``docs/design.md``) and ``logit_scale`` is that ``tau`` (the manifest's ``logit_scale``,
+  else :data:`DEFAULT_LOGIT_SCALE`, the CLIP/TSMNet initial value 1/0.07);
+- referring: softmax over (background, target), or the sigmoid of a single target logit;
+  the threshold does not apply.
+
+Threshold: a pixel whose best class score is below the effective ``min_score`` is labelled
+:data:`UNCLASSIFIED` with id K (the first id after the vocabulary, so a thresholded vocabulary
+has at most 254 classes). The default (``min_score=None``) is no threshold for K >= 2 (every
+valid pixel gets its most likely class, as before) and :data:`ONE_CLASS_MIN_SCORE` (0.5,
+i.e. cosine > 0) for K == 1, where a label without a threshold would mean nothing.
 
 :func:`label_array` serves the in-memory API (:meth:`rsvl_runtime.segmenter.Segmenter.predict`:
-float probabilities, uint16 labels above 255 classes); :func:`labels_and_scores` serves the
-tiled scene runner (:mod:`rsvl_runtime.sink`: uint8 labels and scores as written to
-labels.tif/scores.tif, :mod:`rsvl_runtime.outputs`).
+float scores, uint16 labels above 255 ids); :func:`labels_and_scores` serves the tiled scene
+runner (:mod:`rsvl_runtime.sink`: uint8 labels and scores as written to labels.tif/scores.tif,
+:mod:`rsvl_runtime.outputs`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .outputs import LABEL_NODATA, SCORE_NODATA
 
-#: Label of nodata pixels in uint16 labels (more than 255 classes; uint8 labels use 255, as
+#: Label of nodata pixels in uint16 labels (more than 255 ids; uint8 labels use 255, as
 #: labels.tif does).
 LABEL_NODATA_U16 = 65535
+#: Name of the class of pixels below the threshold (id K).
+UNCLASSIFIED = "unclassified"
+#: The logit scale ``tau`` assumed when the bundle records none (CLIP's and TSMNet's initial 1/0.07).
+DEFAULT_LOGIT_SCALE = 1.0 / 0.07
+#: Default threshold of a one-class vocabulary: score 0.5 = cosine 0 (the pixel embedding points
+#: towards the class rather than away from it).
+ONE_CLASS_MIN_SCORE = 0.5
 
 
 def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -25,32 +53,115 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     return z
 
 
-def label_array(probs: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    """argmax labels of ``probs [K, H, W]``: uint8 (nodata 255) for K <= 255 classes, else
-    uint16 (nodata 65535), so class ids never wrap; ``valid`` False -> nodata, probabilities 0."""
+def check_min_score(min_score: float | None) -> None:
+    """ValueError unless ``min_score`` is None or a number in 0..1."""
+    if min_score is not None and not (isinstance(min_score, (int, float)) and 0.0 <= float(min_score) <= 1.0):
+        raise ValueError(f"min_score (--threshold) is {min_score!r}: give a class score between 0 and 1, "
+                         "e.g. --threshold 0.4 (pixels whose best score is below it become 'unclassified')")
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How the logits of a run become scores and labels (see the module docstring).
+
+    ``n_classes``: K. ``min_score``: the effective threshold (None: none). ``one_class``: a
+    semantic K == 1 run (cosine scores). ``logit_scale``: ``tau`` of the image graph.
+    """
+
+    n_classes: int
+    min_score: float | None = None
+    one_class: bool = False
+    logit_scale: float = DEFAULT_LOGIT_SCALE
+
+    @classmethod
+    def of(cls, task: str, n_classes: int, min_score: float | None = None,
+           logit_scale: float | None = None) -> Scoring:
+        """The scoring of a run: the threshold applies to the semantic task only; K == 1
+        defaults it to :data:`ONE_CLASS_MIN_SCORE`."""
+        check_min_score(min_score)
+        if task != "semantic":
+            return cls(n_classes)
+        one = n_classes == 1
+        thr = min_score if min_score is not None else (ONE_CLASS_MIN_SCORE if one else None)
+        scale = float(logit_scale) if logit_scale else DEFAULT_LOGIT_SCALE
+        return cls(n_classes, None if thr is None else float(thr), one, scale)
+
+    @classmethod
+    def of_options(cls, options: Any) -> Scoring:
+        """The scoring of :class:`~rsvl_runtime.options.SceneOptions` (``logit_scale`` from
+        its ``bundle_info``, recorded there by :class:`~rsvl_runtime.segmenter.Segmenter`)."""
+        info = options.bundle_info or {}
+        return cls.of(options.task, len(options.class_names), options.min_score, info.get("logit_scale"))
+
+    def describe(self) -> dict[str, Any] | None:
+        """``{"min_score", "unclassified_id", "score"}`` for classes.json (None: no threshold)."""
+        if self.min_score is None:
+            return None
+        score = "cosine (1 + logit / logit_scale) / 2" if self.one_class else "softmax probability"
+        return {"min_score": self.min_score, "unclassified_id": self.n_classes, "score": score,
+                **({"logit_scale": self.logit_scale} if self.one_class else {})}
+
+    @property
+    def unclassified(self) -> int | None:
+        """The id of "unclassified" (K) when a threshold applies, else None."""
+        return self.n_classes if self.min_score is not None else None
+
+    @property
+    def n_ids(self) -> int:
+        """Label ids a run can produce besides nodata: K, plus one for "unclassified"."""
+        return self.n_classes + (self.unclassified is not None)
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """Float scores ``[K, ...]`` of logits ``[K, ...]`` (a new array)."""
+        if self.one_class:
+            return np.clip((1.0 + logits / self.logit_scale) * 0.5, 0.0, 1.0).astype(logits.dtype, copy=False)
+        return softmax(logits)
+
+    def labels(self, scores: np.ndarray, dtype: Any = np.uint8) -> np.ndarray:
+        """Best class per pixel of ``scores [K, ...]``; "unclassified" (K) below the threshold."""
+        labels = scores.argmax(axis=0).astype(dtype)
+        if self.min_score is not None:
+            labels[scores.max(axis=0) < self.min_score] = self.n_classes
+        return labels
+
+
+def label_array(probs: np.ndarray, valid: np.ndarray | None, min_score: float | None = None) -> np.ndarray:
+    """Best-class labels of scores ``probs [K, H, W]``: uint8 (nodata 255) when the ids fit
+    below 255, else uint16 (nodata 65535), so ids never wrap; below ``min_score`` the label is
+    K ("unclassified"); ``valid`` False -> nodata, scores 0."""
     k = probs.shape[0]
-    dtype, nodata = (np.uint8, LABEL_NODATA) if k <= LABEL_NODATA else (np.uint16, LABEL_NODATA_U16)
-    labels = probs.argmax(0).astype(dtype)
+    scoring = Scoring(k, None if min_score is None else float(min_score))
+    fits = scoring.n_ids <= LABEL_NODATA
+    dtype, nodata = (np.uint8, LABEL_NODATA) if fits else (np.uint16, LABEL_NODATA_U16)
+    labels = scoring.labels(probs, dtype)
     if valid is not None and not valid.all():
         labels[~valid] = nodata
         probs[:, ~valid] = 0.0
     return labels
 
 
-def labels_and_scores(logits: np.ndarray, valid: np.ndarray,
-                      with_scores: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def labels_and_scores(logits: np.ndarray, valid: np.ndarray, with_scores: bool = True,
+                      scoring: Scoring | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Blended logits ``[K, n, W]`` -> labels uint8 ``[n, W]`` (255 = nodata) and scores uint8
-    ``[K, n, W]`` (probability * 255 clipped to 1..255, 0 = nodata). ``K == 1``: a single
-    target logit, label 1 where it is > 0."""
-    if logits.shape[0] == 1:
+    ``[K, n, W]`` (score * 255 clipped to 1..255, 0 = nodata). ``scoring`` None: the referring
+    rules (``K == 1``: a single target logit, label 1 where it is > 0; else softmax/argmax)."""
+    if scoring is None and logits.shape[0] == 1:
         labels = (logits[0] > 0).astype(np.uint8)
         probs = 1.0 / (1.0 + np.exp(-logits)) if with_scores else None
     else:
-        labels = logits.argmax(axis=0).astype(np.uint8)
-        probs = softmax(logits) if with_scores else None
+        scoring = scoring or Scoring(logits.shape[0])
+        need_scores = with_scores or scoring.min_score is not None or scoring.one_class
+        probs = scoring.scores(logits) if need_scores else None
+        if scoring.one_class:
+            labels = np.zeros(logits.shape[1:], np.uint8)
+        else:
+            labels = logits.argmax(axis=0).astype(np.uint8)  # the argmax of the logits: no softmax rounding
+        if scoring.min_score is not None:
+            assert probs is not None
+            labels[probs.max(axis=0) < scoring.min_score] = scoring.n_classes
     labels[~valid] = LABEL_NODATA
     scores = None
-    if probs is not None:
+    if probs is not None and with_scores:
         scores = np.clip(np.rint(probs * 255.0), 1, 255).astype(np.uint8)
         scores[:, ~valid] = SCORE_NODATA
     return labels, scores

@@ -1,5 +1,6 @@
 """``preview.png``: the labels raster colour-mapped at most 1024 px on the long side, with a
-legend strip below it.
+legend strip below it. RGBA: nodata pixels are transparent (alpha 0) and drawn in the legend as
+a hatched swatch; the legend lists every label id of the palette ("unclassified" included).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
-from .colours import NODATA_COLOR, palette_lut
+from .colours import palette_lut
 from .files import atomic_open
 from .outputs import LABEL_NODATA, file_mode
 
@@ -32,11 +33,12 @@ def read_decimated(path: PathLike, max_size: int = 1024) -> np.ndarray:
 
 def render_preview(labels: np.ndarray, colors: Sequence[Sequence[int]], class_names: Sequence[str],
                    fractions: Sequence[float] | None = None) -> Any:
-    """Colour-map ``labels [h, w]`` and add a legend strip below it; returns a Pillow RGB image."""
+    """Colour-map ``labels [h, w]`` (nodata transparent) and add a legend strip below it; returns
+    a Pillow RGBA image."""
     from PIL import Image, ImageDraw, ImageFont
 
-    rgb = palette_lut(colors)[labels]
-    img = Image.fromarray(rgb, "RGB")
+    rgba = palette_lut(colors)[labels]
+    img = Image.fromarray(rgba, "RGBA")
     font = ImageFont.load_default()
     entries = [f"{n}" + (f"  {100 * fractions[i]:.1f}%" if fractions is not None else "")
                for i, n in enumerate(class_names)]
@@ -47,15 +49,22 @@ def render_preview(labels: np.ndarray, colors: Sequence[Sequence[int]], class_na
     cols = max(1, width // col_w)
     row_h = 18
     legend_h = 8 + row_h * (-(-len(entries) // cols))
-    canvas = Image.new("RGB", (width, img.height + legend_h), (255, 255, 255))
+    canvas = Image.new("RGBA", (width, img.height + legend_h), (0, 0, 0, 0))
     canvas.paste(img, (0, 0))
     draw = ImageDraw.Draw(canvas)
+    draw.rectangle([0, img.height, width - 1, img.height + legend_h - 1], fill=(255, 255, 255, 255))
     for i, text in enumerate(entries):
         x = 6 + (i % cols) * col_w
         y = img.height + 6 + (i // cols) * row_h
-        color = tuple(int(v) for v in (colors[i][:3] if i < len(class_names) else NODATA_COLOR))
-        draw.rectangle([x, y, x + 12, y + 12], fill=color, outline=(60, 60, 60))
-        draw.text((x + 18, y), text, fill=(0, 0, 0), font=font)
+        if i < len(class_names):
+            draw.rectangle([x, y, x + 12, y + 12], fill=(*(int(v) for v in colors[i][:3]), 255),
+                           outline=(60, 60, 60, 255))
+        else:  # nodata: transparent in the map, a hatched swatch here
+            draw.rectangle([x, y, x + 12, y + 12], fill=(255, 255, 255, 255), outline=(60, 60, 60, 255))
+            for d in range(-12, 13, 4):
+                draw.line([(x + max(0, d), y + max(0, -d)), (x + min(12, 12 + d), y + min(12, 12 - d))],
+                          fill=(120, 120, 120, 255))
+        draw.text((x + 18, y), text, fill=(0, 0, 0, 255), font=font)
     return canvas
 
 

@@ -1,7 +1,14 @@
 """Opening and checking the input rasters: clear errors, band selection, nodata, co-registration.
 
 Every refusal is a :class:`RasterInputError` (a ``ValueError``) whose message names the file,
-what was expected, what was found and the fix (``--bands``, ``--nodata``, ``--align``).
+what was expected, what was found and the fix (``--bands``, ``--sensor``, ``--scale``,
+``--nodata``, ``--align``).
+
+An input is a local file or anything GDAL opens itself (:func:`is_gdal_path`): a URL
+(``http(s)://``, ``s3://``, ``gs://``, ``az://`` ...) or a ``/vsi*`` path. Those reach rasterio
+as the very string given (never through ``Path``, which would collapse ``//``), so GDAL's own
+configuration applies: the ``GDAL_*``, ``CPL_*``, ``AWS_*`` ... environment variables and any
+``rasterio.Env`` options (GDAL keeps them process-wide). A local path stays a ``Path``.
 
 :func:`align_to` reprojects a raster (typically SAR) onto the grid of a reference raster
 (typically the optical scene) block by block through a ``WarpedVRT``, so memory stays bounded.
@@ -13,10 +20,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +35,22 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from . import sensors
+from .logs import error_text
 from .manifest import ModalitySpec
-from .normalization import OPTICAL_DTYPES
+from .normalization import OPTICAL_DTYPES, SCALED_OPTICAL_DTYPES, OpticalScaling
 
 PathLike = str | os.PathLike[str]
+#: An input as the runtime keeps it: a local ``Path``, or the ``str`` GDAL resolves (a URL).
+RasterPath = Path | str
 
 #: Authalic (equal-area) radius of the WGS84 ellipsoid, metres: a sphere of the same area.
 EARTH_AUTHALIC_RADIUS_M = 6371007.181
 
 SAR_DTYPES = ("float32", "float64")
-#: GDAL's names of the optical data types, for the ``gdal_translate -ot`` hint.
-GDAL_TYPE_NAMES = {"uint8": "Byte", "uint16": "UInt16"}
+
+#: Longest side, in pixels, of the decimated read a ``--stretch`` is computed from.
+STRETCH_MAX_SIDE = 1024
 
 #: Origin/resolution tolerance of the co-registration check, as a fraction of a pixel.
 GRID_TOLERANCE_PX = 1e-3
@@ -48,12 +61,60 @@ class RasterInputError(ValueError):
 
 
 # ----------------------------------------------------------------------------- opening
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+#: URLs and the /vsi* file systems that read over the network (for the wording of errors).
+_REMOTE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://|/vsi(curl|s3|gs|az|adls|oss|swift|hdfs|webhdfs)(_streaming)?/)")
+
+
+def is_gdal_path(path: PathLike) -> bool:
+    """True for a path GDAL resolves itself, not a local file: a URL (``scheme://``, e.g.
+    ``https://``, ``s3://``, ``gs://``, ``az://``, ``zip+https://``) or a ``/vsi*`` path."""
+    s = os.fspath(path)
+    return isinstance(s, str) and (bool(_URL.match(s)) or s.startswith("/vsi"))
+
+
+def as_raster_path(path: PathLike) -> RasterPath:
+    """``path`` as the runtime keeps it: the string itself for :func:`is_gdal_path`, else a ``Path``."""
+    return os.fspath(path) if is_gdal_path(path) else Path(path)  # type: ignore[return-value]
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _open_remote(url: str) -> rasterio.io.DatasetReader:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(url)
+    except RasterioIOError as e:
+        reason = _one_line(e)
+        remote = bool(_REMOTE.match(url)) and not url.lower().startswith("file:")
+        kind = "remote raster" if remote else "raster"
+        if re.search(r"\b404\b|does not exist|No such file|not recognized as being in a supported", reason):
+            what = f"{kind} not found: {url} ({reason})"
+            fix = ("check the URL (the path, the file name and that the server or bucket serves it)" if remote
+                   else "check the path (and the file's path inside the archive)")
+        else:
+            what = f"cannot read {kind} {url}: {reason}"
+            fix = "check the URL, the network and the credentials" if remote else "check the path and the file"
+        if remote:
+            fix += (". GDAL reads it with HTTP range requests: the server must allow them, and credentials/"
+                    "settings come from the environment (AWS_*, GDAL_HTTP_*, GS_*, AZURE_*; "
+                    "AWS_NO_SIGN_REQUEST=YES for public buckets), or download the file and pass the local path")
+        raise RasterInputError(f"{what}; {fix}") from e
+
+
 def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
     """Open a raster for reading; missing or unreadable files raise :class:`RasterInputError`.
 
-    rasterio's ``NotGeoreferencedWarning`` is silenced: :mod:`rsvl_runtime.checks` reports a
-    missing georeferencing itself, with the fix.
+    A URL or ``/vsi*`` path (:func:`is_gdal_path`) goes to rasterio unchanged; a missing or
+    unreachable one is one line naming the URL and the fix. rasterio's
+    ``NotGeoreferencedWarning`` is silenced: :mod:`rsvl_runtime.checks` reports a missing
+    georeferencing itself, with the fix.
     """
+    if is_gdal_path(path):
+        return _open_remote(os.fspath(path))  # type: ignore[arg-type]
     p = Path(path)
     if not p.exists():
         raise RasterInputError(f"input raster not found: {p}")
@@ -64,7 +125,7 @@ def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(p)
     except RasterioIOError as e:
-        raise RasterInputError(f"cannot read raster {p}: {e}. The file is corrupt, truncated or not "
+        raise RasterInputError(f"cannot read raster {p}: {error_text(e)}. The file is corrupt, truncated or not "
                                "a raster GDAL can read (expected a GeoTIFF)") from e
 
 
@@ -76,7 +137,7 @@ def read_check(ds: rasterio.io.DatasetReader) -> None:
         ds.read(window=Window(0, 0, w, h))
         ds.read(window=Window(ds.width - w, ds.height - h, w, h))
     except RasterioError as e:
-        raise RasterInputError(f"cannot read pixels of raster {ds.name}: {e}. The file is corrupt or "
+        raise RasterInputError(f"cannot read pixels of raster {ds.name}: {error_text(e)}. The file is corrupt or "
                                "truncated; re-create or re-download it") from e
 
 
@@ -87,28 +148,30 @@ def read_window(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Win
         return ds.read(indexes=list(bands), window=window)
     except RasterioError as e:
         rows = f"{int(window.row_off)}..{int(window.row_off + window.height) - 1}"
-        raise RasterInputError(f"cannot read rows {rows} of raster {ds.name}: {e}. The file is corrupt "
+        raise RasterInputError(f"cannot read rows {rows} of raster {ds.name}: {error_text(e)}. The file is corrupt "
                                "or truncated; re-create or re-download it") from e
 
 
 def select_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None,
-                 spec: ModalitySpec | Mapping[str, Any], modality: str) -> list[int]:
+                 spec: ModalitySpec | Mapping[str, Any], modality: str, sensor: str | None = None) -> list[int]:
     """1-based band indexes to read from ``ds`` for a modality whose spec lists its bands.
 
-    ``bands=None`` takes bands ``1..n`` when the raster has exactly ``n`` bands; otherwise the
-    caller must say which (``--bands 3,2,1``, in the bundle's band order).
+    ``bands=None`` takes the ``sensor`` preset's bands (:mod:`rsvl_runtime.sensors`), else bands
+    ``1..n`` when the raster has exactly ``n`` bands; otherwise the caller must say which
+    (``--bands``, in the bundle's band order). The hint names bands by their descriptions when
+    the raster has them, and suggests a preset when the raster looks like one.
     """
     names = list(ModalitySpec.coerce(spec).bands)
     n = len(names)
     flag = "--bands" if modality == "optical" else "--sar-bands"
+    preset = sensors.get_preset(sensor) if sensor and modality == "optical" else None
+    if bands is None and preset is not None:
+        return _preset_bands(ds, preset, names)
     if bands is None:
         if ds.count != n:
-            example = ",".join(str(i) for i in range(n, 0, -1)) if ds.count > n else ""
-            hint = (f"pick them with {flag} (1-based, in that order), e.g. {flag} {example}"
-                    if ds.count > n else f"the raster has too few bands for this bundle's {modality} input")
             raise RasterInputError(
                 f"{modality} raster {ds.name} has {ds.count} band(s) but the bundle expects {n} "
-                f"({', '.join(names)}); {hint}")
+                f"({', '.join(names)}); {_band_hint(ds, names, flag, modality)}")
         return list(range(1, n + 1))
     idx = [int(b) for b in bands]
     if len(idx) != n:
@@ -121,8 +184,44 @@ def select_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None,
     return idx
 
 
+def _preset_bands(ds: rasterio.io.DatasetReader, preset: sensors.SensorPreset, names: Sequence[str]) -> list[int]:
+    idx = list(preset.bands)
+    if len(idx) != len(names):
+        raise RasterInputError(f"--sensor {preset.name} picks {len(idx)} bands {preset.describe_bands()} but "
+                               f"the bundle's optical input expects {len(names)} ({', '.join(names)}); "
+                               "give --bands yourself")
+    if max(idx) > ds.count:
+        raise RasterInputError(
+            f"--sensor {preset.name} reads bands {preset.describe_bands()} of a stacked "
+            f"{'/'.join(map(str, preset.counts))}-band file ({' '.join(preset.stack)}), but optical raster "
+            f"{ds.name} has {ds.count} band(s); give --bands for its order (e.g. --bands 1,2,3 for an "
+            f"{'/'.join(preset.rgb)} file); --bands wins over the preset's bands")
+    return idx
+
+
+def _band_hint(ds: rasterio.io.DatasetReader, names: Sequence[str], flag: str, modality: str) -> str:
+    """How to pick the bands of a raster whose band count is not the bundle's."""
+    n = len(names)
+    if ds.count < n:
+        return f"the raster has too few bands for this bundle's {modality} input"
+    named = _bands_by_description(ds, names)
+    example = ",".join(map(str, named or range(n, 0, -1)))
+    how = " (its band descriptions)" if named else ""
+    hint = f"pick them with {flag} (1-based, in that order), e.g. {flag} {example}{how}"
+    if modality == "optical":
+        hint += sensors.suggestion(ds.count, ds.dtypes[0])
+    return hint
+
+
+def _bands_by_description(ds: rasterio.io.DatasetReader, names: Sequence[str]) -> list[int] | None:
+    """The bands whose description is a bundle band name (case-insensitive), in the bundle's order."""
+    desc = {str(d).strip().lower(): i + 1 for i, d in enumerate(ds.descriptions) if d}
+    found = [desc.get(str(name).lower()) for name in names]
+    return None if None in found else found  # type: ignore[return-value]
+
+
 def check_dtype(ds: rasterio.io.DatasetReader, bands: Sequence[int], spec: ModalitySpec | Mapping[str, Any],
-                modality: str) -> str:
+                modality: str, scaling: OpticalScaling | None = None) -> str:
     """Refuse a data type the bundle cannot scale; returns the raster's dtype name.
 
     The rule is :func:`check_input_dtype`'s, shared with the Python API's arrays.
@@ -132,42 +231,63 @@ def check_dtype(ds: rasterio.io.DatasetReader, bands: Sequence[int], spec: Modal
         raise RasterInputError(f"{modality} raster {ds.name}: the selected bands {list(bands)} have mixed "
                                f"data types {sorted(dtypes)}; convert them to one type")
     label = "optical raster" if modality == "optical" else "SAR raster"
-    return check_input_dtype(dtypes.pop(), spec, modality, f"{label} {ds.name}")
+    return check_input_dtype(dtypes.pop(), spec, modality, f"{label} {ds.name}", scaling)
 
 
-def accepted_dtypes(spec: ModalitySpec | Mapping[str, Any], modality: str) -> tuple[str, ...]:
+def accepted_dtypes(spec: ModalitySpec | Mapping[str, Any], modality: str,
+                    scaling: OpticalScaling | None = None) -> tuple[str, ...]:
     """The data types an input of ``modality`` may have for this bundle (see :func:`check_input_dtype`)."""
     if modality == "optical":
+        if scaling is not None:
+            return SCALED_OPTICAL_DTYPES
         want = ModalitySpec.coerce(spec).optical_dtype
         return (want,) if want in OPTICAL_DTYPES else ()
     return SAR_DTYPES
 
 
-def check_input_dtype(dtype: Any, spec: ModalitySpec | Mapping[str, Any], modality: str, source: str) -> str:
+def check_input_dtype(dtype: Any, spec: ModalitySpec | Mapping[str, Any], modality: str, source: str,
+                      scaling: OpticalScaling | None = None) -> str:
     """The one data-type rule of the inputs, for rasters (CLI, batch) and arrays (Python API).
 
-    Optical: the integer digital numbers the bundle's ``scale`` was made for: ``spec["dtype"]``
-    (``uint8``, or ``uint16`` when the bundle declares it); floats (reflectance 0..1), other
-    integers, bool, complex and object data are refused. SAR: float32/float64 (dB, or linear
-    intensity with ``--sar-units linear``). ``source`` names the input in the message
-    (``"optical raster a.tif"``, ``"optical array"``). Returns the dtype name.
+    Optical without a caller's ``scaling``: the integer digital numbers the bundle's ``scale``
+    was made for: ``spec["dtype"]`` (``uint8``, or ``uint16`` when the bundle declares it);
+    other types are refused with the scaling flags as the fix (``--scale``, ``--sensor``,
+    ``--stretch``). With a ``scaling`` (which replaces the bundle's): integers and floats of
+    :data:`~rsvl_runtime.normalization.SCALED_OPTICAL_DTYPES`; a ``--sensor`` preset also needs
+    its product's type. Bool, complex and object data are always refused. SAR: float32/float64
+    (dB, or linear intensity with ``--sar-units linear``). ``source`` names the input in the
+    message (``"optical raster a.tif"``, ``"optical array"``). Returns the dtype name.
     """
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-    accepted = accepted_dtypes(spec, modality)
+    accepted = accepted_dtypes(spec, modality, scaling)
+    if modality == "optical" and scaling is not None and scaling.sensor and name in accepted:
+        preset = sensors.get_preset(scaling.sensor)
+        if name != preset.dtype and scaling.scale == preset.scale:
+            raise RasterInputError(
+                f"{source} is {name} but --sensor {preset.name} ({preset.title}) is {preset.dtype} digital "
+                f"numbers (scale {preset.scale:g}, offset {preset.offset:g}); for data already in reflectance "
+                f"0..1 give --scale 1 (it wins over the preset's scaling), or drop --sensor")
     if name in accepted:
         return name
     if modality == "optical":
-        s = ModalitySpec.coerce(spec)
-        want, scale = s.optical_dtype, s.optical_scale
-        raise RasterInputError(
-            f"{source} is {name} but the bundle expects {want} digital numbers (scaled by {scale}; "
-            f"accepted: {', '.join(accepted) or 'none'}); supply {want} data: a raster with "
-            f"`gdal_translate -ot {GDAL_TYPE_NAMES.get(want, want)} -scale ...`, an array with "
-            f"`np.clip(np.rint(reflectance * {scale}), 0, {scale}).astype('{want}')`")
+        raise RasterInputError(_optical_dtype_error(name, spec, source, accepted))
     raise RasterInputError(
         f"{source} is {name} but the bundle expects floating-point backscatter (accepted: "
         f"{', '.join(SAR_DTYPES)}; dB, or linear intensity with --sar-units linear); "
         "calibrate/convert it to float32")
+
+
+def _optical_dtype_error(name: str, spec: ModalitySpec | Mapping[str, Any], source: str,
+                         accepted: Sequence[str]) -> str:
+    s = ModalitySpec.coerce(spec)
+    head = (f"{source} is {name} but the bundle expects {s.optical_dtype} digital numbers (scaled by "
+            f"{s.optical_scale:g}; accepted: {', '.join(accepted) or 'none'})")
+    if name not in SCALED_OPTICAL_DTYPES:
+        return f"{head}; convert it to one of {', '.join(SCALED_OPTICAL_DTYPES)} and give its scaling (--scale)"
+    return (f"{head}; say how its values become 0..1 reflectance: --scale S [--offset O] (values become "
+            "value * S + O; scale=, offset= in Python), e.g. --scale 0.0001 for Sentinel-2 L2A (x 10000) or "
+            "--scale 1 for float reflectance, a preset --sensor " + "|".join(sensors.SENSOR_NAMES)
+            + " (bands and scaling), or --stretch p2,p98 (a per-scene percentile stretch)")
 
 
 def resolve_nodata(ds: rasterio.io.DatasetReader, override: float | None) -> float | None:
@@ -200,29 +320,75 @@ def _representable(value: float, dtype: np.dtype) -> bool:
 
 @dataclass(frozen=True)
 class ModalityInput:
-    """A checked input raster: path, 1-based bands to read, nodata and dtype."""
+    """A checked input raster: path (a ``Path``, or the URL string, :func:`as_raster_path`),
+    1-based bands to read, nodata, dtype, size and, for optical, the caller's scaling (None:
+    the bundle's; a stretch gets its limits in :func:`rsvl_runtime.reading.prepare_sources`)."""
 
     modality: str  # "optical" | "sar"
-    path: Path
+    path: RasterPath
     bands: tuple[int, ...]
     nodata: float | None
     dtype: str
     width: int
     height: int
+    scaling: OpticalScaling | None = None
+
+    @property
+    def remote(self) -> bool:
+        """A URL or ``/vsi*`` path (:func:`is_gdal_path`), not a local file."""
+        return is_gdal_path(self.path)
 
 
 def prepare_input(path: PathLike, modality: str, spec: ModalitySpec | Mapping[str, Any], *,
-                  bands: Sequence[int] | None = None,
-                  nodata: float | None = None) -> ModalityInput:
-    """Open and check one input raster (readability, band count, dtype); returns its reading plan."""
+                  bands: Sequence[int] | None = None, nodata: float | None = None,
+                  scaling: OpticalScaling | None = None) -> ModalityInput:
+    """Open and check one input raster (readability, band count, dtype); returns its reading plan.
+
+    ``scaling`` (optical only): the caller's :class:`~rsvl_runtime.normalization.OpticalScaling`
+    (:func:`rsvl_runtime.sensors.scaling_of`); its sensor preset picks the bands when ``bands``
+    is None, and it lets uint16/float rasters through (:func:`check_input_dtype`).
+    """
     if modality not in ("optical", "sar"):
         raise ValueError(f"unknown modality {modality!r}; expected 'optical' or 'sar'")
+    scaling = scaling if modality == "optical" else None
     with open_raster(path) as ds:
-        idx = select_bands(ds, bands, spec, modality)
-        dtype = check_dtype(ds, idx, spec, modality)
+        idx = select_bands(ds, bands, spec, modality, scaling.sensor if scaling else None)
+        dtype = check_dtype(ds, idx, spec, modality, scaling)
         read_check(ds)
-        return ModalityInput(modality, Path(path), tuple(idx), resolve_nodata(ds, nodata), dtype,
-                             ds.width, ds.height)
+        return ModalityInput(modality, as_raster_path(path), tuple(idx), resolve_nodata(ds, nodata), dtype,
+                             ds.width, ds.height, scaling)
+
+
+def decimated_shape(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """The size of a read of ``height x width`` decimated by a whole step to <= ``max_side`` a side."""
+    step = max(1, math.ceil(max(height, width) / max_side))
+    return max(1, math.ceil(height / step)), max(1, math.ceil(width / step))
+
+
+def read_decimated(src: ModalityInput, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour read of the bands of ``src`` at ``shape`` (GDAL reads the raster's
+    overviews when it has them, so a COG costs one overview level, not the full raster)."""
+    with open_raster(src.path) as ds:
+        try:
+            return ds.read(indexes=list(src.bands), out_shape=(len(src.bands), *shape),
+                           resampling=Resampling.nearest)
+        except RasterioError as e:
+            label = "optical" if src.modality == "optical" else "SAR"
+            raise RasterInputError(f"cannot read {label} raster {src.path}: {error_text(e)}. The file is corrupt "
+                                   "or truncated; re-create or re-download it") from e
+
+
+def with_stretch_limits(src: ModalityInput, max_side: int = STRETCH_MAX_SIDE) -> ModalityInput:
+    """``src`` with its ``--stretch`` limits computed once from a decimated read (<= ``max_side``
+    px a side, nodata excluded); ``src`` itself when it needs none."""
+    if src.scaling is None or not src.scaling.needs_limits:
+        return src
+    values = read_decimated(src, decimated_shape(src.height, src.width, max_side))
+    try:
+        scaling = src.scaling.with_limits(values, valid_mask(values, src.nodata))
+    except ValueError as e:
+        raise RasterInputError(f"optical raster {src.path}: {e}") from e
+    return replace(src, scaling=scaling)
 
 
 # ----------------------------------------------------------------------------- co-registration

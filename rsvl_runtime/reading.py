@@ -1,12 +1,14 @@
 """Reading a scene: checked inputs, normalised strips, batches of tiles and the prefetch thread.
 
 :func:`prepare_sources` opens and checks the input rasters (:mod:`rsvl_runtime.raster_io`)
-before anything is written. :func:`iter_scene_items` reads the optical and/or SAR raster one
+before anything is written, and resolves the optical scaling (``--sensor``/``--scale``/
+``--offset``; a ``--stretch`` gets its per-band limits here, once per scene, from a decimated
+read). :func:`iter_scene_items` reads the optical and/or SAR raster one
 strip (a row of tiles) at a time, normalises it (:mod:`rsvl_runtime.normalization`; invalid
 pixels are set to 0, the normalised mean) and yields the strip's validity mask followed by
 batches of tiles in row-major order. :class:`Prefetcher` runs that iterator in a reader thread
-behind a bounded queue. :class:`InputHasher` hashes the input files in the background for the
-report. Memory: one strip of input per modality and a few batches in the queue.
+behind a bounded queue. :class:`InputHasher` hashes the local input files in the background
+for the report (a remote input, a URL, is recorded by its URL and not downloaded to hash it). Memory: one strip of input per modality and a few batches in the queue.
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ from .options import InputOptions
 from .raster_io import (
     ModalityInput,
     RasterInputError,
+    RasterPath,
     check_coregistered,
+    is_gdal_path,
     open_raster,
     prepare_input,
     read_window,
     valid_mask,
+    with_stretch_limits,
 )
+from .sensors import scaling_of
 from .tiling import Tile, TileGrid, pad_to_tile
 
 #: Columns normalised at once when preparing a strip (bounds temporaries).
@@ -74,7 +80,7 @@ class Sources:
         return [m for m in (self.optical, self.sar) if m is not None]
 
 
-def prepare_sources(optical: str | Path | None, sar: str | Path | None,
+def prepare_sources(optical: RasterPath | None, sar: RasterPath | None,
                     options: InputOptions | None = None) -> Sources:
     """Open and check the inputs (bands, dtype, nodata, co-registration) before anything is written."""
     opts = options or InputOptions()
@@ -85,8 +91,8 @@ def prepare_sources(optical: str | Path | None, sar: str | Path | None,
         if opts.optical_spec is None:
             raise RasterInputError(f"optical raster {optical} given but the bundle has no optical input; "
                                    "run with the SAR raster only")
-        opt = prepare_input(optical, "optical", opts.optical_spec, bands=opts.bands,
-                            nodata=opts.nodata_for("optical"))
+        opt = with_stretch_limits(prepare_input(optical, "optical", opts.optical_spec, bands=opts.bands,
+                                                nodata=opts.nodata_for("optical"), scaling=scaling_of(opts)))
     if sar is not None:
         if opts.sar_spec is None:
             raise RasterInputError(f"SAR raster {sar} given but the bundle has no SAR input; "
@@ -144,7 +150,8 @@ def _normalised_strip(datasets: Mapping[str, Any], sources: Sources, grid: TileG
 
 def _normalise(name: str, values: np.ndarray, sources: Sources) -> np.ndarray:
     if name == "optical":
-        return normalize_optical(values, sources.optical_spec or {})
+        scaling = sources.optical.scaling if sources.optical is not None else None
+        return normalize_optical(values, sources.optical_spec or {}, scaling)
     with np.errstate(invalid="ignore"):
         return normalize_sar(values, sources.sar_spec or {}, sources.sar_units)
 
@@ -281,26 +288,52 @@ class Prefetcher:
 
 
 # ----------------------------------------------------------------------------- input records
-class InputHasher:
-    """sha256 of the input files, computed in a background thread while the scene runs."""
+#: ``sha256`` of a remote input in the records: it is not downloaded to be hashed.
+NOT_HASHED_REMOTE = "not hashed (remote)"
 
-    def __init__(self, paths: Mapping[str, Path], enabled: bool) -> None:
-        self.paths = dict(paths)
+
+class InputHasher:
+    """sha256 of the local input files, computed in a background thread while the scene runs.
+
+    ``inputs``: per modality its path (a ``Path``, or a URL string) or its
+    :class:`~rsvl_runtime.raster_io.ModalityInput` (then the records also hold its optical
+    scaling: sensor, scale, offset and the ``--stretch`` percentiles and values used). A remote
+    input (:func:`~rsvl_runtime.raster_io.is_gdal_path`) is recorded by its URL with
+    ``"sha256": "not hashed (remote)"``: hashing would download the whole file.
+    """
+
+    def __init__(self, inputs: Mapping[str, RasterPath | ModalityInput], enabled: bool) -> None:
+        self.inputs = {name: v for name, v in inputs.items()}
+        self.paths: dict[str, RasterPath] = {
+            name: v.path if isinstance(v, ModalityInput) else (str(v) if is_gdal_path(v) else Path(v))
+            for name, v in inputs.items()}
         self.hashes: dict[str, str] = {}
-        self._thread = threading.Thread(target=self._run, daemon=True, name="rsvl-hash") if enabled else None
+        local = any(not is_gdal_path(p) for p in self.paths.values())
+        self._thread = (threading.Thread(target=self._run, daemon=True, name="rsvl-hash")
+                        if enabled and local else None)
         if self._thread is not None:
             self._thread.start()
 
     def _run(self) -> None:
         for name, p in self.paths.items():
-            self.hashes[name] = sha256_file(p)
+            if not is_gdal_path(p):
+                self.hashes[name] = sha256_file(p)
 
     def records(self) -> dict[str, Any]:
+        """Per modality ``{"path", "bytes", "mtime", "sha256"}`` (a remote input: ``{"path": URL,
+        "remote": True, "sha256": "not hashed (remote)"}``), plus ``"scaling"`` for a scaled optical input."""
         if self._thread is not None:
             self._thread.join()
-        recs = {}
+        recs: dict[str, dict[str, Any]] = {}
         for name, p in self.paths.items():
-            st = p.stat()
-            recs[name] = {"path": str(p.resolve()), "bytes": st.st_size, "mtime": st.st_mtime,
-                          "sha256": self.hashes.get(name)}
+            if is_gdal_path(p):
+                recs[name] = {"path": str(p), "remote": True, "sha256": NOT_HASHED_REMOTE}
+            else:
+                q = Path(p)
+                st = q.stat()
+                recs[name] = {"path": str(q.resolve()), "bytes": st.st_size, "mtime": st.st_mtime,
+                              "sha256": self.hashes.get(name)}
+            src = self.inputs[name]
+            if isinstance(src, ModalityInput) and src.scaling is not None:
+                recs[name]["scaling"] = src.scaling.record()
         return recs

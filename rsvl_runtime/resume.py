@@ -42,7 +42,16 @@ CHECKPOINT_S = float(os.environ.get("RSVL_CHECKPOINT_SECONDS", "60"))
 
 
 def input_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Resolved path, size and mtime of an input file (cheap; changes when the file does)."""
+    """Resolved path, size and mtime of a local input file (cheap; changes when the file does).
+
+    A remote input (a URL or ``/vsi*`` path, :func:`rsvl_runtime.raster_io.is_gdal_path`) is
+    fingerprinted by the URL alone: rasterio reports no size or mtime for it, and a changed file
+    behind the same URL is caught by the checkpoint's ``probe`` (the first batch's logits).
+    """
+    from .raster_io import is_gdal_path
+
+    if is_gdal_path(path):
+        return {"path": os.fspath(path), "remote": True}
     p = Path(path)
     st = p.stat()
     return {"path": str(p.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}

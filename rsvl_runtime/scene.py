@@ -53,6 +53,7 @@ from .reading import (
 )
 from .report import write_report
 from .sink import Blender, OutputSpec, SceneWriters, open_writers
+from .styling import style_outputs
 from .tiling import TileGrid
 from .transaction import OutputTransaction, disk_full, is_no_space, no_space_error
 
@@ -200,7 +201,7 @@ class SceneRun:
         stage = out.OutputStage(txn.tmp)
         if cp is not None:
             try:
-                stats = ClassStats.from_dict(len(spec.class_names), cp.stats)
+                stats = ClassStats.from_dict(len(spec.label_names), cp.stats)
                 plan = resume.resume_plan(grid, cp.next_strip, self.options.batch)
                 if plan.rows != cp.rows:
                     raise ValueError(f"checkpoint at row {cp.rows} is not a strip boundary of the grid")
@@ -213,7 +214,7 @@ class SceneRun:
                 cp = None
         if cp is None:
             cp = resume.Checkpoint(self.signature, None)  # type: ignore[arg-type]
-            stats = ClassStats(len(spec.class_names))
+            stats = ClassStats(len(spec.label_names))
             labels, scores = open_writers(stage, self.ref, spec, None)
             plan = resume.ResumePlan()
         writers = {spec.raster_name: labels, **({out.SCORES: scores} if scores is not None else {})}
@@ -224,7 +225,7 @@ class SceneRun:
     def execute(self, leftovers: list[Path]) -> SceneResult:
         """Resume or start, infer into the writers, finalise the rasters, reports, then the swap."""
         self.writers = w = self._open_writers(self._find_checkpoint(leftovers))
-        self.hasher = InputHasher({m.modality: m.path for m in self.sources.modalities}, self.options.hash_inputs)
+        self.hasher = InputHasher({m.modality: m for m in self.sources.modalities}, self.options.hash_inputs)
         try:
             self.timings = self._infer(w)
             resume.clear(self.txn.tmp)  # finalising is not resumable: a kill from here starts over
@@ -276,10 +277,12 @@ class SceneRun:
         t0 = time.perf_counter()
         grid, task, class_names, palette = self.grid, self.spec.task, list(self.spec.class_names), self.palette
         crs = self.ref.crs.to_string() if self.ref.crs is not None else None
-        table = w.stats.table(class_names, palette)
-        write_classes_json(w.stage.temp(out.CLASSES), table, w.stats, crs)
+        table = w.stats.table(self.spec.label_names, palette)  # classes (+ "unclassified")
+        write_classes_json(w.stage.temp(out.CLASSES), table, w.stats, crs,
+                           self.spec.scoring.describe() if self.spec.scoring is not None else None)
         png = write_preview(w.stage.path(self.spec.raster_name), w.stage.temp(out.PREVIEW), palette,
-                            class_names, [c["fraction"] for c in table])
+                            self.spec.label_names, [c["fraction"] for c in table])
+        style_outputs(w.stage, self.spec.raster_name, table, "mask" if task == "referring" else "class")
         assert self.hasher is not None
         seconds = time.perf_counter() - self.t_start
         timings = {**self.timings, "total_s": seconds,

@@ -22,10 +22,19 @@ import numpy as np
 
 from .backends import Sessions, load_sessions
 from .bundle import Bundle, BundleError
-from .checks import check_array, preflight, sar_array_valid
+from .checks import check_array, preflight, sar_array_valid, with_array_limits
+from .colours import class_palette
 from .normalization import normalize_optical, normalize_sar
-from .options import SceneOptions
-from .postprocess import LABEL_NODATA, LABEL_NODATA_U16, label_array, softmax
+from .options import InputOptions, SceneOptions
+from .postprocess import (
+    DEFAULT_LOGIT_SCALE,
+    LABEL_NODATA,
+    LABEL_NODATA_U16,
+    Scoring,
+    label_array,
+    softmax,
+)
+from .sensors import scaling_of
 from .text import BundleTokenizer
 from .tiling import TileGrid, blend_tiles, pad_to_tile
 from .vocabulary import (
@@ -128,19 +137,33 @@ class _BundleModel:
 
     def info(self) -> dict[str, Any]:
         m = self.bundle.meta
-        return {"bundle": str(self.bundle.root), "model": m.model, "task": m.task, "backend": self.backend,
+        info = {"bundle": str(self.bundle.root), "model": m.model, "task": m.task, "backend": self.backend,
                 "precision": self.sessions.precision, "tile": self.tile, "overlap": self.overlap,
                 "bundle_sha256": self.bundle.digest[:16], "created": m.created}
+        scale = getattr(self, "logit_scale", None)
+        return {**info, "logit_scale": scale} if scale is not None else info
 
 
 class Segmenter(_BundleModel):
-    """Open-vocabulary semantic segmentation with a cached vocabulary."""
+    """Open-vocabulary semantic segmentation with a cached vocabulary.
+
+    ``min_score``: the "unclassified" threshold of :meth:`predict` and the default of
+    :meth:`predict_raster` (its ``min_score=`` option wins). None (the default): no threshold
+    with two or more classes, 0.5 (cosine > 0) with one class — see
+    :mod:`rsvl_runtime.postprocess`. The one-class score needs the image graph's logit scale
+    ``tau``: the manifest's ``logit_scale``, else :data:`DEFAULT_LOGIT_SCALE`.
+    """
 
     task = "semantic"
 
     def __init__(self, bundle: Bundle, sessions: Sessions, batch: int | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None) -> None:
+                 cache_dir: str | os.PathLike[str] | None = None, min_score: float | None = None) -> None:
         super().__init__(bundle, sessions, batch)
+        Scoring.of("semantic", 2, min_score)  # refuses a threshold outside 0..1
+        self.min_score = min_score
+        scale = bundle.meta.logit_scale
+        self.logit_scale = float(scale) if isinstance(scale, (int, float)) and scale > 0 else None
+        self._warned_scale = False
         self.cache = VocabularyCache(cache_dir)
         self.templates: list[str] = list(bundle.meta.text.prompt_templates)
         self.classes: list[VocabClass] = []
@@ -235,7 +258,9 @@ class Segmenter(_BundleModel):
 
     # ---------------------------------------------------------------- numpy API
     def predict(self, optical: np.ndarray | None, sar: np.ndarray | None = None, sar_units: str | None = None,
-                *, sar_check: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                *, sar_check: bool = True, sensor: str | None = None, scale: float | None = None,
+                offset: float | None = None, stretch: tuple[float, float] | None = None,
+                nodata: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Tiled prediction on in-memory arrays.
 
         ``optical``: ``[3, H, W]`` (or ``[H, W, 3]``) digital numbers in the bundle's dtype (uint8, or
@@ -244,14 +269,21 @@ class Segmenter(_BundleModel):
         rasters (:func:`rsvl_runtime.raster_io.check_input_dtype`); NaN/inf SAR pixels are nodata,
         and implausible SAR units are refused unless ``sar_check=False`` (see
         :mod:`rsvl_runtime.checks`). Returns ``labels [H, W]`` class ids (uint8, 255 = nodata; uint16
-        above 255 classes) and ``probabilities [K, H, W]`` float32 (0 at nodata pixels).
+        when the ids do not fit below 255; K = "unclassified" below the ``min_score`` threshold) and
+        ``probabilities [K, H, W]`` float32 scores (softmax; the mapped cosine for one class; 0 at
+        nodata pixels), see :meth:`scoring`. ``sensor``/``scale``/``offset``/``stretch`` scale
+        uint16/float optical arrays as ``rsvl-infer``'s flags do (:mod:`rsvl_runtime.sensors`; a
+        preset's bands are not applied to arrays: select them first, e.g. ``arr[[3, 2, 1]]``);
+        ``nodata`` is left out of the ``stretch`` percentiles.
         """
         self._check_mode(optical is not None, sar is not None)
         norm: dict[str, np.ndarray] = {}
         valid = None
         if optical is not None:
-            opt = check_array(optical, "optical", self.modalities["optical"])
-            norm["optical"] = normalize_optical(opt, self.modalities["optical"])
+            scaling = scaling_of(InputOptions(sensor=sensor, scale=scale, offset=offset, stretch=stretch))
+            opt = check_array(optical, "optical", self.modalities["optical"], scaling=scaling)
+            norm["optical"] = normalize_optical(opt, self.modalities["optical"],
+                                                with_array_limits(scaling, opt, nodata))
         if sar is not None:
             s = check_array(sar, "sar", self.modalities["sar"])
             valid = sar_array_valid(s, self.modalities["sar"], sar_units, sar_check=sar_check)
@@ -264,8 +296,20 @@ class Segmenter(_BundleModel):
         h, w = shapes.pop()
         grid = TileGrid(h, w, self.tile, self.overlap)
         logits = blend_tiles(grid, len(self.classes), self._tile_logits(grid, norm))
-        probs = softmax(logits, axis=0)
-        return label_array(probs, valid), probs
+        scoring = self.scoring()
+        probs = scoring.scores(logits)
+        return label_array(probs, valid, scoring.min_score), probs
+
+    def scoring(self, min_score: float | None = None) -> Scoring:
+        """How this vocabulary's logits become scores and labels (``min_score`` None: the
+        constructor's)."""
+        if len(self.classes) == 1 and self.logit_scale is None and not self._warned_scale:
+            self._warned_scale = True
+            log.warning("%s records no logit_scale; one-class scores assume tau = %.4g (1/0.07) — the default "
+                        "threshold 0.5 (logit >= 0) does not depend on it, other thresholds and scores.tif do",
+                        self.bundle.root, DEFAULT_LOGIT_SCALE)
+        return Scoring.of("semantic", len(self.classes), self.min_score if min_score is None else min_score,
+                          self.logit_scale)
 
     def _tile_logits(self, grid: TileGrid, norm: dict[str, np.ndarray]):
         tiles = list(grid.tiles())
@@ -290,6 +334,9 @@ class Segmenter(_BundleModel):
         from .scene import run_scene
 
         self._check_mode(optical_path is not None, sar_path is not None)
+        if self.min_score is not None and options.get("min_score") is None:
+            options = {**options, "min_score": self.min_score}
+        self.scoring(options.get("min_score"))  # refuses a bad threshold, warns about a missing logit_scale
         opts = self.scene_options(options, class_names=[c.name for c in self.classes],
                                   colors=[c.color for c in self.classes], bundle_info=self.info(),
                                   vocabulary=self.vocabulary_info())
@@ -357,7 +404,8 @@ class Referrer(_BundleModel):
         if optical_path is None:
             raise ValueError("referring segmentation needs the optical raster")
         opts = self.scene_options({k: v for k, v in options.items() if k != "tile"},  # the bundle's tile
-                                  class_names=["background", expression], colors=[(0, 0, 0), (255, 64, 64)],
+                                  class_names=["background", expression],
+                                  colors=class_palette([["background"], [expression]], [None, (255, 64, 64)]),
                                   sar_spec=None, task="referring",
                                   bundle_info={**self.info(), "expression": expression})
         preflight(optical_path, None, opts.inputs)

@@ -3,7 +3,8 @@
 :class:`Blender` accumulates the tile logits of a run with a smooth window
 (:class:`rsvl_runtime.tiling.RowAccumulator`) and hands each finished block of rows to a
 :class:`RowSink`, which turns it into labels/scores chunk by chunk
-(:func:`rsvl_runtime.postprocess.labels_and_scores`), writes them with the run's row writers
+(:func:`rsvl_runtime.postprocess.labels_and_scores`, with the run's
+:class:`~rsvl_runtime.postprocess.Scoring`: the "unclassified" threshold), writes them with the run's row writers
 (:class:`SceneWriters`, :mod:`rsvl_runtime.outputs`), counts the classes and checkpoints the
 strip (:mod:`rsvl_runtime.resume`). Memory: the open strip's accumulator ``[K, tile, W]``
 float32 and the writers' block buffers.
@@ -23,7 +24,8 @@ from . import outputs as out
 from . import resume
 from .classes import ClassStats
 from .options import SceneOptions
-from .postprocess import labels_and_scores
+from .postprocess import UNCLASSIFIED, Scoring, labels_and_scores
+from .styling import SCORE_SCALE, label_colormap
 from .tiling import FinishedRows, RowAccumulator, Tile, TileGrid, blend_window
 
 #: Elements per chunk when turning finished rows into labels/scores (bounds temporaries).
@@ -34,16 +36,27 @@ SCORES_ZLEVEL = 1
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """What a run writes (also part of its resume signature)."""
+    """What a run writes (also part of its resume signature): ``palette`` has one colour per
+    label id (:meth:`SceneOptions.check`), ``scoring`` turns logits into scores and labels."""
 
     task: str
     class_names: tuple[str, ...]
     write_scores: bool
     cog: bool | None
+    palette: tuple[tuple[int, int, int], ...] = ()
+    scoring: Scoring | None = None
 
     @classmethod
     def of(cls, options: SceneOptions) -> OutputSpec:
-        return cls(options.task, tuple(options.class_names), options.write_scores, options.cog)
+        scoring = Scoring.of_options(options) if options.task == "semantic" else None
+        return cls(options.task, tuple(options.class_names), options.write_scores, options.cog,
+                   tuple(tuple(c) for c in options.check()), scoring)  # type: ignore[misc]
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """One name per label id: the classes, then "unclassified" when a threshold applies."""
+        extra = (UNCLASSIFIED,) if self.scoring is not None and self.scoring.unclassified is not None else ()
+        return self.class_names + extra
 
     @property
     def raster_name(self) -> str:
@@ -89,13 +102,16 @@ def open_writers(stage: out.OutputStage, ref: Any, spec: OutputSpec,
         return {"path": stage.adopt(name, stage.out_dir / f["temp"]), "resume": (cp.rows, int(f["crc"]))}
 
     labels = out.GeoTiffRowWriter(count=1, nodata=out.LABEL_NODATA, overview_resampling=Resampling.mode,
-                                  **path_and_resume(spec.raster_name), **common)
+                                  descriptions=["mask" if spec.task == "referring" else "class"],
+                                  colormap=label_colormap(spec.palette), **path_and_resume(spec.raster_name),
+                                  **common)
     scores = None
     if spec.bands > 1:
         try:
             scores = out.GeoTiffRowWriter(count=len(spec.class_names), nodata=out.SCORE_NODATA,
                                           descriptions=list(spec.class_names),
                                           overview_resampling=Resampling.average, zlevel=SCORES_ZLEVEL,
+                                          scales=[SCORE_SCALE] * len(spec.class_names),
                                           **path_and_resume(out.SCORES), **common)
         except BaseException:
             labels.abort()
@@ -107,8 +123,9 @@ class RowSink:
     """Turns finished rows into labels/scores, writes them, counts classes, checkpoints."""
 
     def __init__(self, writers: SceneWriters, row_areas: np.ndarray, valids: dict[int, np.ndarray],
-                 width: int, channels: int) -> None:
+                 width: int, channels: int, scoring: Scoring | None = None) -> None:
         self.out = writers
+        self.scoring = scoring
         self.row_areas = row_areas
         self.valids = valids  # strip index -> [strip_height, W] validity, filled by the reader
         self.chunk = max(1, POSTPROCESS_ELEMENTS // (channels * width))
@@ -126,7 +143,8 @@ class RowSink:
         for i in range(0, fin.n_rows, self.chunk):
             t0 = time.perf_counter()
             rows = slice(i, min(i + self.chunk, fin.n_rows))
-            labels, scores = labels_and_scores(fin.logits(rows), valid[rows], scores_writer is not None)
+            labels, scores = labels_and_scores(fin.logits(rows), valid[rows], scores_writer is not None,
+                                               self.scoring)
             y = fin.y0 + rows.start
             self.out.stats.update(labels, self.row_areas[y:y + labels.shape[0]])
             t1 = time.perf_counter()
@@ -171,6 +189,7 @@ class Blender:
                  row_areas: np.ndarray, valids: dict[int, np.ndarray]) -> None:
         self.grid, self.writers, self.row_areas, self.valids = grid, writers, row_areas, valids
         self.window, self.task, self.n_classes = options.window, options.task, len(options.class_names)
+        self.scoring = Scoring.of_options(options) if options.task == "semantic" else None
         self.acc: RowAccumulator | None = None
         self.sink: RowSink | None = None
         self.blend_s = 0.0
@@ -181,7 +200,8 @@ class Blender:
             channels = expected_channels(raw, self.n_classes, self.task)
             self.acc = RowAccumulator(self.grid, channels, blend_window(self.grid.tile, self.window),
                                       self.writers.plan.first_row)
-            self.sink = RowSink(self.writers, self.row_areas, self.valids, self.grid.width, channels)
+            self.sink = RowSink(self.writers, self.row_areas, self.valids, self.grid.width, channels,
+                                self.scoring)
         logits = check_logits(raw, n, self.acc.channels, self.grid.tile)
         self.writers.record_probe(logits)
         return logits

@@ -1,14 +1,17 @@
 """Vocabularies: class names with synonyms, prompt templates, and the embedding cache.
 
-A vocabulary is a list of classes; each class has a display name, synonyms and a colour. Each
+A vocabulary is a list of classes; each class has a display name, synonyms and a colour (given,
+or chosen by meaning: :func:`rsvl_runtime.colours.class_palette`). Each
 synonym is put through every prompt template, the prompts are encoded once by the bundle's text
 graph, and the L2-normalised embeddings are averaged per class (then renormalised). Results are
 cached in memory and on disk, keyed by the bundle's digest and the exact text, so a vocabulary
 change never needs a re-export and never re-encodes a vocabulary seen before.
 
-A vocabulary needs at least :data:`MIN_CLASSES` classes — every pixel gets its most likely class
-(a softmax over the classes), so a single class would label everything — and at most
-:data:`MAX_CLASSES` (labels are uint8 and 255 is the nodata value).
+A vocabulary has at least :data:`MIN_CLASSES` class and at most :data:`MAX_CLASSES` (labels are
+uint8 and 255 is the nodata value). With two or more classes every pixel gets its most likely
+class (a softmax over the classes); a one-class vocabulary (``--vocab water``) labels the pixels
+whose cosine score passes the threshold and leaves the others "unclassified"
+(:mod:`rsvl_runtime.postprocess`).
 
 Disk cache entries (``<cache>/vocab/<key>.npz``, no pickle) record the key, the bundle digest, the
 text signature, the shape and the sha256 of the float32 values. An entry that is unreadable, of the
@@ -29,25 +32,20 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .colours import class_palette
 from .files import atomic_open, cache_root
 from .manifest import BundleError
 
 log = logging.getLogger("rsvl.runtime")
 
-#: Fewest classes a vocabulary may have: the argmax over one class labels every pixel with it.
-MIN_CLASSES = 2
+#: Fewest classes a vocabulary may have: one class is scored by cosine against a threshold
+#: (:mod:`rsvl_runtime.postprocess`), two or more by softmax.
+MIN_CLASSES = 1
 #: Most classes a vocabulary may have: labels are uint8 and 255 is reserved for nodata.
 MAX_CLASSES = 255
 #: Version of the disk cache entry layout (the ``meta`` record).
 CACHE_FORMAT = 1
 
-#: Distinct colours for classes that do not bring their own (tab20-like).
-PALETTE: list[tuple[int, int, int]] = [
-    (31, 119, 180), (214, 39, 40), (127, 127, 127), (44, 160, 44), (255, 187, 120),
-    (140, 86, 75), (188, 189, 34), (148, 103, 189), (23, 190, 207), (227, 119, 194),
-    (255, 127, 14), (152, 223, 138), (174, 199, 232), (197, 176, 213), (196, 156, 148),
-    (247, 182, 210), (219, 219, 141), (158, 218, 229), (255, 152, 150), (199, 199, 199),
-]
 
 
 class VocabularyError(ValueError):
@@ -58,12 +56,24 @@ class VocabularyError(ValueError):
 class VocabClass:
     name: str
     synonyms: tuple[str, ...] = field(default_factory=tuple)
-    color: tuple[int, int, int] = (0, 0, 0)
+    color: tuple[int, int, int] | None = None  # None: chosen by meaning in parse_vocabulary
 
     @property
     def phrases(self) -> tuple[str, ...]:
         """The name followed by its synonyms, each once."""
         return tuple(dict.fromkeys((self.name, *self.synonyms)))
+
+
+def _color(value: Any, name: str) -> tuple[int, int, int]:
+    """A class colour ``[r, g, b]`` (0..255 each), or :class:`VocabularyError` naming the class."""
+    try:
+        ok = len(value) == 3 and all(float(v) == int(v) and 0 <= int(v) <= 255 for v in value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or isinstance(value, (str, bytes)):
+        raise VocabularyError(f"class {name!r} has the colour {value!r}: give three integers 0..255, "
+                              "e.g. \"color\": [31, 120, 180] (or leave it out: rsvl picks one by meaning)")
+    return int(value[0]), int(value[1]), int(value[2])
 
 
 def _one(item: Any, index: int) -> tuple[str, tuple[str, ...], tuple[int, int, int] | None]:
@@ -73,7 +83,7 @@ def _one(item: Any, index: int) -> tuple[str, tuple[str, ...], tuple[int, int, i
         if not str(item.get("name") or "").strip():
             raise VocabularyError(f"vocabulary entry {index} has no 'name': {item!r}; give each class a "
                                   "non-empty name, e.g. {\"name\": \"water\", \"synonyms\": [\"lake\"]}")
-        color = tuple(item["color"]) if item.get("color") is not None else None
+        color = _color(item["color"], str(item["name"]).strip()) if item.get("color") is not None else None
         return str(item["name"]).strip(), tuple(s.strip() for s in item.get("synonyms", []) if s.strip()), color
     if isinstance(item, str):
         parts = [p.strip() for p in item.replace("|", ",").split(",") if p.strip()]
@@ -91,11 +101,12 @@ def parse_vocabulary(items: Iterable[Any] | str | None) -> list[VocabClass]:
     - a CLI string: classes separated by commas, synonyms by ``|``: ``"water|lake,building,road"``.
 
     Raises :class:`VocabularyError` for ``None``, an empty or blank vocabulary, a duplicate class,
-    fewer than :data:`MIN_CLASSES` or more than :data:`MAX_CLASSES` classes.
+    an invalid colour or more than :data:`MAX_CLASSES` classes. Classes without a colour get one by
+    meaning (:func:`rsvl_runtime.colours.class_palette`).
     """
     example = "e.g. --vocab \"water,building,vegetation\" or set_vocabulary([\"water\", \"building\"])"
     if items is None:
-        raise VocabularyError(f"the vocabulary is None: give a list of at least {MIN_CLASSES} class names, {example}")
+        raise VocabularyError(f"the vocabulary is None: give a list of class names, {example}")
     if isinstance(items, str):
         items = [c for c in items.split(",") if c.strip()]
     elif isinstance(items, (bytes, dict)) or not isinstance(items, Iterable):
@@ -103,8 +114,8 @@ def parse_vocabulary(items: Iterable[Any] | str | None) -> list[VocabClass]:
                               f"{type(items).__name__} {items!r:.80}; {example}")
     items = list(items)
     if not items:
-        raise VocabularyError(f"the vocabulary is empty: give at least {MIN_CLASSES} class names, {example}")
-    classes: list[VocabClass] = []
+        raise VocabularyError(f"the vocabulary is empty: give at least one class name, {example}")
+    parsed: list[tuple[str, tuple[str, ...], tuple[int, int, int] | None]] = []
     seen: set[str] = set()
     for i, item in enumerate(items):
         name, syn, color = _one(item, i)
@@ -112,18 +123,14 @@ def parse_vocabulary(items: Iterable[Any] | str | None) -> list[VocabClass]:
             raise VocabularyError(f"class {name!r} appears twice in the vocabulary; merge the entries "
                                   "into one class with synonyms (\"water|lake|river\")")
         seen.add(name.lower())
-        classes.append(VocabClass(name, syn, color if color else PALETTE[i % len(PALETTE)]))
-    if len(classes) < MIN_CLASSES:
-        c = classes[0]
-        raise VocabularyError(
-            f"the vocabulary has only one class ({c.name!r}): every pixel gets its most likely class, so with "
-            f"one class everything would be labelled {c.name!r}. Give at least {MIN_CLASSES} classes, e.g. "
-            f"--vocab \"{c.name},land\" or add a catch-all class such as \"other\"")
+        parsed.append((name, syn, color))
+    classes = [VocabClass(n, syn) for n, syn, _ in parsed]
     if len(classes) > MAX_CLASSES:
         raise VocabularyError(f"the vocabulary has {len(classes)} classes, more than the limit of {MAX_CLASSES} "
                               "(labels are stored as uint8 and 255 means nodata); merge classes as synonyms "
                               "(\"water|lake|river\") or split the vocabulary over several runs")
-    return classes
+    colors = class_palette([c.phrases for c in classes], [c for _, _, c in parsed])
+    return [VocabClass(c.name, c.synonyms, col) for c, col in zip(classes, colors)]
 
 
 def load_vocabulary_file(path: str | os.PathLike[str]) -> list[VocabClass]:
@@ -347,7 +354,8 @@ class VocabularyCache:
 
 
 def vocabulary_to_json(classes: Sequence[VocabClass]) -> list[dict[str, Any]]:
-    return [{"name": c.name, "synonyms": list(c.synonyms), "color": list(c.color)} for c in classes]
+    return [{"name": c.name, "synonyms": list(c.synonyms), "color": list(c.color) if c.color else None}
+            for c in classes]
 
 
 __all__ = ["MAX_CLASSES", "MIN_CLASSES", "VocabClass", "VocabularyCache", "VocabularyError", "average_per_class",

@@ -111,9 +111,10 @@ def get_model_config(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def _builders() -> dict[str, Callable[..., nn.Module]]:
-    from .models import cadformer, tsmnet
+    from .models import cadformer, tsmnet, tsmnet_official
 
-    return {"tsmnet": tsmnet.build, "cadformer": cadformer.build, **_BUILDERS}
+    return {"tsmnet": tsmnet.build, "cadformer": cadformer.build, "tsmnet-official": tsmnet_official.build,
+            **_BUILDERS}
 
 
 WeightsPath = str | os.PathLike[str] | None

@@ -6,6 +6,12 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q -e '.[dev]'
+# Headless Chromium for tests/test_report.py (renders report.html; the test skips without it).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    SUDO=""; if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+        || echo "warning: could not install chromium (apt-get); tests/test_report.py will skip its browser check"
+fi
 # The real Triton server for tests/test_triton.py (its own numpy<2 environment).
 bash scripts/setup_triton_env.sh || echo "warning: no Triton environment; tests/test_triton.py will skip with the reason"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1

@@ -90,6 +90,72 @@ def test_bench_text_scene_and_ort_variant(bench_run):
     assert opt and all(r["agreement"]["cosine"] >= 0.999 for r in opt)
 
 
+@pytest.mark.slow
+def test_bench_roofline_flops_and_profile(bench_run):
+    out, doc = bench_run
+    rf = doc["roofline"]
+    assert rf["cpu"]["model"] and isinstance(rf["cpu"]["vnni"], bool)
+    ok = {k: c for k, c in rf["ceilings"].items() if c["status"] == "ok"}
+    assert {"ort-fp32-matmul", "ort-int8-matmulinteger"} <= set(ok) and all(c["gflops"] > 0 for c in ok.values())
+    # FLOPs come from the manifest (counted once at export), not from a count in the bench
+    assert doc["model"]["flops_source"].startswith("manifest") and doc["model"]["gflops_per_tile"] > 0
+    flops = doc["model"]["flops_per_tile"]
+    assert math.isclose(doc["model"]["gflops_per_tile"], flops / 1e9, abs_tol=5e-4)
+    for r in (r for r in doc["image"] if r["status"] == "ok"):
+        assert math.isclose(r["gflops_per_s"], flops * r["tiles_per_s"] / 1e9, rel_tol=2e-3, abs_tol=0.01), r
+        assert math.isclose(r["percent_of_peak"], 100 * r["gflops_per_s"] / r["ceiling_gflops"], rel_tol=1e-2,
+                            abs_tol=0.01), r
+        want = "int8" if "int8" in r["precision"] else "fp32"
+        assert r["ceiling_class"] == want and rf["ceilings"][r["ceiling"]]["class"] == want
+    prof = doc["ort_profile"]["image.onnx"]
+    assert prof["ops"] and prof["total_ms_per_run"] > 0
+    assert math.isclose(sum(o["percent"] for o in prof["ops"]), 100.0, abs_tol=0.1)
+    md = (out / "bench.md").read_text()
+    assert "GFLOP/s" in md and "% peak" in md and "Machine ceilings" in md and rf["cpu"]["model"] in md
+    assert "per-op-type kernel time" in md
+
+
+def _bench_doc(image_ms: dict[tuple[str, int], float], text_ms: float = 10.0) -> dict:
+    return {"image": [{"runner": k, "batch": b, "status": "ok", "p50_ms": ms} for (k, b), ms in image_ms.items()],
+            "text": [{"runner": "ort", "prompts": 7, "status": "ok", "p50_ms": text_ms}]}
+
+
+def test_compare_flags_a_15_percent_slower_row_and_not_a_5_percent_one(tmp_path, capsys):
+    from benchmarks.cli import main
+    from benchmarks.compare import compare_docs
+
+    old = _bench_doc({("ort-cpu-fp32", 1): 100.0, ("ort-opt", 1): 50.0, ("torch-eager", 1): 200.0})
+    new = _bench_doc({("ort-cpu-fp32", 1): 115.0, ("ort-opt", 1): 52.5, ("torch-eager", 8): 900.0}, text_ms=9.0)
+    diffs, only_old, only_new = compare_docs(old, new)
+    by = {d.key: d for d in diffs}
+    assert by["ort-cpu-fp32 B=1"].ratio == pytest.approx(1.15) and by["ort-cpu-fp32 B=1"].slower(0.10)
+    assert by["ort-opt B=1"].ratio == pytest.approx(1.05) and not by["ort-opt B=1"].slower(0.10)
+    assert not by["ort K=7"].slower(0.10)
+    assert only_old == ["image: torch-eager B=1"] and only_new == ["image: torch-eager B=8"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "bench.json").write_text(json.dumps(old))
+    (b / "bench.json").write_text(json.dumps(new))
+    assert main(["compare", str(a / "bench.json"), str(b / "bench.json")]) == 1
+    table = capsys.readouterr().out
+    flagged = [ln for ln in table.splitlines() if "SLOWER" in ln]
+    assert len(flagged) == 1 and "ort-cpu-fp32 B=1" in flagged[0] and "1.150" in flagged[0]
+    assert main(["compare", str(a), str(b), "--threshold", "0.2"]) == 0  # folders work too
+    assert main(["compare", str(a), str(a)]) == 0
+
+
+def test_compare_refuses_a_file_that_is_not_a_bench_report(tmp_path, capsys):
+    from benchmarks.compare import main
+
+    bad = tmp_path / "x.json"
+    bad.write_text("{not json")
+    assert main([str(bad), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rsvl-bench compare: error: ") and "x.json" in err and len(err.strip().splitlines()) == 1
+    assert main([str(tmp_path / "missing.json"), str(bad)]) == 2
+
+
 def test_parse_backends_and_percentiles():
     from benchmarks.backends import parse_backends
     from benchmarks.measure import Budget, Timing, measure

@@ -55,7 +55,7 @@ def test_registry_configs():
     full, tiny_cfg = rsvl_train.get_model_config("cadformer"), rsvl_train.get_model_config("cadformer-tiny")
     for cfg in (full, tiny_cfg):
         assert cfg["architecture"] == "cadformer" and cfg["task"] == "referring"
-        assert cfg["text"]["max_length"] == 20 and cfg["modes"] == ["optical"]
+        assert cfg["text"]["max_length"] == 64 and cfg["modes"] == ["optical"]
         assert cfg["preprocess"]["optical"]["mean"] == [0.485, 0.456, 0.406]
     assert full["tile_size"] == 480 and tiny_cfg["tile_size"] == 256
     assert full["image_encoder"]["depths"] == [2, 2, 18, 2] and full["image_encoder"]["embed_dim"] == 128
@@ -64,8 +64,8 @@ def test_registry_configs():
 
 def test_tiny_forward_shapes(tiny, tiny_text):
     ids, mask, words, sentence = tiny_text
-    assert ids.shape == (2, 20) and ids.dtype == torch.int64
-    assert words.shape == (2, 20, 128) and sentence.shape == (2, 128)
+    assert ids.shape == (2, 64) and ids.dtype == torch.int64
+    assert words.shape == (2, 64, 128) and sentence.shape == (2, 128)
     x = torch.randn(2, 3, 256, 256)
     with torch.no_grad():
         out = tiny(x, ids, mask)["logits"]
@@ -227,12 +227,15 @@ def test_tokenize_matches_transformers_bert_tokenizer(tiny):
 
     texts = TEXTS + [LONG, "Straße near the Harbour, 2 ships!", "x"]
     ids, mask = tiny.tokenize(texts)
-    assert ids.dtype == np.int64 and mask.dtype == np.int64 and ids.shape == (5, 20) == mask.shape
+    assert ids.dtype == np.int64 and mask.dtype == np.int64 and ids.shape == (5, 64) == mask.shape
     ref = BertTokenizer.from_pretrained(str(minilm_path()))(
-        texts, padding="max_length", truncation=True, max_length=20, return_tensors="np")
+        texts, padding="max_length", truncation=True, max_length=64, return_tensors="np")
     np.testing.assert_array_equal(ids, ref["input_ids"])
     np.testing.assert_array_equal(mask, ref["attention_mask"])
-    assert ids[2, -1] == 102 and mask[2].all()  # truncated sentence still ends with [SEP]
+    n = int(mask[2].sum())  # the 26-word expression fits in 64 word pieces (RRSIS-HR: up to 41 words)
+    assert 20 < n < 64 and ids[2, n - 1] == 102
+    ids20, mask20 = tiny.tokenize([LONG], max_length=20)
+    assert ids20[0, -1] == 102 and mask20[0].all()  # truncated sentence still ends with [SEP]
     tk = Tokenizer.from_str(tiny.tokenizer_json())
     np.testing.assert_array_equal(np.asarray([e.ids for e in tk.encode_batch(texts)]), ids)
 
@@ -332,3 +335,32 @@ def test_tiny_image_graph_dynamo_export_matches_onnxruntime(tiny, tiny_text, tmp
                               "sentence_emb": sentence[idx].numpy(), "attention_mask": mask[idx].numpy()})[0]
         assert out.shape == (b, 2, 256, 256)
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+# ---- TCMD self-attention (paper config) ---------------------------------------------------------
+
+def test_tcmd_self_attention_at_every_stride():
+    """decoder.self_attention + text_fusion [s16, s8, s4]: each step's layer is self-attn -> cross-attn -> MLP."""
+    from rsvl_train.models.cadformer_decoder import PixelSelfAttention, TextEnhancedDecoder
+
+    torch.manual_seed(0)
+    kw = {"in_dims": [8, 16, 24, 32], "text_dim": 16, "dim": 16, "num_heads": 2}
+    dec = TextEnhancedDecoder(**kw, text_fusion=(True, True, True), self_attention=True).eval()
+    assert all(isinstance(s.fusion.self_attn, PixelSelfAttention) for s in dec.steps)  # strides 16, 8, 4
+    plain = TextEnhancedDecoder(**kw)
+    assert plain.steps[2].fusion is None and plain.steps[0].fusion.self_attn is None  # tiny default
+    feats = [torch.randn(2, c, 32 // 2 ** i, 32 // 2 ** i) for i, c in enumerate(kw["in_dims"])]
+    words, sentence = torch.randn(2, 5, 16), torch.randn(2, 16)
+    bias = additive_mask(torch.ones(2, 5, dtype=torch.long), torch.float32)
+    with torch.no_grad():
+        a = dec(feats, words, sentence, bias)
+        dec.steps[2].fusion.self_attn.proj.weight.mul_(2.0)  # the stride-4 self-attention is on the path
+        b = dec(feats, words, sentence, bias)
+    assert a.shape == (2, 2, 32, 32) and not torch.allclose(a, b)
+    # the attention itself, by hand: softmax(q k^T / sqrt(d)) v per head
+    att = dec.steps[0].fusion.self_attn
+    x = torch.randn(1, 6, 16)
+    with torch.no_grad():
+        q, k, v = att.qkv(x).reshape(1, 6, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        ref = att.proj((torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), dim=-1) @ v).transpose(1, 2).reshape(1, 6, 16))
+        torch.testing.assert_close(att(x), ref, atol=1e-5, rtol=1e-5)

@@ -62,7 +62,7 @@ def test_augment_is_consistent(tile_dataset_root: Path, preprocess) -> None:
         found = False
         for k in range(4):
             for flip in (False, True):
-                def t(x: torch.Tensor) -> torch.Tensor:
+                def t(x: torch.Tensor, k: int = k, flip: bool = flip) -> torch.Tensor:
                     y = torch.rot90(x, k, dims=(-2, -1))
                     return torch.flip(y, dims=(-1,)) if flip else y
                 if torch.equal(t(p["label"]), a["label"]) and torch.equal(t(p["optical"]), a["optical"]) \

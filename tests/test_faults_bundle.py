@@ -564,15 +564,12 @@ def test_encoder_returning_nan_is_an_error_not_a_cache_entry(tmp_path: Path) -> 
 
 # ------------------------------------------------------------------------------ vocabulary input errors
 @pytest.mark.parametrize("vocab, message", [
-    (None, "the vocabulary is None: give a list of at least 2 class names"),
-    ([], "the vocabulary is empty: give at least 2 class names"),
+    (None, "the vocabulary is None: give a list of class names"),
+    ([], "the vocabulary is empty: give at least one class name"),
     (" , ", "the vocabulary is empty"),
     (["water", ""], "vocabulary entry 1 ('') is blank: give it a class name or remove it"),
     ([{"name": "water"}, {"name": " ", "synonyms": ["x"]}], "vocabulary entry 1 has no 'name'"),
     (42, "the vocabulary must be a list of class names or a string, got int 42"),
-    ("water", ("only one class ('water'): every pixel gets its most likely class, so with one class everything "
-               "would be labelled 'water'. Give at least 2 classes, e.g. --vocab \"water,land\"")),
-    ("water|lake|river", "only one class ('water')"),
     ([f"c{i}" for i in range(MAX_CLASSES + 1)], ("has 256 classes, more than the limit of 255 (labels are stored "
                                                  "as uint8 and 255 means nodata)")),
 ])
@@ -580,6 +577,13 @@ def test_bad_vocabulary_names_the_value_and_the_fix(vocab, message) -> None:
     with pytest.raises(VocabularyError) as ei:
         parse_vocabulary(vocab)
     assert message in str(ei.value)
+
+
+def test_one_class_is_a_vocabulary() -> None:
+    """One class (with synonyms) is accepted: its pixels are the ones whose cosine to it is > 0
+    (the one-class threshold, tests/test_threshold.py), the others are unclassified."""
+    (c,) = parse_vocabulary("water|lake|river")
+    assert c.name == "water" and c.synonyms == ("lake", "river")
 
 
 def test_255_classes_are_allowed() -> None:
@@ -607,7 +611,6 @@ def test_segmenter_refuses_bad_vocabularies_and_keeps_the_previous_one(bundle: P
     seg.set_vocabulary("water,land")
     emb = seg.text_emb.copy()
     for call, message in ((lambda: seg.set_vocabulary(None), "is None"),
-                          (lambda: seg.set_vocabulary("water"), "only one class"),
                           (lambda: seg.set_vocabulary([f"c{i}" for i in range(256)]), "limit of 255"),
                           (lambda: seg.set_vocabulary("water,land", templates=["{} and {}"]), "2 placeholders")):
         with pytest.raises(VocabularyError, match=message):
@@ -620,7 +623,7 @@ def test_segmenter_refuses_bad_vocabularies_and_keeps_the_previous_one(bundle: P
 @pytest.mark.slow
 def test_real_bundle_cache_faults_and_one_class_cli(tiny_bundle: Path, tmp_path: Path, caplog, capsys) -> None:
     """On the exported tsmnet-tiny: a row-swapped and a NaN cache entry are discarded and the labels
-    equal a fresh encode's; `rsvl-infer --vocab water` exits 2 with one line."""
+    equal a fresh encode's; `rsvl-infer --vocab water` runs: water or unclassified."""
     vocab = ["water|river|lake", "building|road", "vegetation|trees"]
     cache = tmp_path / "cache"
     seg = Segmenter.load(tiny_bundle, backend="onnxruntime", cache_dir=cache)
@@ -642,7 +645,12 @@ def test_real_bundle_cache_faults_and_one_class_cli(tiny_bundle: Path, tmp_path:
 
     from rsvl_runtime.cli import main
 
-    rc = main(["--bundle", str(tiny_bundle), "--sar", str(tmp_path / "unused.tif"), "--out", str(tmp_path / "o"),
+    from tests._runtime_rasters import write_tif
+
+    sar_tif = write_tif(tmp_path / "sar.tif", sar)
+    rc = main(["--bundle", str(tiny_bundle), "--sar", str(sar_tif), "--out", str(tmp_path / "o"),
                "--vocab", "water", "--quiet", "--backend", "onnxruntime"])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and "only one class ('water')" in err and "water,land" in err
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads((tmp_path / "o" / "classes.json").read_text())
+    assert [c["name"] for c in doc["classes"]] == ["water", "unclassified"]
+    assert sum(c["pixels"] for c in doc["classes"]) == 64 * 64

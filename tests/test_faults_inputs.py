@@ -428,5 +428,13 @@ def test_api_on_the_tiny_bundle(tiny_bundle: Path) -> None:
     labels, probs = seg.predict(optical_array(64, 64), s)
     assert (labels[:8] == 255).all() and (labels[8:] < len(seg.classes)).all()
     assert np.isfinite(probs).all() and (probs[:, :8] == 0).all()
+    # uint16 reflectance x 10000 with scale=0.0001 is the uint8 path (to the rounding of the uint16 values)
+    o8 = optical_array(64, 64)
+    o16 = np.rint(o8.astype(np.float64) / 255 * 10000).astype(np.uint16)
+    with pytest.raises(RasterInputError, match="--scale"):
+        seg.predict(o16, s)
+    l16, p16 = seg.predict(o16, s, scale=0.0001)
+    np.testing.assert_array_equal(l16, labels)
+    np.testing.assert_allclose(p16, probs, atol=1e-3)
     with pytest.raises(Exception, match="digest"):
         Segmenter.load(tiny_bundle, expect_digest="f" * 64)

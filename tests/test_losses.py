@@ -104,3 +104,31 @@ def test_shape_errors() -> None:
         ce_loss(torch.zeros(3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="resize"):
         dice_loss(torch.zeros(1, 3, 4, 4), torch.zeros(1, 5, 5, dtype=torch.long))
+
+
+def test_object_loss_is_temperature_scaled_by_tau() -> None:
+    """The score map holds cosines: the object CE runs on ``tau * s`` (hand-computed)."""
+    score = torch.tensor([0.5, -0.5]).view(1, 2, 1, 1)  # class 0 wins by a cosine margin of 1
+    target = torch.zeros(1, 2, 2, dtype=torch.long)
+    tau = torch.tensor(3.0)
+    # logits [1.5, -1.5]: CE = log(1 + exp(-3)) = 0.04859; unscaled it would be log(1 + exp(-1)) = 0.3133
+    by_hand = math.log(1 + math.exp(-3.0))
+    assert object_loss(score, target, temperature=1 / tau).item() == pytest.approx(by_hand, rel=1e-4)
+    assert object_loss(score, target).item() == pytest.approx(math.log(1 + math.exp(-1.0)), rel=1e-6)
+    out = {"logits": torch.zeros(1, 2, 2, 2), "score_map": score, "logit_scale": tau}
+    _, parts = tsmnet_loss(out, target)
+    assert parts["object"].item() == pytest.approx(by_hand, rel=1e-4)
+
+
+def test_loss_weight_sets() -> None:
+    from rsvl_train.losses import CADFORMER_LOSS_WEIGHTS, PAPER_LOSS_WEIGHTS, TSMNET_LOSS_WEIGHTS
+
+    assert PAPER_LOSS_WEIGHTS == {"ce": 1.0, "dice": 1.0, "object": 1.0, "scene": 1.0}
+    assert TSMNET_LOSS_WEIGHTS == {"ce": 1.0, "dice": 1.0, "object": 0.4, "scene": 0.1}
+    assert CADFORMER_LOSS_WEIGHTS == {"ce": 0.9, "dice": 0.1}
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 8, 8))
+    out = {"logits": torch.randn(2, 3, 8, 8), "score_map": torch.randn(2, 3, 2, 2).tanh(),
+           "logit_scale": torch.tensor(14.0), "visual_global": torch.randn(2, 4), "desc_emb": torch.randn(2, 4)}
+    total, parts = tsmnet_loss(out, target, **{f"{k}_weight": v for k, v in PAPER_LOSS_WEIGHTS.items()})
+    assert total.item() == pytest.approx(sum(parts[k].item() for k in ("ce", "dice", "object", "scene")), rel=1e-5)

@@ -123,8 +123,9 @@ def test_preview_is_downsampled_with_legend(tmp_path: Path) -> None:
     img = Image.open(tmp_path / "preview.png")
     assert img.width <= 1024 and img.height > 1024 * 400 / 3000  # image + legend strip
     arr = np.asarray(img)
-    assert tuple(arr[50, 10]) == (255, 0, 0) and tuple(arr[50, img.width - 10]) == (0, 0, 255)
-    assert tuple(arr[0, 10]) == NODATA_COLOR
+    assert img.mode == "RGBA"
+    assert tuple(arr[50, 10]) == (255, 0, 0, 255) and tuple(arr[50, img.width - 10]) == (0, 0, 255, 255)
+    assert tuple(arr[0, 10]) == (*NODATA_COLOR, 0)  # nodata: transparent
     assert png == (tmp_path / "preview.png").read_bytes()
 
 

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import rasterio
+from rasterio.windows import Window
 
 from rsvl_runtime.raster_io import (
     RasterInputError,
     align_to,
+    as_raster_path,
     check_coregistered,
+    is_gdal_path,
     open_raster,
     pixel_area_m2,
     prepare_input,
@@ -24,6 +35,7 @@ from rsvl_runtime.raster_io import (
 from ._runtime_rasters import (
     OPTICAL_SPEC,
     SAR_SPEC,
+    LinearModel,
     optical_array,
     sar_array,
     write_tif,
@@ -191,3 +203,155 @@ def test_pixel_area_geographic() -> None:
     class North(DS):
         transform = rasterio.transform.from_origin(10.0, 60.0005, 0.001, 0.001)
     assert np.allclose(pixel_area_m2(North), side ** 2 * 0.5, rtol=1e-3)  # cos(60°) = 0.5
+
+
+# ============================================================================ remote inputs (URLs)
+class _RangeHandler(BaseHTTPRequestHandler):
+    """Serves the files of ``server.root`` with HTTP ``Range`` support; counts requests and bytes."""
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def _serve(self, body: bool) -> None:
+        srv: Any = self.server
+        path = srv.root / self.path.lstrip("/")
+        rng = self.headers.get("Range")
+        srv.requests.append((self.command, rng))
+        srv.headers.append(self.headers.get("X-Rsvl-Test"))
+        if not path.is_file():
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = path.read_bytes()
+        m = re.match(r"bytes=(\d+)-(\d*)$", rng or "")
+        if m:
+            a = int(m.group(1))
+            b = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
+            chunk = data[a:b + 1]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {a}-{b}/{len(data)}")
+        else:
+            chunk = data
+            self.send_response(200)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(len(chunk)))
+        self.end_headers()
+        if body:
+            self.wfile.write(chunk)
+            srv.served += len(chunk)
+
+
+@pytest.fixture
+def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
+    """``(base URL, server)`` of a Range-capable HTTP server on 127.0.0.1 serving ``tmp_path/www``."""
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")  # no sidecar probing
+    monkeypatch.setenv("CPL_VSIL_CURL_ALLOWED_EXTENSIONS", ".tif")
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    root = tmp_path / "www"
+    root.mkdir()
+    srv: Any = ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+    srv.root, srv.requests, srv.headers, srv.served = root, [], [], 0
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _tiled_scene(path: Path, size: int = 256) -> Path:
+    """A tiled (32 px blocks), deflate-compressed optical GeoTIFF: many blocks to read by range."""
+    return write_tif(path, optical_array(size, size), tiled=True, blockxsize=32, blockysize=32, compress="deflate")
+
+
+def test_gdal_paths_are_kept_as_given() -> None:
+    for url in ("http://host/a//b.tif", "https://h/x.tif?sig=1", "/vsicurl/http://h/x.tif", "s3://bucket/k.tif",
+                "gs://b/k.tif", "az://c/k.tif", "/vsis3/bucket/k.tif", "zip+https://h/a.zip!/b.tif"):
+        assert is_gdal_path(url) and as_raster_path(url) == url and isinstance(as_raster_path(url), str)
+    for local in ("scene.tif", "/data/scene.tif", "C:\\data\\scene.tif", Path("/x//y.tif")):
+        assert not is_gdal_path(local) and isinstance(as_raster_path(local), Path)
+
+
+def test_remote_raster_is_read_by_ranges(tmp_path: Path, http_root: tuple[str, Any]) -> None:
+    base, srv = http_root
+    name = f"{uuid.uuid4().hex}.tif"  # GDAL caches by URL: a name no other test used
+    local = _tiled_scene(srv.root / name)
+    size = local.stat().st_size
+    inp = prepare_input(f"{base}/{name}", "optical", OPTICAL_SPEC)
+    assert inp.path == f"{base}/{name}" and inp.remote and inp.bands == (1, 2, 3)
+    srv.served = 0
+    with open_raster(f"/vsicurl/{base}/{name}") as ds, rasterio.open(local) as ref:
+        win = Window(96, 96, 32, 32)
+        np.testing.assert_array_equal(ds.read(window=win), ref.read(window=win))
+    assert srv.served < size / 4  # one block and the header, not the whole file
+    gets = [r for c, r in srv.requests if c == "GET"]
+    assert gets and all(r and r.startswith("bytes=") for r in gets)  # only ranged reads
+
+
+def test_run_scene_over_http_equals_local(tmp_path: Path, http_root: tuple[str, Any],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same labels as the local file, by ranged reads, with the user's GDAL environment applied
+    in every thread of the run (a GDAL_HTTP_HEADERS header reaches the server)."""
+    from rsvl_runtime.scene import run_scene
+
+    monkeypatch.setenv("GDAL_HTTP_HEADERS", "X-Rsvl-Test: from-env")
+    base, srv = http_root
+    local = _tiled_scene(srv.root / "scene.tif")
+    size = local.stat().st_size
+    names = [f"{uuid.uuid4().hex}.tif" for _ in range(2)]  # GDAL caches by URL: one file per run
+    for name in names:
+        shutil.copy(local, srv.root / name)
+    args: dict[str, Any] = {"class_names": ["a", "b", "c", "d"], "optical_spec": OPTICAL_SPEC, "sar_spec": None,
+                            "tile": 64, "overlap": 0.25, "batch": 4, "progress": False, "cog": False, "stac": False}
+    model = LinearModel(4)
+    run_scene(model, str(local), None, tmp_path / "local", **args)
+    with rasterio.open(tmp_path / "local" / "labels.tif") as ds:
+        expected = ds.read(1)
+    for i, url in enumerate((f"{base}/{names[0]}", f"/vsicurl/{base}/{names[1]}")):
+        srv.served, srv.requests, srv.headers = 0, [], []
+        run_scene(model, url, None, tmp_path / f"remote{i}", **args)
+        with rasterio.open(tmp_path / f"remote{i}" / "labels.tif") as ds:
+            np.testing.assert_array_equal(ds.read(1), expected)
+        gets = [r for c, r in srv.requests if c == "GET"]
+        assert len(gets) >= 2 and all(r and r.startswith("bytes=") for r in gets)  # ranged reads only
+        # the run opens the file several times and reads overlapping strips, yet fetches it about once
+        assert srv.served <= 1.25 * size
+        assert srv.headers and set(srv.headers) == {"from-env"}  # GDAL's environment was not reset
+        done = json.loads((tmp_path / f"remote{i}" / "done.json").read_text())
+        assert done["inputs"]["optical"]["path"] == url
+        assert done["inputs"]["optical"]["sha256"] == "not hashed (remote)"
+
+
+def test_missing_remote_raster_is_one_clear_line(http_root: tuple[str, Any]) -> None:
+    base, _ = http_root
+    url = f"{base}/nope.tif"
+    with pytest.raises(RasterInputError) as e:
+        prepare_input(url, "optical", OPTICAL_SPEC)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"remote raster not found: {url}") and "404" in msg
+    assert "check the URL" in msg and "range requests" in msg
+    with pytest.raises(RasterInputError, match="cannot read remote raster http://127.0.0.1:1/x.tif"):
+        open_raster("http://127.0.0.1:1/x.tif")  # nothing listens on port 1
+
+
+def test_batch_manifest_keeps_urls(tmp_path: Path) -> None:
+    from rsvl_runtime.batch_plan import records_from_manifest
+
+    m = tmp_path / "scenes.csv"
+    m.write_text("id,optical,sar\n"
+                 ",https://example.org/data//s2_optical.tif?token=a,\n"
+                 "b,/vsicurl/http://h/b.tif,s3://bucket/b_sar.tif\n"
+                 "c,missing.tif,\n", encoding="utf-8")
+    recs = records_from_manifest(m, modes=("optical", "optical+sar"))
+    assert recs[0].optical == "https://example.org/data//s2_optical.tif?token=a" and recs[0].id == "s2"
+    assert recs[0].error is None
+    assert (recs[1].optical, recs[1].sar, recs[1].error) == ("/vsicurl/http://h/b.tif", "s3://bucket/b_sar.tif", None)
+    assert recs[2].error == f"optical file not found: {tmp_path / 'missing.tif'}"  # local files still checked

@@ -74,7 +74,8 @@ def test_tiled_equals_whole_image(tmp_path: Path, h: int, w: int, tile: int) -> 
     assert res.tiles == sum(model.calls) and max(model.calls) <= 4
     assert res.width == w and res.height == h and res.megapixels_per_s > 0
     names = {p.name for p in (tmp_path / "out").iterdir()}
-    assert names == {out.LABELS, out.SCORES, out.CLASSES, out.PREVIEW, out.REPORT, out.DONE}
+    assert names == {out.LABELS, out.SCORES, out.CLASSES, out.PREVIEW, out.REPORT, out.DONE, "labels.qml",
+                     "labels.tif.aux.xml", "item.json"}
 
 
 @pytest.mark.parametrize("mode", ["optical", "sar"])

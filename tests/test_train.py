@@ -64,3 +64,29 @@ def test_resume_without_checkpoint_fails(tmp_path: Path) -> None:
 
     with pytest.raises(FileNotFoundError, match="--resume"):
         Trainer(_cfg(tmp_path / "none", resume=True))
+
+
+def test_paper_settings_tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model-config modality dropout, paper loss weights, poly + iterations, descriptions in train and val."""
+    from rsvl_train.losses import PAPER_LOSS_WEIGHTS
+    from rsvl_train.models import tsmnet as tsm
+    from rsvl_train.train import Trainer
+
+    rates: list[float] = []
+    orig = tsm.modality_dropout
+    monkeypatch.setattr(tsm, "modality_dropout", lambda o, s, p, generator=None: (rates.append(p), orig(o, s, p))[1])
+    overrides = {"description_fusion": True, "description_fusion_levels": "all", "modality_dropout": 0.3,
+                 "text.pretrained": False, "backbone.imagenet": False}
+    t = Trainer(_cfg(tmp_path / "run", loss_weights=dict(PAPER_LOSS_WEIGHTS), schedule="poly", iterations=1,
+                     overrides=overrides))
+    assert t.cfg.modality_dropout == 0.3 and t.cfg.tile == 64
+    with_desc: list[bool] = []
+    fi = t.model.forward_image
+    t.model.forward_image = lambda *a, **k: (with_desc.append((a[3:] or [k.get("description")])[0] is not None),
+                                             fi(*a, **k))[1]
+    t.fit()
+    assert rates == [0.3] and t.sched.last_epoch == 1  # one iteration, then validation
+    assert len(with_desc) == 2 and all(with_desc)  # the training step and the validation batch
+    hist = json.loads((tmp_path / "run" / "history.jsonl").read_text().splitlines()[0])
+    parts = {k: hist[f"train_{k}"] for k in ("ce", "dice", "object", "scene")}
+    assert hist["train_loss"] == pytest.approx(sum(parts.values()), rel=1e-4)  # 1:1:1:1

@@ -14,7 +14,9 @@ from rsvl_train import create_model, get_model_config, list_models
 from rsvl_train.models.tsmnet import TSMNet, modality_dropout
 
 CLASS_NAMES = ["water", "building", "road", "vegetation", "farmland", "bare soil", "other"]
+PAPER_CLASSES = ["bare ground", "low vegetation", "trees", "houses", "water", "roads", "others"]
 TILE = 128
+LIGHT = {"text.pretrained": False, "backbone.imagenet": False}  # random weights: fast builds
 
 
 def _text(model: TSMNet, names: list[str]) -> torch.Tensor:
@@ -51,7 +53,7 @@ def test_config_contract(name: str) -> None:
     cfg = get_model_config(name)
     assert cfg["architecture"] == "tsmnet" and cfg["task"] == "semantic" and cfg["head"] == "open"
     assert cfg["modes"] == ["optical+sar", "optical", "sar"] and cfg["tile_size"] == 256
-    assert [c["name"] for c in cfg["classes"]] == CLASS_NAMES
+    assert [c["name"] for c in cfg["classes"]] == (PAPER_CLASSES if name == "tsmnet" else CLASS_NAMES)
     assert all(len(c["color"]) == 3 and c["synonyms"] for c in cfg["classes"])
     t = cfg["text"]
     assert t["encoder"] in ("minilm", "clip") and t["templates"] == ["a satellite image of {}."]
@@ -237,24 +239,111 @@ def test_training_step_gradients(tiny: TSMNet) -> None:
 
 
 # -------------------------------------------------------- variants
-def test_paper_head_fixed_k() -> None:
-    m = create_model(
-        "tsmnet-tiny", head="paper", num_classes=7, **{"text.pretrained": False, "backbone.imagenet": False}
-    ).eval()
-    opt, sar = _inputs(2)
+def test_paper_head_score_concat_and_cosine() -> None:
+    """paper head: FPN input = [F4, s] (K more channels), logits = tau * cos(pixel_emb, t_k), fixed K."""
+    m = create_model("tsmnet-tiny", head="paper", num_classes=7, **LIGHT).eval()
+    with torch.no_grad():
+        m.context_decoder.gamma.fill_(0.1)
+    opt, sar = _inputs(2, size=64)
     with torch.no_grad():
         out = m.forward_image(opt, sar, _text(m, CLASS_NAMES))
-    assert out["logits"].shape == (2, 7, TILE, TILE) and "pixel_emb" not in out
-    assert m.decoder.out.out_channels == 7
-    assert m.decoder.lateral[3][0].in_channels == m.optical_backbone.out_channels[3] + 7  # score map concat
+    assert out["logits"].shape == (2, 7, 64, 64) and out["pixel_emb"].shape == (2, m.embed_dim, 16, 16)
+    c4 = m.optical_backbone.out_channels[3]
+    assert m.decoder.lateral[3][0].in_channels == c4 + 7  # the K-channel score map is concatenated
+    open_m = create_model("tsmnet-tiny", **LIGHT)
+    assert open_m.decoder.lateral[3][0].in_channels == c4 + m.embed_dim + 1  # open: D + 1 whatever K
+    assert m.decoder.out.out_channels == m.embed_dim  # pixel embeddings, no 1x1 classifier
+    # the output is the cosine score, by hand
+    pe, t, tau = out["pixel_emb"], out["text_emb_img"], out["logit_scale"]
+    cos = torch.einsum("bkd,bdhw->bkhw", t / t.norm(dim=-1, keepdim=True), pe / pe.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(out["logits"], F.interpolate(tau * cos, size=(64, 64), mode="bilinear",
+                                                            align_corners=False), atol=1e-4, rtol=1e-4)
+    assert (out["logits"] / tau).abs().max() <= 1.0 + 1e-5
+    # the score map really feeds the FPN: change the text -> score map -> logits of class 0 change
+    with torch.no_grad():
+        te = _text(m, CLASS_NAMES)
+        te2 = torch.cat([te[:1], te[1:].flip(0)])
+        a = m.forward_image(opt, sar, te)["logits"][:, 0]
+        b = m.forward_image(opt, sar, te2)["logits"][:, 0]
+    assert not torch.allclose(a, b)
     with pytest.raises(ValueError, match="fixed vocabulary"):
         m.forward_image(opt, sar, _text(m, CLASS_NAMES[:3]))
+    # num_classes defaults to the number of classes
+    assert create_model("tsmnet-tiny", head="paper", **LIGHT).num_classes == 7
+
+
+@pytest.mark.slow
+def test_paper_head_export_fixes_k(tmp_path) -> None:
+    """The export wrapper traces a tiny paper-head model with a static K; ORT matches eager."""
+    ort = pytest.importorskip("onnxruntime")
+    from rsvl_export.wrappers import graph_specs
+
+    m = create_model("tsmnet-tiny", head="paper", **LIGHT).eval()
+    text, image = graph_specs(m, tile=32)
+    assert image.example_inputs["text_emb"].shape[0] == 7 and "text_emb" not in image.dynamic_axes
+    from rsvl_export.onnx_export import export_onnx
+
+    path = tmp_path / "image.onnx"
+    res = export_onnx(image.module, image.example_inputs, image.output_names, image.dynamic_axes, path)
+    assert res.exporter == "dynamo"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opt, sar = _inputs(3, size=32, seed=4)
+    te = image.example_inputs["text_emb"]
+    with torch.no_grad():
+        ref = image.module(opt, sar, te).numpy()
+    got = sess.run(None, {"optical": opt.numpy(), "sar": sar.numpy(), "text_emb": te.numpy()})[0]
+    assert got.shape == (3, 7, 32, 32)
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_six_level_fusion() -> None:
+    """fusion.levels = 6: the 4 pyramid maps + global + local, each rectified and fused."""
+    from rsvl_train.models.fusion import MFFM, MFRM, GlobalFusion
+
+    m = create_model("tsmnet-tiny", **{"fusion.levels": 6, **LIGHT}).eval()
+    assert len(m.rectify) == 6 and len(m.fuse) == 6 and all(isinstance(r, MFRM) for r in m.rectify)
+    assert isinstance(m.fuse[4], GlobalFusion) and isinstance(m.fuse[5], MFFM)
+    assert len(create_model("tsmnet-tiny", **LIGHT).fuse) == 4  # default: off
+    opt, sar = _inputs(2, size=64)
+    levels = m.fused_features(opt, sar)
+    c = m.optical_backbone.out_channels
+    assert [tuple(f.shape[1:]) for f in levels] == [
+        (c[0], 16, 16), (c[1], 8, 8), (c[2], 4, 4), (c[3], 2, 2), (c[3], 1, 1), (c[3], 2, 2)]
+    m.train()
+    ids, mask = m.tokenize(m.prompts(CLASS_NAMES))
+    out = m(opt, sar, torch.from_numpy(ids), torch.from_numpy(mask))
+    (out["logits"].mean() + out["visual_global"].sum()).backward()
+    assert m.fuse[4].proj.weight.grad.abs().sum() > 0 and m.rectify[5].spatial[0].weight.grad.abs().sum() > 0
+    assert m.global_in.weight.grad.abs().sum() > 0
+
+
+def test_description_fusion_at_every_level() -> None:
+    """description_fusion_levels = all: each image level cross-attends to the description tokens."""
+    m = create_model("tsmnet-tiny", description_fusion=True, description_fusion_levels="all",
+                     **{"fusion.levels": 6, **LIGHT}).eval()
+    assert m.desc_attn is None and len(m.desc_attn_levels) == 6
+    with torch.no_grad():
+        for block in m.desc_attn_levels:
+            block.gamma.fill_(1.0)
+    seen: dict[int, float] = {}
+    for i, block in enumerate(m.desc_attn_levels):
+        block.register_forward_hook(lambda mod, inp, out, i=i: seen.__setitem__(i, (out - inp[0]).abs().max().item()))
+    opt, sar = _inputs(2, size=64)
+    ids, mask = m.tokenize(m.prompts(CLASS_NAMES))
+    d_ids, d_mask = m.tokenize_descriptions(["a river between fields", "a dense town with roads"])
+    assert d_ids.shape == (2, 64) == d_mask.shape  # text.desc_max_length
+    args = (torch.from_numpy(ids), torch.from_numpy(mask))
+    with torch.no_grad():
+        plain = m(opt, sar, *args)
+        assert not seen  # no description: the blocks do not run
+        out = m(opt, sar, *args, torch.from_numpy(d_ids), torch.from_numpy(d_mask))
+    assert sorted(seen) == list(range(6)) and min(seen.values()) > 1e-3  # every level changed
+    torch.testing.assert_close(out["visual_global"], plain["visual_global"])  # pooled before fusion
+    assert not torch.allclose(out["logits"], plain["logits"])
 
 
 def test_description_fusion_outputs() -> None:
-    m = create_model(
-        "tsmnet-tiny", description_fusion=True, **{"text.pretrained": False, "backbone.imagenet": False}
-    ).eval()
+    m = create_model("tsmnet-tiny", description_fusion=True, **LIGHT).eval()
     with torch.no_grad():
         m.desc_attn.gamma.fill_(1.0)
     opt, sar = _inputs(2)
@@ -286,7 +375,8 @@ def test_paper_scale_random_init_forward(caplog: pytest.LogCaptureFixture) -> No
         out = m.forward_image(*_inputs(1, size=256), te)
     assert te.shape == (7, 512)
     assert out["logits"].shape == (1, 7, 256, 256)
-    assert out["score_map"].shape == (1, 7, 8, 8)
+    assert out["score_map"].shape == (1, 7, 16, 16)  # six-level: the score map of the stride-16 local tokens
+    assert len(m.fuse) == 6 and len(m.desc_attn_levels) == 6
     assert torch.isfinite(out["logits"]).all()
 
 

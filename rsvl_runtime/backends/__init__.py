@@ -47,7 +47,7 @@ def _int8_safe(image_graph: GraphEntry) -> bool:
 
 
 def _ort(bundle: Bundle, device: str, precision: str, threads: int | None) -> Sessions:
-    from .onnxruntime_backend import OrtSession, default_providers
+    from .onnxruntime_backend import OrtSession, default_providers, text_graph_precision
 
     providers = default_providers(device)
     on_gpu = providers[0] != "CPUExecutionProvider"
@@ -61,7 +61,8 @@ def _ort(bundle: Bundle, device: str, precision: str, threads: int | None) -> Se
             precision = "ort" if image_graph.ort and _int8_safe(image_graph) else "fp32"
     if precision == "ort" and on_gpu:
         raise BackendError("the 'ort' image graph holds CPU-specific ops; use --precision fp16/fp32 on a GPU")
-    text = OrtSession(bundle.graph_file("text", "fp32"), providers=providers, threads=threads)
+    text_precision = text_graph_precision(bundle.meta.graph("text"), precision, on_gpu)
+    text = OrtSession(bundle.graph_file("text", text_precision), providers=providers, threads=threads)
     image = OrtSession(bundle.graph_file("image", precision), providers=providers, threads=threads)
     name = f"onnxruntime[{image.providers[0].replace('ExecutionProvider', '')}]"
     return Sessions(text, image, name, precision)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..logs import error_text
+from ..manifest import GraphEntry
 from .base import BackendError
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,15 @@ def default_providers(device: str = "auto") -> list[str]:
     return [p for p in want if p in have] + ["CPUExecutionProvider"]
 
 
+def text_graph_precision(text_graph: GraphEntry | None, image_precision: str, on_gpu: bool) -> str:
+    """The text graph's file to open next to an image graph of ``image_precision``: its ORT CPU
+    variant (``text.ort.onnx``, fused attention/normalisation, parity-checked at export) when the
+    image graph runs its ``ort`` variant on the CPU provider and the bundle has one; else ``fp32``."""
+    if image_precision == "ort" and not on_gpu and text_graph is not None and text_graph.ort:
+        return "ort"
+    return "fp32"
+
+
 class OrtSession:
     """An ONNX graph in an ``onnxruntime.InferenceSession``."""
 
@@ -69,7 +80,7 @@ class OrtSession:
             self._sess = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers,
                                               provider_options=provider_options)
         except Exception as e:  # onnxruntime raises its own exception types
-            raise BackendError(f"{self.path}: onnxruntime cannot load this graph ({e}); "
+            raise BackendError(f"{self.path}: onnxruntime cannot load this graph ({error_text(e)}); "
                                "the file may be corrupt — re-export the bundle") from e
         self.providers = self._sess.get_providers()
         self.input_names = [i.name for i in self._sess.get_inputs()]

@@ -15,9 +15,15 @@ Supported layouts
     root/{split}/lbl/NAME.png|tif              labels, 1 band uint8 class ids, 255 = ignore
     root/{split}/txt/NAME.txt                  optional scene description
 
-The public YESeg-OPT-SAR archive ships ``optical/``, ``sar/`` and ``label/`` folders with
-one sub-folder per region and no split folders, i.e. the SWJTU layout below: use
-:class:`SWJTUVisionLanguageDataset` with split lists for it.
+This is rsvl's own layout (the synthetic generator writes it). The official layouts of the
+real datasets have their own readers, built on the item loading here:
+:class:`rsvl_train.data.yeseg.YESegDataset` (YESeg-OPT-SAR as its MGFNet loader reads it),
+:class:`rsvl_train.data.swjtu.TSMNetSWJTUDataset` (SWJTU-Vision-Language as TSMNet reads it)
+and :class:`rsvl_train.data.refer.ReferDataset` (RRSIS-D / RRSIS-HR, RefCOCO format);
+:mod:`rsvl_train.data.layouts` recognises which one a folder holds. The public YESeg-OPT-SAR
+and SWJTU-OPT-SAR archives ship ``optical/``, ``sar/`` and ``label/`` folders with one
+sub-folder per region and no split folders, i.e. the SWJTU layout below: use
+:class:`SWJTUVisionLanguageDataset` with split lists for them.
 
 **SWJTU-Vision-Language** (:class:`SWJTUVisionLanguageDataset`; ``layout="swjtu"``), the
 public SWJTU-OPT-SAR organisation plus text and split lists::
@@ -60,7 +66,8 @@ import json
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -69,14 +76,16 @@ from torch.utils.data import Dataset
 from rsvl_runtime.normalization import normalize_optical, normalize_sar
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "DatasetError",
     "DatasetNotFoundError",
-    "IMAGE_EXTENSIONS",
     "OptSarSegDataset",
-    "SWJTUVisionLanguageDataset",
     "RRSISDataset",
-    "read_image",
+    "SWJTUVisionLanguageDataset",
     "random_dihedral",
+    "read_image",
+    "referring_image",
+    "resize_square",
 ]
 
 IGNORE_INDEX = 255
@@ -89,6 +98,18 @@ class DatasetError(ValueError):
     """A dataset folder or file is malformed; the message names the argument, path and fix."""
 
 
+def read_label_file(path: Path, expected: str) -> np.ndarray:
+    """One label image as ``[H, W]`` int64 class ids, its nodata pixels set to ``IGNORE_INDEX``;
+    a label with more than one band is refused (``expected`` says what it should be)."""
+    raw, nodata = read_image(path)
+    if raw.shape[0] != 1:
+        raise DatasetError(f"label {str(path)!r} has {raw.shape[0]} bands; expected {expected}")
+    label = raw[0].astype(np.int64)
+    if nodata is not None:
+        label[nodata] = IGNORE_INDEX
+    return label
+
+
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """A dataset folder or file does not exist (also a :class:`FileNotFoundError`)."""
 
@@ -96,6 +117,14 @@ class DatasetNotFoundError(DatasetError, FileNotFoundError):
 def _short_list(items: Sequence[str], n: int = 10) -> str:
     shown = ", ".join(items[:n])
     return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def describe_folder(root: Path) -> str:
+    """What a folder holds, for "found: ..." in layout errors (``a/, b/, c.txt``, at most 10 names)."""
+    if not root.is_dir():
+        return "not a folder" if root.exists() else "no such folder"
+    items = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    return _short_list(items) if items else "an empty folder"
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,6 +191,27 @@ def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         ) from e
 
 
+def resize_square(arr: np.ndarray, size: int | None, nearest: bool) -> np.ndarray:
+    """Resize ``[C, H, W]`` to ``[C, size, size]`` (bilinear, or nearest for masks); ``None`` keeps it."""
+    if size is None or arr.shape[-2:] == (size, size):
+        return arr
+    from PIL import Image
+
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    out = [np.asarray(Image.fromarray(band.astype(np.float32)).resize((size, size), resample)) for band in arr]
+    return np.stack(out)
+
+
+def referring_image(path: Path) -> np.ndarray:
+    """An RGB ``[3, H, W]`` image for referring segmentation (grey images are repeated to 3 bands)."""
+    img, _ = read_image(path)
+    if img.shape[0] == 1:
+        img = np.repeat(img, 3, axis=0)
+    if img.shape[0] != 3:
+        raise DatasetError(f"image {str(path)!r} has {img.shape[0]} bands; expected RGB")
+    return img
+
+
 def _read_text(path: Path | None) -> str:
     if path is None or not path.is_file():
         return ""
@@ -209,7 +259,7 @@ class _OptSarBase(Dataset):
 
     name = "dataset"
     #: Folder name per role; subclasses override.
-    dirs: dict[str, str] = {}
+    dirs: dict[str, str] = {}  # noqa: RUF012 - overridden per instance
 
     def __init__(
         self,
@@ -285,26 +335,44 @@ class _OptSarBase(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        name, paths = self.samples[index]
+    #: Raw label value -> class id applied after reading (e.g. TSMNet folds YESeg's 7 'other' into 0).
+    label_map: ClassVar[Mapping[int, int]] = MappingProxyType({})
+
+    def _read_label(self, name: str, paths: Mapping[str, Path | None]) -> np.ndarray:
+        """The ``[H, W]`` int64 label of one sample, nodata pixels set to ``IGNORE_INDEX``."""
         lab_path = paths["label"]
         assert lab_path is not None
-        label_raw, lab_nd = read_image(lab_path)
-        if label_raw.shape[0] != 1:
-            raise DatasetError(
-                f"label {str(lab_path)!r} has {label_raw.shape[0]} bands; expected 1 band of class ids "
-                f"(0..K-1, {IGNORE_INDEX} = ignore). Convert colour-coded labels to ids first"
-            )
-        label = label_raw[0].astype(np.int64)
-        if lab_nd is not None:
-            label[lab_nd] = IGNORE_INDEX
-        h, w = label.shape
-        invalid = np.zeros((h, w), dtype=bool)
-        arrays: dict[str, np.ndarray] = {}
+        return read_label_file(lab_path, f"1 band of class ids (0..K-1, {IGNORE_INDEX} = ignore). Convert "
+                                         "colour-coded labels to ids first")
+
+    def _read_modalities(self, name: str, paths: Mapping[str, Path | None]
+                         ) -> dict[str, tuple[np.ndarray, np.ndarray | None, Path]]:
+        """``{modality: (data [C, H, W], nodata mask or None, file)}`` for the loaded modalities.
+
+        A SAR file with three identical bands (grey PNG saved as RGB) is read as one band.
+        """
+        out: dict[str, tuple[np.ndarray, np.ndarray | None, Path]] = {}
         for m in self.modalities:
             p = paths[m]
             assert p is not None
             data, nd = read_image(p)
+            if m == "sar" and data.shape[0] == 3 and (data[1:] == data[:1]).all():
+                data = data[:1]
+            out[m] = (data, nd, p)
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name, paths = self.samples[index]
+        label = self._read_label(name, paths)
+        if self.label_map:
+            raw = label.copy()
+            for src, dst in self.label_map.items():
+                label[raw == src] = dst
+        lab_path = paths["label"]
+        h, w = label.shape
+        invalid = np.zeros((h, w), dtype=bool)
+        arrays: dict[str, np.ndarray] = {}
+        for m, (data, nd, p) in self._read_modalities(name, paths).items():
             want = 3 if m == "optical" else 1
             if data.shape[0] != want or data.shape[1:] != (h, w):
                 raise DatasetError(
@@ -358,7 +426,7 @@ class OptSarSegDataset(_OptSarBase):
     """
 
     name = "YESeg-OPT-SAR-like"
-    dirs = {"optical": "opt", "sar": "sar", "label": "lbl", "description": "txt"}
+    dirs = {"optical": "opt", "sar": "sar", "label": "lbl", "description": "txt"}  # noqa: RUF012
 
     def layout_help(self) -> str:
         d = self.dirs
@@ -410,7 +478,7 @@ class SWJTUVisionLanguageDataset(_OptSarBase):
     """
 
     name = "SWJTU-Vision-Language"
-    dirs = {"optical": "optical", "sar": "sar", "label": "label", "description": "text"}
+    dirs = {"optical": "optical", "sar": "sar", "label": "label", "description": "text"}  # noqa: RUF012
 
     def layout_help(self) -> str:
         d = self.dirs
@@ -543,26 +611,11 @@ class RRSISDataset(Dataset):
         return len(self.records)
 
     def _resize(self, arr: np.ndarray, nearest: bool) -> np.ndarray:
-        if self.size is None or arr.shape[-2:] == (self.size, self.size):
-            return arr
-        from PIL import Image
-
-        resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-        out = [
-            np.asarray(Image.fromarray(band.astype(np.float32)).resize((self.size, self.size), resample))
-            for band in arr
-        ]
-        return np.stack(out)
+        return resize_square(arr, self.size, nearest)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         r = self.records[index]
-        img, _ = read_image(self.root / "images" / r["image"])
-        if img.shape[0] == 1:
-            img = np.repeat(img, 3, axis=0)
-        if img.shape[0] != 3:
-            raise DatasetError(
-                f"image {str(self.root / 'images' / r['image'])!r} has {img.shape[0]} bands; expected RGB"
-            )
+        img = referring_image(self.root / "images" / r["image"])
         mask, _ = read_image(self.root / "masks" / r["mask"])
         if img.shape[1:] != mask.shape[1:]:
             raise DatasetError(

@@ -10,7 +10,10 @@ Two families, chosen by ``cfg["type"]``:
 - ``"timm"``: a timm ``features_only`` CNN (e.g. ``tf_efficientnet_lite0``), optionally with
   the offline ImageNet Lite0 weights (:meth:`TimmPyramid.load_imagenet`).
 
-Every backbone exposes ``out_channels`` (4 ints) and ``forward(x) -> list[Tensor]`` (4 maps).
+Every backbone exposes ``out_channels`` (4 ints) and ``forward(x) -> list[Tensor]`` (4 maps);
+``forward_levels(x) -> (maps, global [B, C], local [B, C, h, w])`` adds the two extra levels of
+TSMNet's six-level fusion (``C = out_channels[-1]``): the ViT's class token and final patch-token
+map (stride 16), or a CNN's pooled and last map.
 """
 
 from __future__ import annotations
@@ -122,15 +125,23 @@ class ClipViTPyramid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[B, C, H, W]`` -> maps at strides 4, 8, 16, 32 with ``out_channels`` channels."""
+        return self.forward_levels(x)[0]
+
+    def forward_levels(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The 4 maps of :meth:`forward` + global (class token ``[B, width]``) + local (last tapped
+        block's patch tokens ``[B, width, H/16, W/16]``)."""
         B = x.shape[0]
         gh, gw = x.shape[-2] // self.patch, x.shape[-1] // self.patch
         t = self.vit._embeds(x)
         taps: list[torch.Tensor] = []
+        cls = t[:, 0]
         for i, blk in enumerate(self.vit.transformer.resblocks):
             t = blk(t)
             if i + 1 in self.taps:
                 taps.append(t[:, 1:].transpose(1, 2).reshape(B, self.width, gh, gw))
-        return [self.fpn1(taps[0]), self.fpn2(taps[1]), self.fpn3(taps[2]), self.fpn4(taps[3])]
+                cls = t[:, 0]
+        maps = [self.fpn1(taps[0]), self.fpn2(taps[1]), self.fpn3(taps[2]), self.fpn4(taps[3])]
+        return maps, cls, taps[3]
 
     def load_clip_visual(self, state_dict: Mapping[str, torch.Tensor]) -> int:
         """Copy CLIP visual weights (keys without the ``visual.`` prefix) into the ViT.
@@ -191,6 +202,11 @@ class TimmPyramid(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[B, C, H, W]`` -> the 4 selected feature maps."""
         return list(self.body(x))
+
+    def forward_levels(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The 4 maps + global (last map average-pooled ``[B, C]``) + local (the last map)."""
+        maps = self.forward(x)
+        return maps, maps[-1].mean(dim=(2, 3)), maps[-1]
 
     def load_imagenet(self) -> int:
         """Load the offline ImageNet weights (Lite0 only); a 1-band stem gets the summed RGB stem."""

@@ -14,13 +14,17 @@ Config keys (``model_configs/cadformer*.json``)::
                     image_encoder.dynamic_img_size = true)
     embed_dim       D of the word / sentence features (text hidden size is projected to it)
     num_classes     2
-    text            {"encoder": "minilm" | "bert-base", "max_length": 20, "freeze": bool,
+    text            {"encoder": "minilm" | "bert-base", "max_length": 64, "freeze": bool,
                      "path": local HuggingFace BERT folder or null (bert-base only)}
     image_encoder   {"embed_dim", "depths", "num_heads", "window_size", "patch_size",
                      "mlp_ratio", "drop_path_rate", "dynamic_img_size"}
     align           {"num_heads"}
     decoder         {"dim", "num_heads", "text_fusion": [s16, s8, s4], "kernel_number",
-                     "max_angle_deg", "arc_impl": "shift" | "grouped"}
+                     "max_angle_deg", "arc_impl": "shift" | "grouped",
+                     "self_attention": bool (pixel self-attention in the TCMD layer; default false)}
+
+``text.max_length`` must cover the longest expression: RRSIS-HR expressions average 19.6 words
+(max 41), i.e. more BERT word pieces, so both configs use 64 tokens.
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ class CADFormer(nn.Module):
             text_fusion=dec_cfg.get("text_fusion", (True, True, False)),
             kernel_number=int(dec_cfg.get("kernel_number", 1)),
             max_angle_deg=float(dec_cfg.get("max_angle_deg", 180.0)),
-            arc_impl=dec_cfg.get("arc_impl", "shift"))
+            arc_impl=dec_cfg.get("arc_impl", "shift"),
+            self_attention=bool(dec_cfg.get("self_attention", False)))
         self._tokenizers: dict[int, Any] = {}
 
     # ---- text graph -------------------------------------------------------------------------
@@ -142,6 +147,11 @@ def build(config: dict[str, Any], pretrained: str | None = None, *, warn_random:
     weights file, the old meaning.
     """
     model = CADFormer(config)
+    bert_path = config.get("text", {}).get("path")
+    if bert_path and model.text.pretrained_weights:
+        from ..weights_io.bert import load_bert_into_cadformer
+
+        log.info("%s", load_bert_into_cadformer(model, bert_path).summary())  # strict: every tensor, or a refusal
     if pretrained:
         _load_whole_model(model, pretrained)
         return model

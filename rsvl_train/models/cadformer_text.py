@@ -40,7 +40,7 @@ def build_tokenizer(max_length: int) -> Any:
 
 
 def _bert_base(path: str | None) -> tuple[nn.Module, bool]:
-    """BERT-base: from a local HuggingFace folder when ``path`` is given, else random init."""
+    """BERT-base at random init; ``True`` when ``path`` (a local HuggingFace folder) will fill it."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import BertConfig, BertModel
 
@@ -49,7 +49,8 @@ def _bert_base(path: str | None) -> tuple[nn.Module, bool]:
             raise PretrainedWeightsError(
                 f"text.path={path!r} is not a folder; give a local HuggingFace BERT folder "
                 "(config.json + model.safetensors, e.g. bert-base-uncased) or null for random init")
-        return BertModel.from_pretrained(path, add_pooling_layer=False, attn_implementation="eager"), True
+        # built at bert-base's sizes, then filled strictly by rsvl_train.weights_io.bert (cadformer.build)
+        return BertModel(BertConfig(attn_implementation="eager"), add_pooling_layer=False), True
     return BertModel(BertConfig(attn_implementation="eager"), add_pooling_layer=False), False
 
 

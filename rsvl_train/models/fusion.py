@@ -10,6 +10,8 @@ and vocabulary axes.
   modality is corrected by the other).
 - :class:`MFFM`: modality feature fusion (CMX-style efficient cross-attention between the two
   modalities, then a channel-embedding merge to one map).
+- :class:`GlobalFusion`: merge of the two modalities' global (pooled / class-token) vectors, the
+  fifth level of TSMNet's six-level fusion.
 - :class:`ContextDecoder`: DenseCLIP context decoder; text queries attend to visual tokens and
   ``t <- t + gamma * v``.
 """
@@ -26,6 +28,7 @@ __all__ = [
     "ContextDecoder",
     "ConvBNAct",
     "CrossAttentionBlock",
+    "GlobalFusion",
     "MultiHeadAttention",
     "key_padding_bias",
     "pick_heads",
@@ -289,3 +292,21 @@ class MFFM(nn.Module):
         x2 = self.norm2(x2 + self.out2(torch.cat([r2, c2], dim=-1)))
         m = torch.cat([x1, x2], dim=-1).transpose(1, 2).reshape(B, 2 * C, H, W)
         return self.norm(self.residual(m) + self.embed(m))
+
+
+class GlobalFusion(nn.Module):
+    """Merge two global vectors given as ``[B, C, 1, 1]`` maps: ``LN(Linear([a, b]))`` -> ``[B, C, 1, 1]``.
+
+    The global level has one token, so MFFM's token attention and BatchNorm do not apply; the
+    rectification before it (an :class:`MFRM` on the 1x1 maps) is the same as at the other levels.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2 * dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Fuse ``a`` and ``b`` (both ``[B, C, 1, 1]``)."""
+        y = self.norm(self.proj(torch.cat([a.flatten(1), b.flatten(1)], dim=-1)))
+        return y[:, :, None, None]

@@ -2,24 +2,53 @@
 
 Architecture (see ``docs/design.md``)::
 
-    optical [B,3,H,W] --backbone--> O1..O4 \\                                  (strides 4,8,16,32)
-                                           MFRM_i (rectify) -> MFFM_i (fuse) -> F1..F4
-    sar     [B,1,H,W] --backbone--> S1..S4 /
-    F4 --1x1--> z [B,D,h,w] (+ description cross-attention, optional)
-    text_emb [K,D] --context decoder (attends to [mean(z), z])--> t [B,K,D]
+    optical [B,3,H,W] --backbone--> O1..O4 (+ Og, Ol) \\                   (strides 4,8,16,32)
+                                           MFRM_i (rectify) -> MFFM_i (fuse) -> F1..F4 (+ Fg, Fl)
+    sar     [B,1,H,W] --backbone--> S1..S4 (+ Sg, Sl) /
+    (optional) every level cross-attends to the scene description tokens
+    Fl (six levels) or F4 --1x1--> z [B,D,h,w] (+ description cross-attention, optional)
+    text_emb [K,D] --context decoder (attends to [Fg or mean(z), z])--> t [B,K,D]
     s = norm(z)^T norm(t)                                    score map [B,K,h,w]
     open head : F4' = [F4, softmax_k(s) @ t, max_k s]   (K-independent channels)
     paper head: F4' = [F4, s]                            (fixed K = num_classes)
     FPN(F1, F2, F3, F4') -> pixel embeddings [B,D,H/4,W/4]
-    open head : logits = tau * cos(pixel_emb, t_k), upsampled to H,W
-    paper head: logits = 1x1 conv classifier, upsampled to H,W
+    both heads: logits = tau * cos(pixel_emb, t_k), upsampled to H,W
+
+The two heads differ only in what the score map adds to the FPN input:
+
+==========  ==========================================  ===========================================
+head        FPN input F4'                               vocabulary
+==========  ==========================================  ===========================================
+``paper``   ``[F4, s]``: the K-channel score map, as in  fixed K (``num_classes``, default the
+            the TSMNet paper / DenseCLIP                 number of ``classes``); the export fixes K
+                                                         and records ``fixed_vocabulary_size``
+``open``    ``[F4, softmax_k(s) @ t, max_k s]``:         any K at run time (our deployed head)
+            D + 1 channels whatever K is
+==========  ==========================================  ===========================================
+
+Config keys read here (``model_configs/tsmnet*.json``)::
+
+    head                        "open" (default) | "paper"
+    num_classes                 paper head: K (default len(classes))
+    embed_dim, tile_size, neck_dim, logit_scale_init
+    backbone                    see backbones.py
+    fusion.reduction            MFRM reduction
+    fusion.levels               4 (default: the 4 pyramid maps) | 6 (+ global and local levels:
+                                the ViT class token and final patch tokens, as in the paper)
+    context_decoder             {"width", "layers", "heads", "gamma_init"}
+    description_fusion          scene-description cross-attention on/off (default off)
+    description_fusion_levels   "top" (default: on z only) | "all" (every image level, the paper)
+    desc_gamma_init             initial gate of the description cross-attention (1e-4)
+    text                        see text_encoders.py; ``desc_max_length`` is the description
+                                token length (:meth:`TSMNet.tokenize_descriptions`)
 
 Two configs use it: ``tsmnet`` (paper scale: two open_clip ViT-B/16 branches + CLIP text
-transformer) and ``tsmnet-tiny`` (EfficientNet-Lite0 branches + MiniLM-L6), both registered
-as architecture ``"tsmnet"``.
+transformer, six-level fusion, description fusion at every level) and ``tsmnet-tiny``
+(EfficientNet-Lite0 branches + MiniLM-L6), both registered as architecture ``"tsmnet"``.
 
 A missing modality is a normalised input of zeros: ``forward_image(optical=None, ...)`` fills
-it in; :func:`modality_dropout` zeroes one modality per sample during training.
+it in; :func:`modality_dropout` zeroes one modality per sample during training (rate: the
+config's ``modality_dropout``, read by ``rsvl_train.train``).
 """
 
 from __future__ import annotations
@@ -40,6 +69,7 @@ from .fusion import (
     MFRM,
     ContextDecoder,
     CrossAttentionBlock,
+    GlobalFusion,
     key_padding_bias,
     pick_heads,
 )
@@ -96,6 +126,7 @@ class TSMNet(nn.Module):
         self.tile_size = int(config.get("tile_size", 256))
         tcfg = dict(config.get("text", {}))
         self.max_length = int(tcfg.get("max_length", 16))
+        self.desc_max_length = int(tcfg.get("desc_max_length", self.max_length))
         self.templates: list[str] = list(tcfg.get("templates", ["{}"]))
         self._tokenizers: dict[int, Any] = {}
 
@@ -104,11 +135,21 @@ class TSMNet(nn.Module):
         self.sar_backbone = build_backbone(bcfg, in_chans=1, image_size=self.tile_size)
         chans: Sequence[int] = self.optical_backbone.out_channels
         fcfg = config.get("fusion", {})
-        self.rectify = nn.ModuleList([MFRM(c, reduction=int(fcfg.get("reduction", 4))) for c in chans])
+        self.num_levels = int(fcfg.get("levels", 4))
+        if self.num_levels not in (4, 6):
+            raise ValueError(f"fusion.levels must be 4 or 6, got {self.num_levels}")
+        reduction = int(fcfg.get("reduction", 4))
+        self.rectify = nn.ModuleList([MFRM(c, reduction=reduction) for c in chans])
         self.fuse = nn.ModuleList([MFFM(c) for c in chans])
+        level_chans = list(chans)
+        if self.num_levels == 6:  # level 5: global (class token / pooled), level 6: local tokens
+            self.rectify.extend([MFRM(chans[-1], reduction=reduction), MFRM(chans[-1], reduction=reduction)])
+            self.fuse.extend([GlobalFusion(chans[-1]), MFFM(chans[-1])])
+            level_chans += [chans[-1], chans[-1]]
 
         self.text_encoder: TextEncoder = build_text_encoder(tcfg, output_dim=D)
         self.visual_proj = nn.Conv2d(chans[-1], D, 1)
+        self.global_in = nn.Linear(chans[-1], D) if self.num_levels == 6 else None
         cd = config.get("context_decoder", {})
         self.context_decoder = ContextDecoder(
             D,
@@ -118,9 +159,18 @@ class TSMNet(nn.Module):
             gamma_init=float(cd.get("gamma_init", 1e-4)),
         )
         self.description_fusion = bool(config.get("description_fusion", False))
+        desc_levels = config.get("description_fusion_levels", "top")
+        if desc_levels not in ("top", "all"):
+            raise ValueError(f"description_fusion_levels must be 'top' or 'all', got {desc_levels!r}")
+        desc_gamma = float(config.get("desc_gamma_init", 1e-4))
         self.desc_attn = (
-            CrossAttentionBlock(D, pick_heads(D), gamma_init=float(config.get("desc_gamma_init", 1e-4)))
-            if self.description_fusion
+            CrossAttentionBlock(D, pick_heads(D), gamma_init=desc_gamma)
+            if self.description_fusion and desc_levels == "top"
+            else None
+        )
+        self.desc_attn_levels = (
+            nn.ModuleList([CrossAttentionBlock(c, pick_heads(c), ctx_dim=D, gamma_init=desc_gamma) for c in level_chans])
+            if self.description_fusion and desc_levels == "all"
             else None
         )
         self.global_proj = nn.Linear(D, D)
@@ -128,13 +178,13 @@ class TSMNet(nn.Module):
         neck = int(config.get("neck_dim", 64))
         if self.head == "open":
             inject = D + 1
-            out_dim = D
             self.num_classes = None
         else:
-            self.num_classes = int(config["num_classes"])
+            self.num_classes = int(config.get("num_classes") or len(config.get("classes", [])))
+            if self.num_classes < 1:
+                raise ValueError("the 'paper' head needs num_classes (or a non-empty classes list) in the config")
             inject = self.num_classes
-            out_dim = self.num_classes
-        self.decoder = FPNPixelDecoder([*chans[:3], chans[3] + inject], neck, out_dim)
+        self.decoder = FPNPixelDecoder([*chans[:3], chans[3] + inject], neck, D)
         init_scale = float(config.get("logit_scale_init", 1.0 / 0.07))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
         self.score_logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
@@ -166,14 +216,38 @@ class TSMNet(nn.Module):
         return optical, sar
 
     def fused_features(self, optical: torch.Tensor, sar: torch.Tensor) -> list[torch.Tensor]:
-        """Both branches, then MFRM + MFFM at each of the 4 scales -> 4 fused maps."""
-        fo = self.optical_backbone(optical)
-        fs = self.sar_backbone(sar)
+        """Both branches, then MFRM + MFFM at each level -> 4 fused maps (strides 4..32), or 6 with
+        ``fusion.levels = 6``: + global ``[B, C, 1, 1]`` + local ``[B, C, h, w]``."""
+        if self.num_levels == 6:
+            fo, go, lo = self.optical_backbone.forward_levels(optical)
+            fs, gs, ls = self.sar_backbone.forward_levels(sar)
+            fo = [*fo, go[:, :, None, None], lo]
+            fs = [*fs, gs[:, :, None, None], ls]
+        else:
+            fo = self.optical_backbone(optical)
+            fs = self.sar_backbone(sar)
         fused = []
         for rect, fuse, a, b in zip(self.rectify, self.fuse, fo, fs):
             a, b = rect(a, b)
             fused.append(fuse(a, b))
         return fused
+
+    def _describe_levels(self, levels: list[torch.Tensor], description: TextFeatures) -> list[torch.Tensor]:
+        """Every level's pixels cross-attend to the description tokens (``description_fusion_levels: all``)."""
+        assert self.desc_attn_levels is not None
+        bias = key_padding_bias(description.mask, levels[0].dtype)
+        out = []
+        for block, f in zip(self.desc_attn_levels, levels):
+            B, C, h, w = f.shape
+            t = block(f.flatten(2).transpose(1, 2), description.tokens, bias)
+            out.append(t.transpose(1, 2).reshape(B, C, h, w))
+        return out
+
+    def _visual(self, levels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``z = visual_proj(local or F4)`` and the global vector ``[B, D]`` (six levels) or None."""
+        z = self.visual_proj(levels[5] if self.num_levels == 6 else levels[3])
+        g = self.global_in(levels[4].flatten(1)) if self.global_in is not None else None
+        return z, g
 
     def forward_image(
         self,
@@ -192,24 +266,30 @@ class TSMNet(nn.Module):
             description: optional :meth:`encode_description` output ``[B, ...]`` (scene-level
                 fusion; only used when ``description_fusion`` is on).
 
-        Returns a dict: ``logits [B,K,H,W]``; ``score_map [B,K,h,w]`` (cosine, stride 32 — use
-        ``tau * score_map`` for the auxiliary CE); ``pixel_emb [B,D,H/4,W/4]`` (``open`` head);
+        Returns a dict: ``logits [B,K,H,W]`` (``tau * cos(pixel_emb, t_k)`` for both heads);
+        ``score_map [B,K,h,w]`` (cosine at z's stride: 32, or 16 for six-level ViT — use
+        ``tau * score_map`` for the auxiliary CE); ``pixel_emb [B,D,H/4,W/4]``;
         ``text_emb_img [B,K,D]`` (per-image adapted, L2-normalised); ``logit_scale`` (tau);
         ``visual_global [B,D]`` (normalised pooled visual embedding, before description fusion).
         """
         optical, sar = self._fill_missing(optical, sar)
         H, W = optical.shape[-2], optical.shape[-1]
-        fused = self.fused_features(optical, sar)
-        top = fused[-1]
-        z = self.visual_proj(top)  # [B, D, h, w]
+        levels = self.fused_features(optical, sar)
+        z, g = self._visual(levels)
         B, D, h, w = z.shape
         tokens = z.flatten(2).transpose(1, 2)  # [B, hw, D]
         out: dict[str, torch.Tensor] = {}
-        out["visual_global"] = l2_normalize(self.global_proj(tokens.mean(dim=1)), dim=-1)
+        out["visual_global"] = l2_normalize(self.global_proj(g if g is not None else tokens.mean(dim=1)), dim=-1)
+        if self.desc_attn_levels is not None and description is not None:
+            levels = self._describe_levels(levels, description)
+            z, g = self._visual(levels)
+            tokens = z.flatten(2).transpose(1, 2)
         if self.desc_attn is not None and description is not None:
             tokens = self.desc_attn(tokens, description.tokens, key_padding_bias(description.mask, tokens.dtype))
+        top = levels[3]
 
-        visual = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+        gtok = g.unsqueeze(1) if g is not None else tokens.mean(dim=1, keepdim=True)
+        visual = torch.cat([gtok, tokens], dim=1)
         t = l2_normalize(text_emb, dim=-1).unsqueeze(0).expand(B, -1, -1)
         t = l2_normalize(self.context_decoder(t, visual), dim=-1)  # [B, K, D]
         zn = l2_normalize(tokens, dim=-1)
@@ -220,22 +300,21 @@ class TSMNet(nn.Module):
             attn = (score * s_scale).softmax(dim=1)  # over K
             tfeat = torch.matmul(t.transpose(1, 2), attn).reshape(B, D, h, w)  # [B, D, h, w]
             smax = score_map.amax(dim=1, keepdim=True)
-            inject = torch.cat([top, tfeat, smax], dim=1)
+            extra = torch.cat([tfeat, smax], dim=1)
         else:
             if not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and text_emb.shape[0] != self.num_classes:
                 raise ValueError(
                     f"the 'paper' head has a fixed vocabulary of {self.num_classes} classes, got {text_emb.shape[0]}"
                 )
-            inject = torch.cat([top, score_map], dim=1)
-        pix = self.decoder([*fused[:3], inject])
+            extra = score_map
+        if extra.shape[-2:] != top.shape[-2:]:  # six-level ViT: z at stride 16, F4 at stride 32
+            extra = upsample_to(extra, top)
+        pix = self.decoder([*levels[:3], torch.cat([top, extra], dim=1)])
         tau = self.tau
-        if self.head == "open":
-            h4, w4 = pix.shape[-2], pix.shape[-1]
-            pn = l2_normalize(pix, dim=1).flatten(2)  # [B, D, h4*w4]
-            logits = (torch.matmul(t, pn) * tau).reshape(B, -1, h4, w4)
-            out["pixel_emb"] = pix
-        else:
-            logits = pix
+        h4, w4 = pix.shape[-2], pix.shape[-1]
+        pn = l2_normalize(pix, dim=1).flatten(2)  # [B, D, h4*w4]
+        logits = (torch.matmul(t, pn) * tau).reshape(B, -1, h4, w4)
+        out["pixel_emb"] = pix
         out["logits"] = upsample_to(logits, (H, W))
         out["score_map"] = score_map
         out["text_emb_img"] = t
@@ -289,6 +368,10 @@ class TSMNet(nn.Module):
 
         return encode_batch(self._get_tokenizer(int(max_length or self.max_length)), list(texts))
 
+    def tokenize_descriptions(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Scene descriptions -> ``(desc_ids, desc_mask)`` ``[N, text.desc_max_length]``."""
+        return self.tokenize(texts, max_length=self.desc_max_length)
+
     def tokenizer_json(self) -> str:
         """The tokenizer as a ``tokenizers`` JSON string (padding/truncation to ``max_length`` built in)."""
         return self.tokenizer.to_str()
@@ -330,7 +413,11 @@ def _load_pretrained(model: TSMNet, path: str) -> None:
 
     sd = load_open_clip_checkpoint(path)
     if _is_clip_state_dict(sd):
-        model.load_clip(sd)
+        from ..weights_io.clip import load_clip_into_tsmnet
+
+        del sd
+        report = load_clip_into_tsmnet(model, path)  # strict: every CLIP tensor lands, or a clear refusal
+        log.info("tsmnet: %s", report.summary())
         return
     # Deprecated: a state dict of the whole model (the old second meaning of ``pretrained``).
     for key in ("model", "state_dict", "model_state"):

@@ -4,6 +4,7 @@ engine: shared by the build, the session and the refusal messages."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -123,5 +124,20 @@ def rebuild_hint(engine_path: str | os.PathLike[str], engine_meta: Mapping[str, 
     return hint
 
 
-__all__ = ["Profiles", "Shape", "check_shape_in_profile", "graph_profiles", "normalize_profiles",
-           "profile_triplet", "rebuild_hint", "trtexec_command"]
+#: The temporary work folders engines are built in: the export's ``.NAME.partial`` beside the bundle
+#: folder NAME (``rsvl_export/pipeline.py``) and a rebuild's ``.rebuild-XXXX`` inside the bundle
+#: (``rsvl_export/rebuild.py``). Both are gone when the command ends.
+_EXPORT_WORK = re.compile(r"(^|[\s`'\"=(/])\.([^/\s`'\"]+)\.partial(?=/)")
+_REBUILD_WORK = re.compile(r"/\.rebuild-[^/\s`'\"]+(?=/)")
+
+
+def final_bundle_paths(text: str) -> str:
+    """``text`` (an error or a hint such as :func:`trtexec_command`'s) with the paths into the
+    temporary build folders, deleted when the command ends, pointed at the bundle folder they
+    become: ``bundles/.x.partial/image.fp16.onnx`` -> ``bundles/x/image.fp16.onnx``,
+    ``B/.rebuild-k3j/image.fp16.engine`` -> ``B/image.fp16.engine``."""
+    return _REBUILD_WORK.sub("", _EXPORT_WORK.sub(r"\1\2", text))
+
+
+__all__ = ["Profiles", "Shape", "check_shape_in_profile", "final_bundle_paths", "graph_profiles",
+           "normalize_profiles", "profile_triplet", "rebuild_hint", "trtexec_command"]

@@ -1,0 +1,197 @@
+"""ORT variants (``rsvl_export/ort_optimize.py``): fused attention / normalisation in the
+dynamo-exported graphs, parity of the fused graphs against eager, INT8 node selections that
+select real nodes, and the runtime's choice of ``text.ort.onnx``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from export_toy import example_inputs, exported_toy
+
+from rsvl_export.ort_optimize import (
+    INT8_PLANS,
+    fuse,
+    fused_op_counts,
+    in_scopes,
+    module_path,
+    optimize_for_ort,
+    select_nodes,
+    weight_matmul_paths,
+)
+from rsvl_export.parity import compare
+
+PLAN = {p.name: p for p in INT8_PLANS}
+
+
+def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 2
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in s.get_inputs()}
+    return s.run(None, {k: v for k, v in feeds.items() if k in names})
+
+
+def _assert_eager_parity(ref: np.ndarray, got: np.ndarray) -> None:
+    c = compare(ref, got, kind="logits")
+    assert c.metrics["cosine"] >= 0.999 and c.metrics["argmax_agreement"] >= 0.995, c.metrics
+    assert c.metrics["max_abs_rel_to_range"] < 1e-4, c.metrics
+
+
+# --------------------------------------------------------------------------- fast: the toy graph
+def test_module_paths_come_from_the_exporter_metadata():
+    res, _ = exported_toy()
+    paths = weight_matmul_paths(onnx.load(res.path))
+    assert sorted(paths.values()) == ["out", "qkv", "to_emb"]  # the toy's three nn.Linear modules
+    assert in_scopes("model.backbone.blocks.3.mlp", ["blocks"]) and in_scopes("a.mlp.fc1", ["mlp.fc1"])
+    assert not in_scopes("model.resblocks.0", ["blocks"]) and not in_scopes("model.mlpx", ["mlp"])
+
+
+def test_module_path_falls_back_to_namespace_then_weight_name():
+    node = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="n0")
+    node.metadata_props.add(key="namespace", value=": rsvl_export.wrappers.SemanticImage/model.fuse.0: "
+                                                   "rsvl_train.models.fusion.MFFM/model.fuse.0.in1: "
+                                                   "torch.nn.modules.linear.Linear/linear_2: aten.linear.default")
+    assert module_path(node) == "model.fuse.0.in1"
+    bare = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="n1")
+    assert module_path(bare, {"n1": "model.head.proj.weight"}) == "model.head.proj"
+    assert module_path(bare) == "n1"
+
+
+def test_scoped_selection_selects_real_nodes_of_the_exported_toy():
+    res, _ = exported_toy()
+    model = onnx.load(res.path)
+    assert len(select_nodes(model)) == 3
+    assert len(select_nodes(model, ("qkv", "out"))) == 2
+    assert select_nodes(model, ("mlp",)) == []  # the toy has no MLP module
+
+
+def test_toy_fused_graph_has_attention_and_matches_eager(tmp_path):
+    res, model = exported_toy()
+    rep = fuse(res.path, tmp_path / "fused.onnx")
+    assert rep["engine"] == "onnxscript"
+    assert rep["fused_ops"].get("MultiHeadAttention", 0) >= 1, rep
+    assert fused_op_counts(onnx.load(str(tmp_path / "fused.onnx"))) == rep["fused_ops"]
+    for b, k in ((1, 3), (2, 20)):
+        x = example_inputs(b=b, k=k, seed=5)
+        with torch.no_grad():
+            ref = model(**x).numpy()
+        got = _run(tmp_path / "fused.onnx", {n: t.numpy() for n, t in x.items()})[0]
+        _assert_eager_parity(ref, got)
+
+
+def test_optimize_for_ort_ships_fused_or_int8_with_parity_and_records_the_cpu(tmp_path):
+    res, _ = exported_toy()
+    feeds = [{n: t.numpy() for n, t in example_inputs(b=b, k=5, seed=b).items()} for b in (1, 2)]
+    rep = optimize_for_ort(res.path, tmp_path / "image.ort.onnx", "cnn", feeds, threads=2, timing_budget_s=0.2,
+                           plans=[PLAN["int8-all"]])
+    assert rep["variant"] in ("source", "fused", "int8-all") and rep["parity"]["passed"]
+    assert rep["fusion"]["fused_ops"].get("MultiHeadAttention", 0) >= 1
+    assert rep["cpu"]["model"] and isinstance(rep["cpu"]["vnni"], bool)
+    assert rep["attempts"][0]["nodes"] == 3  # every weight MatMul found and tried
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "image.ort.onnx")).metadata_props}
+    assert meta["rsvl_ort_variant"] == rep["variant"] and meta["rsvl_ort_only"] == "true"
+
+
+def test_runtime_picks_text_ort_only_with_the_ort_image_graph_on_cpu():
+    from rsvl_runtime.backends.onnxruntime_backend import text_graph_precision
+    from rsvl_runtime.manifest import GraphEntry
+
+    with_ort = GraphEntry(fp32="text.onnx", ort="text.ort.onnx")
+    plain = GraphEntry(fp32="text.onnx")
+    assert text_graph_precision(with_ort, "ort", on_gpu=False) == "ort"
+    assert text_graph_precision(with_ort, "fp32", on_gpu=False) == "fp32"
+    assert text_graph_precision(with_ort, "ort", on_gpu=True) == "fp32"
+    assert text_graph_precision(plain, "ort", on_gpu=False) == "fp32"
+    assert text_graph_precision(None, "ort", on_gpu=False) == "fp32"
+
+
+# --------------------------------------------------------------------------- slow: the tiny models
+@pytest.fixture(scope="module")
+def tiny_model(tiny_bundle):
+    from rsvl_runtime.bundle import Bundle
+    from rsvl_train.checkpoint import load_checkpoint
+
+    b = Bundle.load(tiny_bundle)
+    return b, load_checkpoint(b.path(b.meta.weights.file)).eval()
+
+
+@pytest.mark.slow
+def test_tsmnet_tiny_fused_graphs_have_attention_and_skip_layernorm_and_match_eager(tiny_model, tmp_path):
+    from rsvl_export.ort_optimize import bundle_check_inputs
+    from rsvl_export.wrappers import SemanticImage, SemanticText
+
+    bundle, model = tiny_model
+    img = fuse(bundle.graph_file("image", "fp32"), tmp_path / "image.f.onnx")
+    txt = fuse(bundle.graph_file("text", "fp32"), tmp_path / "text.f.onnx")
+    for rep in (img, txt):
+        ops = rep["fused_ops"]
+        assert ops.get("MultiHeadAttention", 0) + ops.get("Attention", 0) > 0, rep
+        assert ops.get("SkipLayerNormalization", 0) > 0, rep
+    assert txt["fused_ops"].get("BiasGelu", 0) > 0
+    for feed in bundle_check_inputs(bundle.root, batches=(1, 2)):
+        with torch.no_grad():
+            ref = SemanticImage(model)(*[torch.from_numpy(feed[n]) for n in ("optical", "sar", "text_emb")]).numpy()
+        _assert_eager_parity(ref, _run(tmp_path / "image.f.onnx", feed)[0])
+    ids, mask = model.tokenize(["water", "building", "road", "a forest", "bare soil"])
+    with torch.no_grad():
+        ref = SemanticText(model)(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    got = _run(tmp_path / "text.f.onnx", {"input_ids": ids, "attention_mask": mask})[0]
+    c = compare(ref, got, kind="embeddings")
+    assert c.metrics["min_vector_cosine"] >= 0.9999, c.metrics
+
+
+@pytest.mark.slow
+def test_int8_scoped_plans_select_real_nodes_of_tsmnet_tiny(tiny_model, tmp_path):
+    bundle, _ = tiny_model
+    src = onnx.load(str(bundle.graph_file("image", "fp32")))
+    fuse(bundle.graph_file("image", "fp32"), tmp_path / "f.onnx")
+    fused = onnx.load(str(tmp_path / "f.onnx"))
+    for model in (src, fused):
+        every = select_nodes(model)
+        backbone = select_nodes(model, PLAN["int8-backbone"].scopes)
+        mlp = select_nodes(model, PLAN["int8-mlp"].scopes)
+        assert len(every) > 10
+        assert 0 < len(backbone) < len(every) and 0 < len(mlp) < len(every), (len(every), backbone, mlp)
+        assert set(mlp) <= set(every)
+
+
+@pytest.mark.slow
+def test_export_step_writes_text_and_image_ort_variants(tiny_model, tmp_path):
+    import json
+
+    from rsvl_export.pipeline import Exporter, ExportOptions
+    from rsvl_runtime.manifest import GraphEntry
+
+    bundle, model = tiny_model
+    work = tmp_path / "work"
+    shutil.copytree(bundle.root, work)
+    graphs = json.loads((work / "manifest.json").read_text())["graphs"]
+    Exporter(ExportOptions(ort_optimize=True))._ort_variant(model, work, graphs, "semantic")
+    for name in ("image", "text"):
+        g = GraphEntry.from_dict(graphs[name], f"graphs.{name}")
+        assert g.ort == f"{name}.ort.onnx" and (work / g.ort).is_file()
+        assert g.ort_report["parity"]["passed"] and g.ort_report["cpu"]["model"]
+        # the shipped file holds the fused ops unless timing kept the source graph (a noisy, shared CPU)
+        shipped = onnx.load(str(work / g.ort))
+        assert fused_op_counts(shipped) == g.ort_report["fused_ops"]
+        if g.ort_report["variant"] != "source":
+            assert g.ort_report["fused_ops"].get("SkipLayerNormalization", 0) > 0, g.ort_report
+    par = json.loads((work / "parity.json").read_text())["meta"]["ort_variants"]
+    assert par["text"]["variant"] in ("fused", "source") and par["text"]["fusion_rules"]["skip_layer_normalization"] > 0
+    assert par["image"]["fusion_rules"]["skip_layer_normalization"] > 0
+    assert par["image"]["cpu"]["vnni"] in (True, False) and par["image"]["int8_attempts"]
+    assert par["image"]["int8_attempts"][0]["nodes"] > 10  # INT8 found the real weight MatMuls
