@@ -33,6 +33,7 @@ import datetime as _dt
 import json
 import os
 import tempfile
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -158,12 +159,24 @@ class GeoTiffRowWriter:
     """Writes a uint8 GeoTIFF top to bottom, in windows aligned to the 512-row tile blocks.
 
     Rows arrive in order through :meth:`write` (``[count, n, width]``); they are buffered up to one
-    block row (``count x 512 x width`` bytes) and written window by window, so each compressed
-    tile is written once. ``zlevel``: deflate level (1 is ~9x faster than 6 for ~15 % more
-    bytes; the runner uses it for the K-band scores). ``colormap`` (band 1's GDAL colour table,
+    block row (``count x 512 x width`` bytes) and written window by window, so each tile is
+    written once. ``zlevel``: deflate level (1 is ~9x faster than 6 for ~15 % more bytes; the
+    runner uses it for the K-band scores). ``colormap`` (band 1's GDAL colour table,
     :func:`rsvl_runtime.styling.label_colormap`) and ``scales`` (per band, offsets 0) are set
-    when the file is created and survive the COG rewrite. :meth:`close` builds internal overviews and, when ``cog`` and the COG
-    driver is available, rewrites the file as a Cloud Optimized GeoTIFF (same temporary path).
+    when the file is created and carried into the final file.
+
+    Two layouts, chosen by ``cog`` (default: the COG driver when GDAL has it):
+
+    - **COG** (encoded once): the rows go to an *uncompressed* tiled spool at the temporary
+      path; :meth:`close` hands it to GDAL's COG driver once, which builds the overviews
+      (``OVERVIEWS=AUTO``, :func:`overview_factors` levels) and deflates full resolution and
+      overviews in COG order into the final file, which replaces the spool. No tile is
+      deflated, inflated and deflated again, and no overview pass re-reads compressed data.
+      The spool needs ``count x width x height`` bytes of temporary disk until then.
+    - **plain GeoTIFF** (``cog=False``): deflated tiles, internal overviews built at :meth:`close`.
+
+    :attr:`timings` holds the seconds :meth:`close` spent: ``overviews_s`` (plain layout) or
+    ``cog_write_s`` (the one COG encode, overviews included).
 
     :meth:`checkpoint` makes the rows written so far durable (a valid TIFF on disk) and returns
     the crc32 of the rows of the open block row; ``resume=(rows, crc)`` reopens such a file and
@@ -184,9 +197,10 @@ class GeoTiffRowWriter:
         self.nodata = nodata
         self._profile = {"driver": "GTiff", "width": width, "height": height, "count": count,
                          "dtype": "uint8", "crs": crs, "transform": transform, "nodata": nodata,
-                         "tiled": True, "blockxsize": block, "blockysize": block,
-                         "compress": "deflate", "zlevel": zlevel, "BIGTIFF": "IF_SAFER",
-                         "NUM_THREADS": "ALL_CPUS"}
+                         "tiled": True, "blockxsize": block, "blockysize": block, "BIGTIFF": "IF_SAFER"}
+        if not self.cog:  # the COG layout deflates once, in close(); the spool stays raw
+            self._profile.update(compress="deflate", zlevel=zlevel, NUM_THREADS="ALL_CPUS")
+        self.timings: dict[str, float] = {}
         if count >= 3:  # K score bands, not an RGB image (GDAL's default for 3-4 uint8 bands)
             self._profile["photometric"] = "MINISBLACK"
         self.zlevel = zlevel
@@ -268,29 +282,33 @@ class GeoTiffRowWriter:
         self._filled = 0
 
     def close(self) -> Path:
-        """Flush, build overviews (and COG layout); the file stays at its temporary path."""
+        """Flush, then write the final layout (overviews, COG); the file stays at its temporary path."""
         self._flush()
         if self.rows_written != self.height:
             self.abort()
             raise RuntimeError(f"{self.path}: only {self.rows_written} of {self.height} rows written")
+        self._ds.update_tags(ns="rio_overview", resampling=self.overview_resampling.name)
         self._ds.close()
-        factors = overview_factors(self.width, self.height)
-        with rasterio.open(self.path, "r+") as ds:
-            ds.build_overviews(factors, self.overview_resampling)
-            ds.update_tags(ns="rio_overview", resampling=self.overview_resampling.name)
+        t0 = time.perf_counter()
         if self.cog:
             self._to_cog()
+            self.timings["cog_write_s"] = time.perf_counter() - t0
+        else:
+            with rasterio.open(self.path, "r+") as ds:
+                ds.build_overviews(overview_factors(self.width, self.height), self.overview_resampling)
+            self.timings["overviews_s"] = time.perf_counter() - t0
         self._buf = np.empty((0, 0, 0), np.uint8)
         return self.path
 
     def _to_cog(self) -> None:
+        """Encode the raw spool once into a COG (overviews built by the driver), replacing it."""
         tmp = temp_path(self.path)
         try:
             rasterio.shutil.copy(self.path, tmp, driver="COG", COMPRESS="DEFLATE", LEVEL=self.zlevel,
-                                 BLOCKSIZE=self.block,
-                                 OVERVIEWS="FORCE_USE_EXISTING", BIGTIFF="IF_SAFER",
-                                 NUM_THREADS="ALL_CPUS",
-                                 OVERVIEW_RESAMPLING=self.overview_resampling.name.upper())
+                                 BLOCKSIZE=self.block, OVERVIEWS="AUTO",
+                                 OVERVIEW_COUNT=len(overview_factors(self.width, self.height)),
+                                 OVERVIEW_RESAMPLING=self.overview_resampling.name.upper(),
+                                 BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
             os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)

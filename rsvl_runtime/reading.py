@@ -119,8 +119,11 @@ class Batch:
 
 
 class ReadStats:
+    """Seconds the reader spent reading (``seconds``) and normalising (``normalise_seconds``)."""
+
     def __init__(self) -> None:
         self.seconds = 0.0
+        self.normalise_seconds = 0.0
 
 
 def _read_strip(ds: Any, src: ModalityInput, grid: TileGrid, row: int) -> np.ndarray:
@@ -129,8 +132,9 @@ def _read_strip(ds: Any, src: ModalityInput, grid: TileGrid, row: int) -> np.nda
 
 
 def _normalised_strip(datasets: Mapping[str, Any], sources: Sources, grid: TileGrid,
-                      row: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                      row: int, stats: ReadStats | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Read and normalise one strip of every modality; invalid pixels are set to 0."""
+    t0 = time.perf_counter()
     valid = np.ones((grid.strip_height, grid.width), bool)
     raw: dict[str, np.ndarray] = {}
     for name, src in (("optical", sources.optical), ("sar", sources.sar)):
@@ -138,6 +142,7 @@ def _normalised_strip(datasets: Mapping[str, Any], sources: Sources, grid: TileG
             continue
         raw[name] = _read_strip(datasets[name], src, grid, row)
         valid &= valid_mask(raw[name], src.nodata)
+    t1 = time.perf_counter()
     norm: dict[str, np.ndarray] = {}
     for name, values in raw.items():
         norm[name] = np.empty(values.shape, np.float32)
@@ -145,6 +150,9 @@ def _normalised_strip(datasets: Mapping[str, Any], sources: Sources, grid: TileG
             cols = slice(x0, x0 + NORMALIZE_COLUMNS)
             norm[name][..., cols] = _normalise(name, values[..., cols], sources)
         norm[name][:, ~valid] = 0.0
+    if stats is not None:
+        stats.seconds += t1 - t0
+        stats.normalise_seconds += time.perf_counter() - t1
     return valid, norm
 
 
@@ -201,10 +209,7 @@ def iter_scene_items(sources: Sources, grid: TileGrid, batch: int, stats: ReadSt
                                                    if src is not None})
         n_cols = len(grid.col_offsets)
         for row in range(start // n_cols, len(grid.row_offsets)):
-            t0 = time.perf_counter()
-            valid, norm = _normalised_strip(datasets, sources, grid, row)
-            if stats is not None:
-                stats.seconds += time.perf_counter() - t0
+            valid, norm = _normalised_strip(datasets, sources, grid, row, stats)
             yield Strip(row, valid)
             for tile in grid.row_tiles(row)[max(0, start - row * n_cols):]:
                 full = builder.add(tile, norm)

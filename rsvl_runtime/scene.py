@@ -4,10 +4,17 @@
 through one :class:`SceneRun`, which holds the tile grid, the output transaction, the writers
 and statistics (:class:`~rsvl_runtime.sink.SceneWriters`), the resume state and the timings.
 A reader thread (:mod:`rsvl_runtime.reading`) prefetches normalised batches of tiles one strip
-(a row of tiles) at a time, ``predict_fn`` runs on each batch, and the
-:class:`~rsvl_runtime.sink.Blender` blends the tile logits with a smooth window
+(a row of tiles) at a time, ``predict_fn`` runs on each batch in the caller's thread, and a
+writer thread (:class:`~rsvl_runtime.sink.SinkThread`) runs the
+:class:`~rsvl_runtime.sink.Blender`: it blends the tile logits with a smooth window
 (:mod:`rsvl_runtime.tiling`) and streams finished rows through softmax/argmax to the output
-writers (:mod:`rsvl_runtime.outputs`). Memory is independent of the scene height and linear in
+writers (:mod:`rsvl_runtime.outputs`; the COG is encoded once, at the end).
+
+Timings (``done.json`` ``timings``, seconds): ``read_s`` and ``normalise_s`` (reader thread),
+``predict_s`` (the engine), ``blend_s``, ``postprocess_s`` (softmax/argmax/scores) and
+``write_s`` (writer thread), ``sink_wait_s`` (the engine's thread waiting for the writer
+thread), ``inference_s`` (the tile loop's wall time), ``overviews_s`` or ``cog_write_s`` (the
+rasters' finalisation, summed; in ``rasters_finalize_s``), ``reports_s``, ``total_s``. Memory is independent of the scene height and linear in
 its width: the open strip's accumulator ``[K, tile, W]`` float32, one strip of input per
 modality, a few batches in the queue and the writers' 512-row block buffers.
 
@@ -52,7 +59,7 @@ from .reading import (
     prepare_sources,
 )
 from .report import write_report
-from .sink import Blender, OutputSpec, SceneWriters, open_writers
+from .sink import Blender, OutputSpec, SceneWriters, SinkThread, open_writers
 from .styling import style_outputs
 from .tiling import TileGrid
 from .transaction import OutputTransaction, disk_full, is_no_space, no_space_error
@@ -237,39 +244,45 @@ class SceneRun:
                 writer.abort()
             raise
         self.timings["rasters_finalize_s"] = time.perf_counter() - t0
+        for key in ("overviews_s", "cog_write_s"):  # the stages of the finalisation, summed over the rasters
+            spent = [wr.timings[key] for wr in w.writers if key in wr.timings]
+            if spent:
+                self.timings[key] = sum(spent)
         self.timings["resumed_at_row"] = float(w.plan.rows)
         return self._finish(w)
 
     def _infer(self, w: SceneWriters) -> dict[str, float]:
-        """The tile loop: prefetch, predict, blend, emit finished rows. Returns timings."""
+        """The tile loop: prefetch (reader thread), predict (this thread), blend and emit
+        finished rows (writer thread, :class:`~rsvl_runtime.sink.SinkThread`). Returns timings."""
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
         grid, opts, plan = self.grid, self.options, w.plan
         read_stats = ReadStats()
-        valids: dict[int, np.ndarray] = {}
-        blender = Blender(grid, opts, w, pixel_area_m2(self.ref), valids)
+        blender = Blender(grid, opts, w, pixel_area_m2(self.ref), {})
         predict_s = 0.0
         bar = tqdm(total=grid.n_tiles, initial=plan.first_tile, unit="tile", desc="tiles",
                    disable=not opts.progress, leave=False)
         reader = Prefetcher(iter_scene_items(self.sources, grid, opts.batch, read_stats, plan.first_tile),
                             opts.prefetch)
+        sink = SinkThread(blender)
         try:
             for item in reader:
                 if isinstance(item, Strip):
-                    valids[item.row] = item.valid
+                    sink.strip(item.row, item.valid)
                     continue
                 tp = time.perf_counter()
                 logits = blender.check(self.predict_fn(item.optical, item.sar), len(item.tiles))
                 predict_s += time.perf_counter() - tp
-                blender.add(item.tiles, logits)
+                sink.add(item.tiles, logits)
                 bar.update(len(item.tiles))
-            sunk = blender.finish()
+            sunk = sink.finish()
         finally:
+            sink.close()
             reader.close()
             bar.close()
-        return {"inference_s": time.perf_counter() - t0, "read_s": read_stats.seconds, "predict_s": predict_s,
-                **sunk}
+        return {"inference_s": time.perf_counter() - t0, "read_s": read_stats.seconds,
+                "normalise_s": read_stats.normalise_seconds, "predict_s": predict_s, **sunk}
 
     def _finish(self, w: SceneWriters) -> SceneResult:
         """Class table, preview, report (and polygons, STAC item when asked) into the stage,

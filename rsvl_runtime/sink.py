@@ -6,12 +6,16 @@
 (:func:`rsvl_runtime.postprocess.labels_and_scores`, with the run's
 :class:`~rsvl_runtime.postprocess.Scoring`: the "unclassified" threshold), writes them with the run's row writers
 (:class:`SceneWriters`, :mod:`rsvl_runtime.outputs`), counts the classes and checkpoints the
-strip (:mod:`rsvl_runtime.resume`). Memory: the open strip's accumulator ``[K, tile, W]``
-float32 and the writers' block buffers.
+strip (:mod:`rsvl_runtime.resume`). :class:`SinkThread` runs the blender in a writer thread
+behind a bounded queue, so the engine's thread only runs the model and hands over its logits (no
+copy). Memory: the open strip's accumulator ``[K, tile, W]`` float32, at most
+:data:`SINK_QUEUE` batches of logits in the queue and the writers' block buffers.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +36,8 @@ from .tiling import FinishedRows, RowAccumulator, Tile, TileGrid, blend_window
 POSTPROCESS_ELEMENTS = 1 << 20
 #: Deflate level of scores.tif (K bands: speed matters more than the last 15 % of size).
 SCORES_ZLEVEL = 1
+#: Batches of logits waiting for the writer thread (bounds memory; 2 keeps the engine busy).
+SINK_QUEUE = 2
 
 
 @dataclass(frozen=True)
@@ -206,6 +212,10 @@ class Blender:
         self.writers.record_probe(logits)
         return logits
 
+    def strip(self, row: int, valid: np.ndarray) -> None:
+        """The validity mask of the strip of tiles ``row`` (before its tiles are added)."""
+        self.valids[row] = valid
+
     def add(self, tiles: Sequence[Tile], logits: np.ndarray) -> None:
         """Blend checked logits (:meth:`check`); finished rows go to the sink."""
         assert self.acc is not None and self.sink is not None
@@ -224,3 +234,89 @@ class Blender:
         self.blend_s -= self.sink.postprocess_s + self.sink.write_s  # emitted from inside acc.add
         self.sink.emit(self.acc.finish())
         return {"blend_s": self.blend_s, "postprocess_s": self.sink.postprocess_s, "write_s": self.sink.write_s}
+
+
+class _End:
+    pass
+
+
+class SinkThread:
+    """Runs a :class:`Blender` in a writer thread: blend, class decision, write, checkpoint.
+
+    The engine's thread calls :meth:`strip` and :meth:`add` (in tile order; the arrays are
+    handed over, not copied: do not modify them afterwards), then :meth:`finish`, which waits
+    for the last rows and returns the timings. The queue holds at most ``maxsize`` items; a
+    full queue blocks the caller (``wait_s`` counts that time). An exception in the writer
+    thread stops it and is re-raised in the caller's thread at its next call. :meth:`close`
+    (always call it, e.g. in ``finally``) stops the thread after the item it is on and waits
+    for it, so the writers are no longer in use when the caller aborts them.
+    """
+
+    def __init__(self, blender: Blender, maxsize: int = SINK_QUEUE) -> None:
+        self.blender = blender
+        self.wait_s = 0.0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, maxsize))
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._timings: dict[str, float] | None = None
+        self._thread = threading.Thread(target=self._run, name="rsvl-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if isinstance(item, _End):
+                    self._timings = self.blender.finish()
+                    return
+                kind, a, b = item
+                if kind == "strip":
+                    self.blender.strip(a, b)
+                else:
+                    self.blender.add(a, b)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, re-raised there
+            self._error = e
+
+    def _raise_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if not self._thread.is_alive():
+            raise RuntimeError("the writer thread stopped")
+
+    def _put(self, item: Any) -> None:
+        t0 = time.perf_counter()
+        while True:
+            self._raise_failed()
+            try:
+                self._queue.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self.wait_s += time.perf_counter() - t0
+
+    def strip(self, row: int, valid: np.ndarray) -> None:
+        """Hand over the validity mask of the strip ``row`` (see :meth:`Blender.strip`)."""
+        self._put(("strip", row, valid))
+
+    def add(self, tiles: Sequence[Tile], logits: np.ndarray) -> None:
+        """Hand over checked logits (:meth:`Blender.check`) of ``tiles``."""
+        self._put(("add", tiles, logits))
+
+    def finish(self) -> dict[str, float]:
+        """Wait until every row is written; the blender's timings plus ``sink_wait_s``."""
+        self._put(_End())
+        t0 = time.perf_counter()
+        self._thread.join()
+        self.wait_s += time.perf_counter() - t0
+        if self._error is not None:
+            raise self._error
+        assert self._timings is not None
+        return {**self._timings, "sink_wait_s": self.wait_s}
+
+    def close(self) -> None:
+        """Stop the writer thread (after its current item) and wait for it."""
+        self._stop.set()
+        self._thread.join()

@@ -282,7 +282,19 @@ def test_bert_report_lists_unused_pooler(tmp_path):
     report = load_pretrained(model, tmp_path / "b")
     assert report.loaded == 197 and sorted(report.unused) == ["pooler.dense.bias", "pooler.dense.weight"]
     assert not any(k.startswith("text.bert.") for k in report.new) and "text.proj.weight" in report.new
-    del model
+    # the config route (text.path) goes through the same strict loader: equal tensors, or a refusal
+    via_config = create_model("cadformer-tiny", **{"text.encoder": "bert-base", "text.path": str(tmp_path / "b")})
+    assert all(torch.equal(v, model.text.bert.state_dict()[k]) for k, v in via_config.text.bert.state_dict().items())
+    with pytest.raises(PretrainedWeightsError, match="is a BERT of another size"):
+        from rsvl_train.pretrained import minilm_path
+
+        create_model("cadformer-tiny", **{"text.encoder": "bert-base", "text.path": str(minilm_path())})
+    # rsvl-train --pretrained FOLDER: the record kept in the checkpoint info
+    from rsvl_train.train import Trainer
+
+    rec = Trainer._load_pretrained(via_config, str(tmp_path / "b"))
+    assert rec["tensors"] == 197 and rec["path"] == str(tmp_path / "b") and rec["sha256"] is None
+    del model, via_config
     gc.collect()
 
 

@@ -24,9 +24,15 @@ def _table(out: str) -> dict[str, str]:
 
 def test_list_and_numbers() -> None:
     assert list_recipes() == RECIPES
-    for name in ("tsmnet-yeseg", "tsmnet-swjtu"):
+    from rsvl_train.data.swjtu import SWJTU_CLASSES
+    from rsvl_train.data.yeseg import YESEG_CLASSES
+
+    for name, classes in (("tsmnet-yeseg", YESEG_CLASSES), ("tsmnet-swjtu", SWJTU_CLASSES)):
         r = get_recipe(name)
-        assert r.model == "tsmnet" and r.overrides == {"head": "paper", "num_classes": 7}
+        # the class list of the official loader, in its order (ids 0..K-1 of the labels)
+        assert r.model == "tsmnet" and r.overrides["head"] == "paper"
+        assert [c["name"] for c in r.overrides["classes"]] == list(classes)
+        assert r.overrides["num_classes"] == len(classes)
         s = r.settings
         assert s["loss_weights"] == PAPER_LOSS_WEIGHTS == {"ce": 1.0, "dice": 1.0, "object": 1.0, "scene": 1.0}
         assert (s["epochs"], s["tile"], s["batch_size"]) == (100, 256, 10)
@@ -34,9 +40,10 @@ def test_list_and_numbers() -> None:
         assert (s["schedule"], s["poly_power"], s["min_lr"], s["warmup_iters"]) == ("poly", 0.9, 1e-6, 1500)
         assert "TSMNet_fpn_vit-b_256x256_100epoches" in r.sources["epochs, tile"]
     assert get_recipe("tsmnet-yeseg").data_kind == "yeseg" and get_recipe("tsmnet-swjtu").data_kind == "swjtu"
-    for name in ("cadformer-rrsisd", "cadformer-rrsishr"):
+    for name, kind in (("cadformer-rrsisd", "rrsisd"), ("cadformer-rrsishr", "rrsishr")):
         r = get_recipe(name)
-        assert r.model == "cadformer" and r.data_kind == "rrsis"
+        assert r.model == "cadformer" and r.data_kind == kind
+        assert r.data_spec("/x") == f"{kind}:/x" and r.data_spec("rrsis:/x") == "rrsis:/x"
         assert r.settings["tile"] == 480 and r.settings["loss_weights"] == CADFORMER_LOSS_WEIGHTS
         assert all(r.sources.values())
 
@@ -66,7 +73,8 @@ def test_explicit_flags_override_the_recipe(tmp_path: Path, capsys: pytest.Captu
     assert rows["lr"].startswith("0.5 ") and rows["length"] == "3 epochs" and rows["batch"] == "10"
     assert rows["loss weights"] == "ce 2, dice 1, object 1, scene 0" and rows["output folder"] == str(tmp_path / "o")
     kw = apply_recipe(get_recipe("tsmnet-yeseg"), {"data": "swjtu:/x", "overrides": {"neck_dim": 64}})
-    assert kw["data"] == "swjtu:/x" and kw["overrides"] == {"head": "paper", "num_classes": 7, "neck_dim": 64}
+    assert kw["data"] == "swjtu:/x" and kw["overrides"]["neck_dim"] == 64 and kw["overrides"]["head"] == "paper"
+    assert kw["overrides"]["num_classes"] == 8
 
 
 def test_recipe_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

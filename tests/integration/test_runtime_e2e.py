@@ -129,6 +129,9 @@ def test_tiled_interiors_match_whole_image(tiny_bundle: Path, scene) -> None:
     agreement = (tiled[inner].argmax(0) == whole[inner].argmax(0)).mean()
     assert agreement >= 0.85, agreement
     assert np.abs(tiled[inner] - whole[inner]).mean() < 0.1
+    # the manifest records the image graph's tau (one-class scores and thresholds use it)
+    assert seg.bundle.meta.logit_scale == pytest.approx(float(model.tau), rel=1e-6)
+    assert seg.logit_scale == seg.bundle.meta.logit_scale
 
 
 @pytest.mark.parametrize("kind, needle", [("crs", "CRS"), ("resolution", "resolution"), ("shift", "grid")])
