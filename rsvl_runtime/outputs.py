@@ -33,6 +33,7 @@ import datetime as _dt
 import json
 import os
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -318,6 +319,29 @@ class GeoTiffRowWriter:
         """Close without finishing (the caller discards the temporary file)."""
         if not self._ds.closed:
             self._ds.close()
+
+
+class BackgroundClose:
+    """Runs :meth:`GeoTiffRowWriter.close` of ``writer`` in a thread (the scores' COG encode
+    overlaps the class table, preview and styling); :meth:`wait` joins it and re-raises its error."""
+
+    def __init__(self, writer: GeoTiffRowWriter) -> None:
+        self.writer = writer
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rsvl-cog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.writer.close()
+        except BaseException as e:  # noqa: BLE001 - re-raised by wait()
+            self.error = e
+
+    def wait(self, raise_error: bool = True) -> None:
+        """Wait for the close; its exception is raised here (unless ``raise_error`` is False)."""
+        self._thread.join()
+        if self.error is not None and raise_error:
+            raise self.error
 
 
 #: Fraction of the raw (uncompressed) output bytes taken as a floor of what a run writes:

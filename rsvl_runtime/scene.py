@@ -164,6 +164,7 @@ class SceneRun:
         self.writers: SceneWriters | None = None
         self.hasher: InputHasher | None = None
         self.timings: dict[str, float] = {}
+        self._t_finalize = 0.0
 
     # ------------------------------------------------------------------ resume state
     def _signature(self) -> str:
@@ -233,23 +234,35 @@ class SceneRun:
         """Resume or start, infer into the writers, finalise the rasters, reports, then the swap."""
         self.writers = w = self._open_writers(self._find_checkpoint(leftovers))
         self.hasher = InputHasher({m.modality: m for m in self.sources.modalities}, self.options.hash_inputs)
+        closing: out.BackgroundClose | None = None
         try:
             self.timings = self._infer(w)
             resume.clear(self.txn.tmp)  # finalising is not resumable: a kill from here starts over
-            t0 = time.perf_counter()
-            for writer in w.writers:
-                writer.close()
+            self._t_finalize = time.perf_counter()
+            w.labels.close()  # read by the preview and the styling
+            if w.scores is not None:  # encoded while the class table, preview and styling are made
+                closing = out.BackgroundClose(w.scores)
         except BaseException:
             for writer in w.writers:
                 writer.abort()
             raise
-        self.timings["rasters_finalize_s"] = time.perf_counter() - t0
-        for key in ("overviews_s", "cog_write_s"):  # the stages of the finalisation, summed over the rasters
+        self.timings["resumed_at_row"] = float(w.plan.rows)
+        try:
+            return self._finish(w, closing)
+        finally:
+            if closing is not None:  # never leave the encode running into an aborted folder
+                closing.wait(raise_error=False)
+
+    def _rasters_done(self, w: SceneWriters, closing: out.BackgroundClose | None) -> None:
+        """Wait for the rasters' finalisation; record its timings (``rasters_finalize_s``: its
+        wall time, ``overviews_s``/``cog_write_s``: summed over the rasters)."""
+        if closing is not None:
+            closing.wait()
+        self.timings["rasters_finalize_s"] = time.perf_counter() - self._t_finalize
+        for key in ("overviews_s", "cog_write_s"):
             spent = [wr.timings[key] for wr in w.writers if key in wr.timings]
             if spent:
                 self.timings[key] = sum(spent)
-        self.timings["resumed_at_row"] = float(w.plan.rows)
-        return self._finish(w)
 
     def _infer(self, w: SceneWriters) -> dict[str, float]:
         """The tile loop: prefetch (reader thread), predict (this thread), blend and emit
@@ -284,9 +297,10 @@ class SceneRun:
         return {"inference_s": time.perf_counter() - t0, "read_s": read_stats.seconds,
                 "normalise_s": read_stats.normalise_seconds, "predict_s": predict_s, **sunk}
 
-    def _finish(self, w: SceneWriters) -> SceneResult:
+    def _finish(self, w: SceneWriters, closing: out.BackgroundClose | None = None) -> SceneResult:
         """Class table, preview, report (and polygons, STAC item when asked) into the stage,
-        commit them in the temporary folder, done.json, then swap the folder in."""
+        commit them in the temporary folder, done.json, then swap the folder in. ``closing``:
+        the scores raster being finalised meanwhile (waited for before the timings)."""
         t0 = time.perf_counter()
         grid, task, class_names, palette = self.grid, self.spec.task, list(self.spec.class_names), self.palette
         crs = self.ref.crs.to_string() if self.ref.crs is not None else None
@@ -297,6 +311,9 @@ class SceneRun:
                             self.spec.label_names, [c["fraction"] for c in table])
         style_outputs(w.stage, self.spec.raster_name, table, "mask" if task == "referring" else "class")
         assert self.hasher is not None
+        t_wait = time.perf_counter()
+        self._rasters_done(w, closing)
+        t0 += time.perf_counter() - t_wait  # reports_s: without the wait
         seconds = time.perf_counter() - self.t_start
         timings = {**self.timings, "total_s": seconds,
                    "tiles_per_s": grid.n_tiles / seconds if seconds > 0 else 0.0,

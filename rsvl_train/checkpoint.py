@@ -104,6 +104,11 @@ def default_weights(config: dict[str, Any]) -> Path | None:
     return p if p.with_suffix(".safetensors").is_file() else None
 
 
+#: Config keys the weights do not depend on: sizes, names and training-only settings. Any other
+#: difference between the registry config and the shipped weights' config means they do not fit.
+WEIGHT_INDEPENDENT_KEYS = frozenset({"tile_size", "default_weights", "name", "train_tile_size", "modality_dropout"})
+
+
 def load_default(name: str, **overrides: Any) -> tuple[nn.Module, bool]:
     """Registry model with its shipped trained weights when it has them.
     Returns ``(model, trained)``; logs a warning when the weights are random."""
@@ -111,7 +116,7 @@ def load_default(name: str, **overrides: Any) -> tuple[nn.Module, bool]:
     ckpt = default_weights(config)
     if ckpt is not None:
         shipped = read_checkpoint_config(ckpt).get("config", {})
-        ignore = {"tile_size", "default_weights", "name"}  # sizes the weights do not depend on
+        ignore = WEIGHT_INDEPENDENT_KEYS
         diff = sorted(k for k in set(shipped) | set(config) if k not in ignore and shipped.get(k) != config.get(k))
         if diff:
             log.warning("%s: the shipped weights were trained with other settings (%s); they do not fit, "

@@ -122,3 +122,20 @@ def test_paper_classes_in_official_order() -> None:
     for c in classes:
         assert c["synonyms"] and len(c["color"]) == 3 and all(0 <= v <= 255 for v in c["color"])
     assert len({tuple(c["color"]) for c in classes}) == 7
+
+
+def test_shipped_weights_still_fit_their_config() -> None:
+    """The shipped tsmnet-tiny weights load for the registry config (a config edit that changes
+    anything the weights depend on would silently fall back to random weights)."""
+    import json
+
+    from rsvl_train.checkpoint import WEIGHT_INDEPENDENT_KEYS, default_weights, read_checkpoint_config
+    from rsvl_train.factory import get_model_config
+
+    config = get_model_config("tsmnet-tiny")
+    ckpt = default_weights(config)
+    assert ckpt is not None
+    shipped = read_checkpoint_config(ckpt)["config"]
+    diff = sorted(k for k in set(shipped) | set(config)
+                  if k not in WEIGHT_INDEPENDENT_KEYS and shipped.get(k) != config.get(k))
+    assert diff == [], json.dumps({k: [shipped.get(k), config.get(k)] for k in diff})
