@@ -35,8 +35,10 @@ def scene_metrics(pred_path: Path, truth_path: Path, num_classes: int) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="rsvl-demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from rsvl_runtime.cli_common import HelpFormatter
+    from rsvl_runtime.logs import add_verbosity_arguments, setup_cli_logging, warnings_to_log
+
+    ap = argparse.ArgumentParser(prog="rsvl-demo", description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--out", default="demo_out", help="working folder")
     ap.add_argument("--size", type=int, default=2048, help="scene height and width in pixels")
     ap.add_argument("--seed", type=int, default=2024)
@@ -44,10 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", choices=("fp32", "fp16"), default="fp16")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--vocab", default=None, help="vocabulary override, e.g. \"water|river,building,...\"")
+    add_verbosity_arguments(ap)
     args = ap.parse_args(argv)
-    from rsvl_runtime.logs import setup_logging
+    setup_cli_logging(args)
+    with warnings_to_log():  # torch/onnx warnings of the export go to the log (-v shows them)
+        return _run(args)
 
-    setup_logging()
+
+def _run(args: argparse.Namespace) -> int:
     log = logging.getLogger("rsvl.demo")
 
     from rsvl_runtime import Segmenter

@@ -45,13 +45,14 @@ VOCAB_FILE_HELP = """vocabulary files (--vocab-file):
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """``--help`` of every rsvl CLI: the description and epilog as written (examples, sections)
-    and each flag's default, except when there is none to show (None, False) or its help
-    already names it."""
+    and each flag's default, except when there is none to show (None, False, an on/off flag) or
+    its help already names it."""
 
     @staticmethod
     def _shows_default(action: argparse.Action) -> bool:
         d = action.default
         return not (d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, (list, tuple)) and not d)
+                    or action.nargs == 0  # an on/off flag (--no-scores, --quick): its name says what it does
                     or isinstance(action, (argparse._HelpAction, argparse._VersionAction)))
 
     def _format_action(self, action: argparse.Action) -> str:
