@@ -205,23 +205,36 @@ def markdown(doc: dict[str, Any]) -> str:
     scene = doc.get("scene")
     if scene:
         lines += ["## End-to-end tiled scene (`predict_raster`: read, normalise, infer, blend, write)", ""]
-        rows = []
+        rows, stage_rows = [], []
         for r in scene:
             if r.get("status") != "ok":
                 rows.append([r["engine_runner"], r.get("scene", ""), str(r["batch"]), "error", r.get("reason", ""),
                              "", "", "", ""])
                 continue
-            t = r.get("timings", {})
+            peak = (r.get("memory") or {}).get("peak_rss_mb")
             rows.append([r["engine_runner"], r["scene"], str(r["batch"]), str(r["tiles"]), _f(r["seconds"]),
                          _f(r["tiles_per_s"]), _f(r.get("engine_tiles_per_s")),
-                         _f(r.get("end_to_end_over_engine"), 3),
-                         ", ".join(f"{k[:-2]} {_f(v)} s" for k, v in t.items()
-                                   if k.endswith("_s") and "per_s" not in k and k not in ("total_s", "inference_s"))])
+                         _f(r.get("end_to_end_over_engine"), 3), _f(peak, 0)])
+            st = r.get("stages_s") or r.get("timings", {})
+            stage_rows.append([r["engine_runner"], r["scene"]] + [_f(st.get(k)) for k, _ in SCENE_STAGES])
         lines += [_md_table(["engine", "scene", "B", "tiles", "seconds", "tiles/s", "engine tiles/s",
-                             "end-to-end / engine", "where the time went"], rows), "",
+                             "end-to-end / engine", "peak RSS MB"], rows), "",
                   ("`end-to-end / engine` < 1 is the cost of IO, normalisation, blending and writing "
                   "(tiles overlap, so a scene has more tiles than area / tile²)."), ""]
+        if stage_rows:
+            lines += ["Where the time went (seconds; read and normalise run in the reader thread, blend, "
+                      "class decision and write in the writer thread, overlapping the engine; `wait`: the "
+                      "engine's thread waiting for the writer thread; `COG`: the one encode of each raster, "
+                      "overviews included):", "",
+                      _md_table(["engine", "scene"] + [h for _, h in SCENE_STAGES], stage_rows), ""]
     return "\n".join(lines) + "\n"
+
+
+#: The stage columns of the scene table: done.json timing key -> column.
+SCENE_STAGES = (("read_s", "read"), ("normalise_s", "normalise"), ("predict_s", "infer"), ("blend_s", "blend"),
+                ("postprocess_s", "postprocess"), ("write_s", "write"), ("sink_wait_s", "wait"),
+                ("overviews_s", "overviews"), ("cog_write_s", "COG"), ("rasters_finalize_s", "finalise"),
+                ("reports_s", "reports"), ("total_s", "total"))
 
 
 def _load_warning(mc: dict[str, Any]) -> list[str]:
@@ -354,6 +367,13 @@ def print_rich(doc: dict[str, Any]) -> None:
             ts.add_row(r["engine_runner"], r["scene"], str(r["batch"]), str(r["tiles"]), _f(r["seconds"]),
                        _f(r["tiles_per_s"]), _f(r.get("engine_tiles_per_s")), _f(r.get("end_to_end_over_engine"), 3))
         con.print(ts)
+        tst = Table(title="end-to-end tiled scene: seconds per stage")
+        for h in ("engine", "scene", *(h for _, h in SCENE_STAGES)):
+            tst.add_column(h, justify="right" if h not in ("engine", "scene") else "left")
+        for r in scene:
+            st = r.get("stages_s") or r.get("timings", {})
+            tst.add_row(r["engine_runner"], r["scene"], *(_f(st.get(k)) for k, _ in SCENE_STAGES))
+        con.print(tst)
     best = doc.get("summary", {}).get("best_by_batch", {})
     for b, v in best.items():
         con.print(f"B={b}: best [bold]{v['label']}[/] {v['p50_ms']:.2f} ms = {_f(v.get('speedup_vs_eager'))}× eager FP32")

@@ -458,8 +458,12 @@ def _text_summary(t: Timing) -> dict[str, Any]:
 # --------------------------------------------------------------------------- scene
 def run_scene_bench(ctx: BenchContext, opts: BenchOptions, inputs: Inputs, image_rows: list[dict[str, Any]],
                     batch: int, size: int) -> list[dict[str, Any]]:
-    """End-to-end tiled scene through ``predict_raster`` vs the pure engine at the same batch."""
+    """End-to-end tiled scene through ``predict_raster`` vs the pure engine at the same batch
+    (``image_rows``: measured in the same run); ``stages_s``: the run's per-stage seconds
+    (:data:`benchmarks.big_scene.STAGES`)."""
     import tempfile
+
+    from .big_scene import stage_seconds
 
     from rsvl_runtime import Referrer, Segmenter
     from rsvl_runtime.backends import Sessions, load_sessions
@@ -506,7 +510,7 @@ def run_scene_bench(ctx: BenchContext, opts: BenchOptions, inputs: Inputs, image
         row.update(status="ok", tiles=tiles, seconds=round(wall, 3), tiles_per_s=round(tiles / wall, 3),
                    megapixels_per_s=round(size * size / 1e6 / wall, 4),
                    timings={k: round(float(v), 4) for k, v in (res.timings or {}).items()},
-                   memory=pm.result())
+                   stages_s=stage_seconds({"timings": res.timings or {}}), memory=pm.result())
         e = engine.get((key, batch))
         if e:
             row["engine_tiles_per_s"] = e["tiles_per_s"]

@@ -31,6 +31,7 @@ import os
 import time
 import traceback
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+
+from .attention_export import sdpa_attention as _sdpa_form
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,9 @@ class ExportResult:
     dynamic_probe: dict[str, int] = field(default_factory=dict)
     dynamo_error: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    #: module paths of the ``nn.MultiheadAttention`` modules exported in the SDPA form
+    #: (:mod:`rsvl_export.attention_export`)
+    sdpa_attention: list[str] = field(default_factory=list)
 
     @property
     def needs_parity_check(self) -> bool:
@@ -472,6 +478,7 @@ def export_onnx(
     metadata: Mapping[str, Any] | None = None,
     allow_legacy_fallback: bool = True,
     check_runtime: bool = True,
+    sdpa_attention: bool = True,
 ) -> ExportResult:
     """Export ``module`` to a single ONNX file at ``path`` and check the written graph.
 
@@ -493,6 +500,9 @@ def export_onnx(
             ``exporter="legacy"``; the caller must check parity before accepting it).
         check_runtime: run the graph in ONNX Runtime at the example inputs (max-abs vs eager
             recorded) and at a second size of every dynamic axis.
+        sdpa_attention: export open_clip's ``nn.MultiheadAttention`` blocks in the SDPA form that
+            ONNX Runtime's attention fusions match (:func:`rsvl_export.attention_export.sdpa_attention`;
+            the module is swapped only during the export and compared with its original eager output).
 
     Raises:
         ExportError: bad arguments (unknown names, size-1 dynamic example, opset < 17), both
@@ -520,6 +530,9 @@ def export_onnx(
     exporter = "dynamo"
     dynamo_error: str | None = None
     data_file = path.with_name(path.name + ".data")
+    # open_clip's attention in the form ORT's fusions match, only while exporting (eager ref above)
+    swaps = ExitStack()
+    swapped = swaps.enter_context(_sdpa_form(module, enabled=sdpa_attention))
     try:
         with torch.no_grad():
             torch.onnx.export(
@@ -550,6 +563,8 @@ def export_onnx(
             raise ExportError(f"both exporters failed for {type(module).__name__}.\n  dynamo: {dynamo_error}\n"
                               f"  legacy: {type(e2).__name__}: {e2}") from e2
         input_names = ordered
+    finally:
+        swaps.close()  # the original attention modules are back
     if data_file.exists():
         raise ExportError(f"the exporter wrote external weights {data_file}; expected one self-contained file "
                           "(models above 2 GB need external data — not supported by this bundle format)")
@@ -599,8 +614,9 @@ def export_onnx(
         seconds=round(seconds, 3), bytes=path.stat().st_size, node_count=len(model.graph.node),
         op_counts=counts, dynamic_axes=dynamic_axes, dim_ranges=dim_ranges,
         layer_norm_nodes=n_ln_nodes, example_max_abs=example_max_abs, dynamic_probe=probe,
-        dynamo_error=dynamo_error, metadata=meta,
+        dynamo_error=dynamo_error, metadata=meta, sdpa_attention=list(swapped.swapped),
     )
-    log.info("exported %s (%s, opset %d) in %.1f s, %.1f MB, %d nodes", path.name, exporter, got_opset,
-             seconds, result.bytes / 1e6, result.node_count)
+    log.info("exported %s (%s, opset %d) in %.1f s, %.1f MB, %d nodes%s", path.name, exporter, got_opset,
+             seconds, result.bytes / 1e6, result.node_count,
+             f", {len(swapped)} attention blocks in SDPA form" if len(swapped) else "")
     return result

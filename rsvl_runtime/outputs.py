@@ -169,15 +169,16 @@ class GeoTiffRowWriter:
     Two layouts, chosen by ``cog`` (default: the COG driver when GDAL has it):
 
     - **COG** (encoded once): the rows go to an *uncompressed* tiled spool at the temporary
-      path; :meth:`close` hands it to GDAL's COG driver once, which builds the overviews
-      (``OVERVIEWS=AUTO``, :func:`overview_factors` levels) and deflates full resolution and
-      overviews in COG order into the final file, which replaces the spool. No tile is
-      deflated, inflated and deflated again, and no overview pass re-reads compressed data.
-      The spool needs ``count x width x height`` bytes of temporary disk until then.
+      path; :meth:`close` builds its overviews (:func:`overview_factors`, uncompressed: no
+      inflate to read, no deflate to write) and hands it to GDAL's COG driver once
+      (``OVERVIEWS=FORCE_USE_EXISTING``), which deflates full resolution and overviews in COG
+      order into the final file that replaces the spool. No tile is deflated, inflated and
+      deflated again (the old path: deflate, inflate for the overviews, inflate + deflate for
+      the COG copy). The spool needs ``4/3 x count x width x height`` bytes of temporary disk.
     - **plain GeoTIFF** (``cog=False``): deflated tiles, internal overviews built at :meth:`close`.
 
-    :attr:`timings` holds the seconds :meth:`close` spent: ``overviews_s`` (plain layout) or
-    ``cog_write_s`` (the one COG encode, overviews included).
+    :attr:`timings` holds the seconds :meth:`close` spent: ``overviews_s`` and, for a COG,
+    ``cog_write_s`` (the one encode).
 
     :meth:`checkpoint` makes the rows written so far durable (a valid TIFF on disk) and returns
     the crc32 of the rows of the open block row; ``resume=(rows, crc)`` reopens such a file and
@@ -291,23 +292,22 @@ class GeoTiffRowWriter:
         self._ds.update_tags(ns="rio_overview", resampling=self.overview_resampling.name)
         self._ds.close()
         t0 = time.perf_counter()
+        with rasterio.open(self.path, "r+") as ds:  # COG: raw overviews in the spool, encoded below
+            ds.build_overviews(overview_factors(self.width, self.height), self.overview_resampling)
+        self.timings["overviews_s"] = time.perf_counter() - t0
         if self.cog:
+            t0 = time.perf_counter()
             self._to_cog()
             self.timings["cog_write_s"] = time.perf_counter() - t0
-        else:
-            with rasterio.open(self.path, "r+") as ds:
-                ds.build_overviews(overview_factors(self.width, self.height), self.overview_resampling)
-            self.timings["overviews_s"] = time.perf_counter() - t0
         self._buf = np.empty((0, 0, 0), np.uint8)
         return self.path
 
     def _to_cog(self) -> None:
-        """Encode the raw spool once into a COG (overviews built by the driver), replacing it."""
+        """Encode the raw spool (with its raw overviews) once into a COG, replacing it."""
         tmp = temp_path(self.path)
         try:
             rasterio.shutil.copy(self.path, tmp, driver="COG", COMPRESS="DEFLATE", LEVEL=self.zlevel,
-                                 BLOCKSIZE=self.block, OVERVIEWS="AUTO",
-                                 OVERVIEW_COUNT=len(overview_factors(self.width, self.height)),
+                                 BLOCKSIZE=self.block, OVERVIEWS="FORCE_USE_EXISTING",
                                  OVERVIEW_RESAMPLING=self.overview_resampling.name.upper(),
                                  BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
             os.replace(tmp, self.path)
@@ -352,7 +352,9 @@ ESTIMATE_FRACTION = 0.05
 def estimate_output_bytes(width: int, height: int, bands: int) -> int:
     """A floor of the bytes the output rasters of a run need (uint8 ``bands`` x ``width`` x
     ``height`` at :data:`ESTIMATE_FRACTION` of their raw size, plus 1 MB for overviews and the
-    small files): a destination with less free space cannot hold the result."""
+    small files): a destination with less free space cannot hold the result. A COG run needs
+    more while it runs (the raw spool, ``bands x width x height`` bytes, until it is encoded);
+    running out of space then is caught by the writers' free-space probe, as for any write."""
     return int(width * height * bands * ESTIMATE_FRACTION) + (1 << 20)
 
 

@@ -54,7 +54,7 @@ TIMING_LABELS: dict[str, tuple[str, str]] = {
     "inference_s": ("Tile loop (read, infer, blend, write)", "s"),
     "rasters_finalize_s": ("Finalising rasters (overviews, COG)", "s"),
     "overviews_s": ("Building overviews", "s"),
-    "cog_write_s": ("Encoding the COGs (overviews included)", "s"),
+    "cog_write_s": ("Encoding the COGs (deflate, once)", "s"),
     "reports_s": ("Writing reports", "s"),
     "total_s": ("Total", "s"),
     "tiles_per_s": ("Throughput", "tiles/s"),

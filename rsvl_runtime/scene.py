@@ -13,10 +13,14 @@ writers (:mod:`rsvl_runtime.outputs`; the COG is encoded once, at the end).
 Timings (``done.json`` ``timings``, seconds): ``read_s`` and ``normalise_s`` (reader thread),
 ``predict_s`` (the engine), ``blend_s``, ``postprocess_s`` (softmax/argmax/scores) and
 ``write_s`` (writer thread), ``sink_wait_s`` (the engine's thread waiting for the writer
-thread), ``inference_s`` (the tile loop's wall time), ``overviews_s`` or ``cog_write_s`` (the
-rasters' finalisation, summed; in ``rasters_finalize_s``), ``reports_s``, ``total_s``. Memory is independent of the scene height and linear in
-its width: the open strip's accumulator ``[K, tile, W]`` float32, one strip of input per
-modality, a few batches in the queue and the writers' 512-row block buffers.
+thread), ``inference_s`` (the tile loop's wall time), ``overviews_s`` and, for a COG,
+``cog_write_s`` (the rasters' finalisation, summed; in ``rasters_finalize_s``), ``reports_s``,
+``total_s``.
+
+Memory is independent of the scene height and linear in its width: the open strip's
+accumulator ``[K, tile, W]`` float32, one strip of input per modality, a few batches of input
+in the reader's queue and of logits in the writer's (:data:`~rsvl_runtime.sink.SINK_QUEUE`),
+and the writers' 512-row block buffers.
 
 ``predict_fn(optical [B,3,t,t] | None, sar [B,1,t,t] | None) -> logits [B,K,t,t]`` (float32,
 inputs already normalised; a missing modality is ``None``). Nodata pixels (declared nodata,

@@ -245,7 +245,7 @@ class Segmenter(_BundleModel):
         for i in range(0, b, self.batch):  # the engine's batch limit
             sl = {k: (v[i:i + self.batch] if k != "text_emb" else v) for k, v in feeds.items()}
             out.append(self.sessions.image.run(sl)["logits"])
-        return np.concatenate(out).astype(np.float32, copy=False)
+        return (out[0] if len(out) == 1 else np.concatenate(out)).astype(np.float32, copy=False)
 
     def _check_mode(self, has_optical: bool, has_sar: bool) -> None:
         if not has_optical and not has_sar:
