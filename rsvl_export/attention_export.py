@@ -5,18 +5,21 @@ open_clip's ``ResidualAttentionBlock`` (the ViT branches of ``tsmnet``, the CLIP
 ``tsmnet-official``) calls ``nn.MultiheadAttention``. The dynamo exporter decomposes it through
 ``F.multi_head_attention_forward``, which works sequence-first: the packed projection is split
 with ``Unsqueeze/Transpose/Squeeze/Gather`` and the heads with ``Reshape [S, B*H, Dh]`` +
-``Transpose`` + ``Reshape [B, H, S, Dh]``; the key is reshaped to 3-D with a ``-1`` axis, whose
-shape inference cannot resolve. onnxscript's ORT fusion rules
-(``onnxscript.rewriter.ort_fusions``: SDPA -> ``MultiHeadAttention`` -> ``Attention``) start from
-a batch-first form and match none of it (measured on ``tsmnet``: 0 of the 24 ViT blocks and 0 of
-the 12 text blocks fused).
+``Transpose`` (+ ``Reshape [B, H, S, Dh]``, which the optimizer folds away for the key).
+onnxscript's ORT fusion rules (``onnxscript.rewriter.ort_fusions``: SDPA -> ``MultiHeadAttention``
+-> ``Attention``) match none of it: the SDPA rule's check fails because the key reaching
+``MatMul(Q, K^T)`` is the 3-D ``[B*H, S, Dh]`` tensor ("rank 3 does not match the expected rank
+4"), and the MHA rule needs Q/K/V as ``Reshape [B, S, H, Dh]`` + ``Transpose [0, 2, 1, 3]`` of
+``[B, S, D]`` projections (measured on ``tsmnet``: 0 of the 24 ViT blocks and 0 of the 12 text
+blocks fused).
 
 :class:`SDPAMultiheadAttention` computes the same function the way the rules expect: one packed
 ``MatMul`` of ``in_proj_weight``, ``Slice`` on axis 2 into Q/K/V, the bias as an ``Add`` per
 projection, heads split by ``Reshape [B, S, H, Dh]`` + ``Transpose [0, 2, 1, 3]``,
 ``F.scaled_dot_product_attention`` with the attention mask as an additive ``[B|1, H|1, S, S]``
 bias (the causal + key-padding bias of the CLIP text tower included), heads merged by
-``Transpose`` + ``Reshape [B, S, D]``, then ``out_proj``. It holds the *same* parameter objects
+``Transpose`` + ``Reshape [B, S, D]``, then ``out_proj``; the rules then fuse one
+``MultiHeadAttention`` (QKV bias folded in) per block. It holds the *same* parameter objects
 as the module it stands in for (same names, so the graph's initializers keep the module paths
 that the INT8 selection reads), and is only in place inside :func:`sdpa_attention`, which puts
 the original modules back when the export is done: training code, checkpoints and the eager
@@ -93,9 +96,11 @@ class SDPAMultiheadAttention(nn.Module):
 
     def _qkv(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Q, K, V ``[B, S, D]``: self-attention as one packed MatMul sliced on axis 2 (the
-        ``Attention`` rule's form), the bias added after the slice (the ``MultiHeadAttention``
-        bias rule's form); cross-attention as three projections."""
+        """Q, K, V ``[B, S, D]``: self-attention as one packed MatMul sliced on axis 2, the bias
+        added after the slice (so the bias rule folds it into ``MultiHeadAttention``'s packed
+        bias input); cross-attention as three projections. onnxscript's packed ``Attention``
+        rule does not match this (its ``Slice`` pattern has no ``steps`` input, the exporter's
+        ``Slice`` has one): the result is ``MultiHeadAttention`` after the QKV MatMul."""
         d = self.embed_dim
         if key is query and value is query:
             qkv = torch.matmul(query, self.in_proj_weight.t())

@@ -90,8 +90,8 @@ class ExportResult:
     dynamic_probe: dict[str, int] = field(default_factory=dict)
     dynamo_error: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
-    #: module paths of the ``nn.MultiheadAttention`` modules exported in the SDPA form
-    #: (:mod:`rsvl_export.attention_export`)
+    #: module paths of the ``nn.MultiheadAttention`` modules swapped for the SDPA form during the
+    #: export (:mod:`rsvl_export.attention_export`; modules the graph does not reach included)
     sdpa_attention: list[str] = field(default_factory=list)
 
     @property
@@ -618,5 +618,5 @@ def export_onnx(
     )
     log.info("exported %s (%s, opset %d) in %.1f s, %.1f MB, %d nodes%s", path.name, exporter, got_opset,
              seconds, result.bytes / 1e6, result.node_count,
-             f", {len(swapped)} attention blocks in SDPA form" if len(swapped) else "")
+             f", {len(swapped)} open_clip attention modules in SDPA form" if len(swapped) else "")
     return result

@@ -224,6 +224,14 @@ def test_tiny_open_clip_vit_fuses_one_attention_per_block_and_matches_eager(tiny
             ref = model(xb).numpy()
         got = sess.run(None, {"optical": xb.numpy()})[0]
         assert got.shape == ref.shape and float(np.abs(got - ref).max()) < 1e-4
+    # the FP16 variant (what TensorRT builds from) converts and stays close to eager
+    from rsvl_export.fp16 import convert_fp16
+
+    convert_fp16(res.path, tmp_path / "vit.fp16.onnx")
+    with torch.no_grad():
+        ref = model(x).numpy().ravel()
+    got = _session(tmp_path / "vit.fp16.onnx").run(None, {"optical": x.numpy()})[0].ravel()
+    assert float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.999
 
 
 def test_tiny_clip_text_tower_with_causal_and_padding_mask_fuses_and_matches_eager(tiny_clip, tmp_path) -> None:
