@@ -73,6 +73,7 @@ from .fusion import (
     key_padding_bias,
     pick_heads,
 )
+from .prompting import PromptTokenizer
 from .text_encoders import (
     ClipTextEncoder,
     TextEncoder,
@@ -108,7 +109,7 @@ def modality_dropout(
     return optical * keep_opt, sar * keep_sar
 
 
-class TSMNet(nn.Module):
+class TSMNet(PromptTokenizer, nn.Module):
     """TSMNet model; see the module docstring. Build it with ``rsvl_train.create_model``.
 
     Public methods (used by training, export and runtime): :meth:`encode_text`,
@@ -347,46 +348,10 @@ class TSMNet(nn.Module):
             out["desc_emb"] = l2_normalize(description.pooled, dim=-1)
         return out
 
-    # ------------------------------------------------------------- tokenizer
-    def _get_tokenizer(self, max_length: int) -> Any:
-        if max_length not in self._tokenizers:
-            from ..tokenization import build_tokenizer
-
-            self.text_encoder.check_length(max_length)
-            encoder = self.config.get("text", {}).get("encoder", "minilm")
-            self._tokenizers[max_length] = build_tokenizer(encoder, max_length)
-        return self._tokenizers[max_length]
-
-    @property
-    def tokenizer(self) -> Any:
-        """The ``tokenizers.Tokenizer`` matching the text encoder (fixed length ``max_length``)."""
-        return self._get_tokenizer(self.max_length)
-
-    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(input_ids, attention_mask)`` numpy int64 ``[N, max_length]`` (default: config)."""
-        from ..tokenization import encode_batch
-
-        return encode_batch(self._get_tokenizer(int(max_length or self.max_length)), list(texts))
-
+    # ------------------------------------------------------------- tokenizer (the rest: PromptTokenizer)
     def tokenize_descriptions(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Scene descriptions -> ``(desc_ids, desc_mask)`` ``[N, text.desc_max_length]``."""
         return self.tokenize(texts, max_length=self.desc_max_length)
-
-    def tokenizer_json(self) -> str:
-        """The tokenizer as a ``tokenizers`` JSON string (padding/truncation to ``max_length`` built in)."""
-        return self.tokenizer.to_str()
-
-    def prompts(self, class_names: Sequence[str]) -> list[str]:
-        """Apply the prompt templates: ``len(class_names) * len(templates)`` strings, class-major.
-
-        With several templates, average the embeddings of a class's prompts (then re-normalise).
-        """
-        return [t.format(c) for c in class_names for t in self.templates]
-
-    @property
-    def class_names(self) -> list[str]:
-        """Default vocabulary (names of ``config["classes"]``)."""
-        return [c["name"] for c in self.config.get("classes", [])]
 
     # --------------------------------------------------------------- weights
     def load_clip(self, state_dict: Mapping[str, torch.Tensor]) -> None:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .prompting import PromptTokenizer
 from .text_encoders import l2_normalize
 
 __all__ = ["TSMNetOfficial", "build"]
@@ -109,6 +110,12 @@ class OfficialClipText(nn.Module):
         self.contexts = nn.Parameter(torch.randn(1, n_ctx, width) * 0.02)
         causal = torch.full((context_length, context_length), float("-inf")).triu_(1)
         self.register_buffer("causal_mask", causal, persistent=False)
+
+    def check_length(self, length: int) -> None:
+        """Raise if a tokenizer length ``L`` plus the context tokens exceeds the positions."""
+        if length + self.n_ctx > self.context_length:
+            raise ValueError(f"text length {length} + {self.n_ctx} context tokens exceeds "
+                             f"{self.context_length} positions")
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``[K, L]`` token ids (L + n_ctx = context_length) -> ``[K, embed_dim]`` (not normalised)."""
@@ -337,7 +344,7 @@ def _fill_missing(optical: torch.Tensor | None, sar: torch.Tensor | None) -> tup
     return optical, sar
 
 
-class TSMNetOfficial(nn.Module):
+class TSMNetOfficial(PromptTokenizer, nn.Module):
     """The official TSMNet (see the module docstring); same public methods as :class:`.tsmnet.TSMNet`
     for export (``encode_text``, ``forward_image``, ``tokenize``, ``tokenizer_json``, ``prompts``)."""
 
@@ -404,36 +411,6 @@ class TSMNetOfficial(nn.Module):
                 attention_mask: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
         out = self.forward_image(optical, sar, self.encode_text(input_ids, attention_mask))
         return out
-
-    # ------------------------------------------------------------- tokenizer (as TSMNet's)
-    def _get_tokenizer(self, max_length: int) -> Any:
-        if max_length not in self._tokenizers:
-            from ..tokenization import build_tokenizer
-
-            if max_length + self.text_encoder.n_ctx > self.text_encoder.context_length:
-                raise ValueError(f"text length {max_length} + {self.text_encoder.n_ctx} context tokens exceeds "
-                                 f"{self.text_encoder.context_length} positions")
-            self._tokenizers[max_length] = build_tokenizer("clip", max_length)
-        return self._tokenizers[max_length]
-
-    @property
-    def tokenizer(self) -> Any:
-        return self._get_tokenizer(self.max_length)
-
-    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        from ..tokenization import encode_batch
-
-        return encode_batch(self._get_tokenizer(int(max_length or self.max_length)), list(texts))
-
-    def tokenizer_json(self) -> str:
-        return self.tokenizer.to_str()
-
-    def prompts(self, class_names: Sequence[str]) -> list[str]:
-        return [t.format(c) for c in class_names for t in self.templates]
-
-    @property
-    def class_names(self) -> list[str]:
-        return [c["name"] for c in self.config.get("classes", [])]
 
 
 def build(config: dict[str, Any], pretrained: str | None = None, *, warn_random: bool = True) -> TSMNetOfficial:
