@@ -380,8 +380,7 @@ def _load_pretrained(model: TSMNet, path: str) -> None:
     if _is_clip_state_dict(sd):
         from ..weights_io.clip import load_clip_into_tsmnet
 
-        del sd
-        report = load_clip_into_tsmnet(model, path)  # strict: every CLIP tensor lands, or a clear refusal
+        report = load_clip_into_tsmnet(model, path, sd)  # strict: every CLIP tensor lands, or a clear refusal
         log.info("tsmnet: %s", report.summary())
         return
     # Deprecated: a state dict of the whole model (the old second meaning of ``pretrained``).

@@ -125,10 +125,12 @@ def _pruned_block(key: str, kept: int) -> bool:
     return key.startswith(prefix) and int(key[len(prefix):].split(".")[0]) >= kept
 
 
-def load_clip_into_tsmnet(model: nn.Module, path: str | Path) -> LoadReport:
-    """Load a local CLIP checkpoint into ``tsmnet`` (see the module docstring); returns the report."""
+def load_clip_into_tsmnet(model: nn.Module, path: str | Path,
+                          state_dict: Mapping[str, torch.Tensor] | None = None) -> LoadReport:
+    """Load a local CLIP checkpoint into ``tsmnet`` (see the module docstring); returns the report.
+    ``state_dict``: the file's tensors when the caller has read them already (not read again)."""
     p = Path(path)
-    sd = read_state_dict(p, "an open_clip CLIP checkpoint")
+    sd = dict(state_dict) if state_dict is not None else read_state_dict(p, "an open_clip CLIP checkpoint")
     if p.is_file() and is_torchscript(p) and not (
             _uses_quick_gelu(model.optical_backbone) and _uses_quick_gelu(model.text_encoder)):
         raise PretrainedWeightsError(
