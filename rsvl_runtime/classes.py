@@ -40,10 +40,15 @@ class ClassStats:
 
     def update(self, labels: np.ndarray, row_areas: np.ndarray) -> None:
         """Add ``labels [n, W]`` (uint8) whose rows have per-pixel areas ``row_areas [n]`` m²."""
-        flat = labels.ravel()
-        weights = np.repeat(np.asarray(row_areas, np.float64), labels.shape[1])
-        counts = np.bincount(flat, minlength=256)
-        areas = np.bincount(flat, weights=weights, minlength=256)
+        areas_of_rows = np.asarray(row_areas, np.float64)
+        if areas_of_rows.size and np.all(areas_of_rows == areas_of_rows[0]):  # a projected CRS
+            counts = np.bincount(labels.ravel(), minlength=256)
+            areas = counts * areas_of_rows[0]
+        else:  # per-row pixel areas (geographic CRS): count per row, weight each row once
+            per_row = np.stack([np.bincount(row, minlength=256) for row in labels]) if labels.size else \
+                np.zeros((0, 256), np.int64)
+            counts = per_row.sum(axis=0)
+            areas = areas_of_rows @ per_row
         self.pixels += counts[:self.n_classes]
         self.area_m2 += areas[:self.n_classes]
         self.nodata_pixels += int(counts[LABEL_NODATA])

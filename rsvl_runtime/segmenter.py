@@ -127,6 +127,8 @@ class _BundleModel:
             raise TypeError(f"predict_raster() got option(s) the model sets itself: {', '.join(clash)}")
         tile = int(opts.pop("tile", None) or self.tile)
         overlap = opts.pop("overlap", None)
+        if opts.get("pipeline") in (None, "auto"):  # CPU stages between the calls of a CPU engine
+            opts["pipeline"] = "serial" if getattr(self.sessions, "on_cpu", True) else "overlap"
         return SceneOptions.from_kwargs(tile=tile, overlap=self.overlap if overlap is None else float(overlap),
                                         **kwargs, **opts)
 

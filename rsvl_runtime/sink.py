@@ -28,6 +28,7 @@ from . import outputs as out
 from . import resume
 from .classes import ClassStats
 from .options import SceneOptions
+from .parallel import WorkPool
 from .postprocess import UNCLASSIFIED, Scoring, labels_and_scores
 from .styling import SCORE_SCALE, label_colormap
 from .tiling import FinishedRows, RowAccumulator, Tile, TileGrid, blend_window
@@ -126,42 +127,64 @@ def open_writers(stage: out.OutputStage, ref: Any, spec: OutputSpec,
 
 
 class RowSink:
-    """Turns finished rows into labels/scores, writes them, counts classes, checkpoints."""
+    """Turns finished rows into labels/scores, writes them, counts classes, checkpoints.
+
+    ``pool``: the run's :class:`~rsvl_runtime.parallel.WorkPool`; the rows of a finished block
+    are split into one contiguous range per worker (each turned into labels/scores chunk by
+    chunk, :data:`POSTPROCESS_ELEMENTS` at a time), and labels and scores are written by two
+    workers at once. Class statistics are counted once per block, in row order, so they do not
+    depend on the number of workers.
+    """
 
     def __init__(self, writers: SceneWriters, row_areas: np.ndarray, valids: dict[int, np.ndarray],
-                 width: int, channels: int, scoring: Scoring | None = None) -> None:
+                 width: int, channels: int, scoring: Scoring | None = None,
+                 pool: WorkPool | None = None) -> None:
         self.out = writers
         self.scoring = scoring
         self.row_areas = row_areas
         self.valids = valids  # strip index -> [strip_height, W] validity, filled by the reader
         self.chunk = max(1, POSTPROCESS_ELEMENTS // (channels * width))
+        self.pool = pool or WorkPool(1)
         self.postprocess_s = 0.0
         self.write_s = 0.0
 
     def emit(self, fin: FinishedRows) -> None:
-        """Softmax/argmax the finished rows chunk by chunk, write them, count the classes."""
+        """Softmax/argmax the finished rows (in parallel), count the classes, write them."""
         valid = self.valids.pop(fin.strip)[:fin.n_rows]
         for k in [k for k in self.valids if k < fin.strip]:  # rows only read to align batches
             del self.valids[k]
         if fin.strip < self.out.plan.strip:  # written before the run was resumed
             return
-        scores_writer = self.out.scores
-        for i in range(0, fin.n_rows, self.chunk):
-            t0 = time.perf_counter()
-            rows = slice(i, min(i + self.chunk, fin.n_rows))
-            labels, scores = labels_and_scores(fin.logits(rows), valid[rows], scores_writer is not None,
-                                               self.scoring)
-            y = fin.y0 + rows.start
-            self.out.stats.update(labels, self.row_areas[y:y + labels.shape[0]])
-            t1 = time.perf_counter()
-            self.out.labels.write(labels)
-            if scores_writer is not None and scores is not None:
-                scores_writer.write(scores)
-            self.postprocess_s += t1 - t0
-            self.write_s += time.perf_counter() - t1
+        if fin.n_rows == 0:
+            return
+        with_scores = self.out.scores is not None
+        t0 = time.perf_counter()
+
+        def postprocess(part: slice) -> list[tuple[np.ndarray, np.ndarray | None]]:
+            done = []
+            for i in range(part.start, part.stop, self.chunk):
+                rows = slice(i, min(i + self.chunk, part.stop))
+                done.append(labels_and_scores(fin.logits(rows), valid[rows], with_scores, self.scoring,
+                                              inplace=True))
+            return done
+
+        chunks = [c for part in self.pool.map(postprocess, self.pool.ranges(fin.n_rows)) for c in part]
+        labels = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
+        self.out.stats.update(labels, self.row_areas[fin.y0:fin.y0 + fin.n_rows])
         t1 = time.perf_counter()
+        jobs: list[tuple[out.GeoTiffRowWriter, list[np.ndarray]]] = [(self.out.labels, [labels])]
+        if self.out.scores is not None:
+            jobs.append((self.out.scores, [c[1] for c in chunks if c[1] is not None]))
+        self.pool.map(_write_rows, jobs)  # labels and scores (and their overview levels) at once
         self.out.checkpointer.strip_done(fin.strip + 1, fin.y0 + fin.n_rows)
+        self.postprocess_s += t1 - t0
         self.write_s += time.perf_counter() - t1
+
+
+def _write_rows(job: tuple[out.GeoTiffRowWriter, list[np.ndarray]]) -> None:
+    writer, blocks = job
+    for rows in blocks:
+        writer.write(rows)
 
 
 def check_logits(logits: Any, n: int, channels: int, tile: int) -> np.ndarray:
@@ -192,8 +215,9 @@ class Blender:
     """
 
     def __init__(self, grid: TileGrid, options: SceneOptions, writers: SceneWriters,
-                 row_areas: np.ndarray, valids: dict[int, np.ndarray]) -> None:
+                 row_areas: np.ndarray, valids: dict[int, np.ndarray], pool: WorkPool | None = None) -> None:
         self.grid, self.writers, self.row_areas, self.valids = grid, writers, row_areas, valids
+        self.pool = pool or WorkPool(1)
         self.window, self.task, self.n_classes = options.window, options.task, len(options.class_names)
         self.scoring = Scoring.of_options(options) if options.task == "semantic" else None
         self.acc: RowAccumulator | None = None
@@ -207,7 +231,7 @@ class Blender:
             self.acc = RowAccumulator(self.grid, channels, blend_window(self.grid.tile, self.window),
                                       self.writers.plan.first_row)
             self.sink = RowSink(self.writers, self.row_areas, self.valids, self.grid.width, channels,
-                                self.scoring)
+                                self.scoring, self.pool)
         logits = check_logits(raw, n, self.acc.channels, self.grid.tile)
         self.writers.record_probe(logits)
         return logits
@@ -217,15 +241,17 @@ class Blender:
         self.valids[row] = valid
 
     def add(self, tiles: Sequence[Tile], logits: np.ndarray) -> None:
-        """Blend checked logits (:meth:`check`); finished rows go to the sink."""
+        """Blend checked logits (:meth:`check`), split over the pool's workers by channel;
+        finished rows go to the sink."""
         assert self.acc is not None and self.sink is not None
         first_row = self.writers.plan.first_row
-        for i, t in enumerate(tiles):
-            if t.row < first_row:  # computed only to keep the batches of the full run
-                continue
-            tb = time.perf_counter()
-            self.acc.add(t, logits[i], self.sink.emit)
-            self.blend_s += time.perf_counter() - tb
+        keep = [i for i, t in enumerate(tiles) if t.row >= first_row]  # others only keep the batches
+        if not keep:
+            return
+        tb = time.perf_counter()
+        self.acc.add_batch([tiles[i] for i in keep], logits if len(keep) == len(tiles) else logits[keep],
+                           self.sink.emit, self.pool)
+        self.blend_s += time.perf_counter() - tb
 
     def finish(self) -> dict[str, float]:
         """Sink the last rows; returns the blend/postprocess/write timings."""
@@ -320,3 +346,24 @@ class SinkThread:
         """Stop the writer thread (after its current item) and wait for it."""
         self._stop.set()
         self._thread.join()
+
+
+class InlineSink:
+    """:class:`SinkThread`'s interface without the thread: the ``serial`` pipeline blends and
+    writes in the caller's thread, between engine calls (the blender's own pool splits the
+    work over the cores, :mod:`rsvl_runtime.parallel`)."""
+
+    def __init__(self, blender: Blender) -> None:
+        self.blender = blender
+
+    def strip(self, row: int, valid: np.ndarray) -> None:
+        self.blender.strip(row, valid)
+
+    def add(self, tiles: Sequence[Tile], logits: np.ndarray) -> None:
+        self.blender.add(tiles, logits)
+
+    def finish(self) -> dict[str, float]:
+        return {**self.blender.finish(), "sink_wait_s": 0.0}
+
+    def close(self) -> None:
+        pass

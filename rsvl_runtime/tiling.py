@@ -18,10 +18,12 @@ row of tiles starts, so memory does not grow with the scene height.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from .parallel import WorkPool
 
 #: Default smallest window weight (relative to the window's peak of 1).
 WINDOW_FLOOR = 1e-3
@@ -238,18 +240,58 @@ class RowAccumulator:
         if tile.row < self._row:
             raise ValueError(f"tile of row {tile.row} arrived after row {self._row}: "
                              "tiles must come in row-major order")
+        finished = self._to_row(tile.row, emit)
+        self._accumulate(tile, logits, slice(None), True)
+        return finished
+
+    def add_batch(self, tiles: Sequence[Tile], logits: np.ndarray,
+                  emit: Callable[[FinishedRows], None], pool: WorkPool | None = None) -> None:
+        """:meth:`add` for a batch (``logits [B, K, tile, tile]``), finished rows passed to
+        ``emit``; with a ``pool`` the tiles of each row of tiles are accumulated by its workers
+        at once, each over its own range of channels (disjoint planes of the buffer)."""
+        if self._done:
+            raise RuntimeError("RowAccumulator.finish() was already called")
+        i = 0
+        while i < len(tiles):
+            j = i
+            while j < len(tiles) and tiles[j].row == tiles[i].row:
+                j += 1
+            self._to_row(tiles[i].row, emit)
+            group = range(i, j)
+
+            def work(channels: slice, group: range = group) -> None:
+                for g in group:
+                    self._accumulate(tiles[g], logits[g], channels, channels.start == 0)
+
+            parts = pool.ranges(self.channels) if pool is not None else [slice(0, self.channels)]
+            if pool is not None and len(parts) > 1:
+                pool.map(work, parts)
+            else:
+                work(slice(0, self.channels))
+            i = j
+
+    def _to_row(self, row: int, emit: Callable[[FinishedRows], None] | None) -> list[FinishedRows]:
+        if row < self._row:
+            raise ValueError(f"tile of row {row} arrived after row {self._row}: "
+                             "tiles must come in row-major order")
         finished = []
-        while tile.row > self._row:
+        while row > self._row:
             fin = self._advance(emit)
             if fin is not None:
                 finished.append(fin)
+        return finished
+
+    def _accumulate(self, tile: Tile, logits: np.ndarray, channels: slice, weights: bool) -> None:
+        """``sums[channels] += window * logits[channels]`` over the tile (and the weight sum)."""
         h, w = tile.height, tile.width
         wnd = self.window[:h, :w]
         rows = slice(tile.y - self._rows[self._row], tile.y - self._rows[self._row] + h)
         cols = slice(tile.x, tile.x + w)
-        self._acc[:, rows, cols] += logits[:, :h, :w] * wnd
-        self._wsum[rows, cols] += wnd
-        return finished
+        acc = self._acc[channels, rows, cols]
+        for k in range(acc.shape[0]):  # per channel: a [tile, tile] temporary, not [K, tile, tile]
+            acc[k] += logits[channels][k, :h, :w] * wnd
+        if weights:
+            self._wsum[rows, cols] += wnd
 
     def finish(self) -> FinishedRows:
         """Return the remaining rows (the last strip, to the bottom of the scene), as views."""

@@ -44,14 +44,16 @@ def _leftovers(parent: Path) -> list[str]:
 
 
 def _sink_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name in ("rsvl-writer", "rsvl-cog", "rsvl-reader")]
+    return [t.name for t in threading.enumerate()
+            if t.name in ("rsvl-writer", "rsvl-cog", "rsvl-reader") or t.name.startswith("rsvl-work")]
 
 
 needs_cog = pytest.mark.skipif(not out.cog_available(), reason="GDAL has no COG driver")
 
 
 # ----------------------------------------------------------------------------- writer thread
-def test_error_in_the_writer_thread_is_the_runs_error_and_nothing_is_left(tmp_path: Path,
+@pytest.mark.parametrize("pipeline", ["overlap", "serial"])
+def test_error_in_the_writer_thread_is_the_runs_error_and_nothing_is_left(tmp_path: Path, pipeline: str,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     opt, sar = _scene(tmp_path / "in", 1000, 160)  # 20 rows of 3 tiles
     real_write = out.GeoTiffRowWriter.write
@@ -66,8 +68,9 @@ def test_error_in_the_writer_thread_is_the_runs_error_and_nothing_is_left(tmp_pa
     monkeypatch.setattr(out.GeoTiffRowWriter, "write", failing)
     model = LinearModel(5)
     with pytest.raises(RuntimeError, match="^encoder broke$"):
-        _run(model, opt, sar, tmp_path / "out")
-    assert set(seen) == {"rsvl-writer"}  # the rows are written off the engine's thread
+        _run(model, opt, sar, tmp_path / "out", pipeline=pipeline)
+    if pipeline == "overlap":  # the rows are written off the engine's thread (by the writer's pool)
+        assert seen and "MainThread" not in seen and all(n.startswith("rsvl-work") for n in seen)
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
     assert sum(model.calls) < 40  # the engine stopped soon after (strip 1 of 20), not at the end
     assert _sink_threads() == []
@@ -142,8 +145,9 @@ def test_cog_is_encoded_once_from_a_raw_spool(tmp_path: Path, monkeypatch: pytes
     real_copy = rasterio.shutil.copy
 
     def counting_copy(src: Any, dst: Any, **kw: Any) -> Any:
-        with rasterio.open(src) as ds:  # what the COG driver is handed: the uncompressed spool
-            copies.append((Path(str(src)).name.split(".")[1], kw.get("driver"), ds.compression))
+        with rasterio.open(src) as ds:  # what the COG driver is handed: the uncompressed spool + levels
+            copies.append((Path(str(src)).name.split(".")[1], kw.get("driver"), ds.compression,
+                           len(ds.overviews(1))))
         return real_copy(src, dst, **kw)
 
     built: list[Any] = []
@@ -156,8 +160,9 @@ def test_cog_is_encoded_once_from_a_raw_spool(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(rasterio.shutil, "copy", counting_copy)
     monkeypatch.setattr(rasterio.io.DatasetWriter, "build_overviews", recording_build)
     res = _run(LinearModel(5), opt, sar, tmp_path / "out")
-    assert sorted(copies) == [("labels", "COG", None), ("scores", "COG", None)]  # one encode per raster
-    assert built == [None, None]
+    cogs = sorted(c for c in copies if c[1] == "COG")
+    assert cogs == [("labels", "COG", None, 1), ("scores", "COG", None, 1)]  # one encode per raster
+    assert built == []  # the levels were reduced while the rows were written: no pass over the raster
     assert "cog_write_s" in res.timings and "overviews_s" in res.timings
     d = tmp_path / "out"
     with rasterio.open(d / out.LABELS) as lab, rasterio.open(d / out.SCORES) as sc:

@@ -65,7 +65,7 @@ def _ort(bundle: Bundle, device: str, precision: str, threads: int | None) -> Se
     text = OrtSession(bundle.graph_file("text", text_precision), providers=providers, threads=threads)
     image = OrtSession(bundle.graph_file("image", precision), providers=providers, threads=threads)
     name = f"onnxruntime[{image.providers[0].replace('ExecutionProvider', '')}]"
-    return Sessions(text, image, name, precision)
+    return Sessions(text, image, name, precision, on_cpu=image.providers[0] == "CPUExecutionProvider")
 
 
 def _tensorrt(bundle: Bundle, precision: str, threads: int | None) -> Sessions:
@@ -89,7 +89,7 @@ def _tensorrt(bundle: Bundle, precision: str, threads: int | None) -> Sessions:
         text = OrtSession(bundle.graph_file("text", "fp32"), providers=default_providers("auto"), threads=threads)
     log.info("backend -> %s %s (%s%s)", eng.flavour, eng.version, eng.file,
              f", {text_eng.file}" if text_eng else ", text graph on ONNX Runtime")
-    return Sessions(text, image, "tensorrt", eng.precision)
+    return Sessions(text, image, "tensorrt", eng.precision, on_cpu=False)
 
 
 def load_sessions(bundle: Bundle, backend: str = "auto", precision: str = "auto",

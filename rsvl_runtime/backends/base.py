@@ -24,9 +24,12 @@ class Session(Protocol):
 
 @dataclass
 class Sessions:
-    """The text and image graph of a bundle, loaded on one backend."""
+    """The text and image graph of a bundle, loaded on one backend. ``on_cpu``: the image
+    graph computes on the CPU (then the scene runner's CPU stages run between its calls,
+    :mod:`rsvl_runtime.parallel`)."""
 
     text: Session
     image: Session
     backend: str
     precision: str
+    on_cpu: bool = True

@@ -76,4 +76,4 @@ def torch_sessions(bundle: Bundle, precision: str = "auto"):
         text_mod, image_mod = ReferringText(model), ReferringImage(model)
     return Sessions(TorchGraph(text_mod, ins["text"], outs["text"], device),
                     TorchGraph(image_mod, ins["image"], outs["image"], device, dtype),
-                    f"torch[{device}]", "fp16" if dtype else "fp32")
+                    f"torch[{device}]", "fp16" if dtype else "fp32", on_cpu=device == "cpu")
