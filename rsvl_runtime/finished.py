@@ -51,6 +51,7 @@ class FinishedRun:
     raster: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)
+    thumbnail: Any = None  # raw values [C, h, w] of the reference input, decimated while reading
 
     @property
     def labels_path(self) -> Path:

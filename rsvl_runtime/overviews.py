@@ -2,13 +2,15 @@
 that hands them to GDAL's COG driver.
 
 :class:`OverviewPyramid` receives each finished block of full-resolution rows (the row writer's
-512-row block, :class:`~rsvl_runtime.outputs.GeoTiffRowWriter`) and reduces it 2x2 level by level
-(:func:`reduce_average` for scores, :func:`reduce_mode` for labels and masks, nodata pixels
-ignored as GDAL's ``AVERAGE``/``MODE`` do; level ``n + 1`` from level ``n``, as GDAL computes
-successive levels), writing each level into its own uncompressed spool next to the raster
-(``<spool>.ov<factor>.tif``). A block row is a multiple of every factor up to the block size, so a
-block reduces on its own, with no state carried to the next one; levels above the block size
-(scenes over 131072 px on the long side) are reduced from the last level when the raster closes.
+512-row block, :class:`~rsvl_runtime.outputs.GeoTiffRowWriter`) and reduces it 2x2 level by
+level (:func:`reduce_average` for scores, :func:`reduce_mode` for labels and masks; level
+``n + 1`` from level ``n``, nodata ignored, as GDAL does), writing each level into its own spool
+next to the raster (``<spool>.ov<factor>.tif``, with the spool's creation options). The levels
+equal GDAL's ``build_overviews`` bit for bit where the raster size is a multiple of the factor
+(tested); elsewhere GDAL stretches its source windows over the whole width, ours stay f x f. A
+block row is a multiple of every factor up to the block size, so a block reduces on its own,
+with no state carried to the next one; levels above the block size (scenes over 131072 px on
+the long side) are reduced from the last level when the raster closes.
 
 :func:`write_overview_vrt` describes the full-resolution spool plus these levels as one VRT
 (``<Overview>`` per band), which the COG driver encodes with ``OVERVIEWS=FORCE_USE_EXISTING``.
@@ -37,7 +39,7 @@ RESAMPLINGS = ("average", "mode")
 __all__ = ["RESAMPLINGS", "OverviewPyramid", "reduce_average", "reduce_mode", "write_overview_vrt"]
 
 
-def _quads(rows: np.ndarray, nodata: int) -> list[np.ndarray]:  # noqa: D401
+def _quads(rows: np.ndarray, nodata: int) -> list[np.ndarray]:
     """The four pixels of each 2x2 group of ``rows [C, h, w]`` (odd edges padded with nodata):
     ``[top-left, top-right, bottom-left, bottom-right]``, each ``[C, ceil(h/2), ceil(w/2)]``."""
     c, h, w = rows.shape
@@ -48,36 +50,41 @@ def _quads(rows: np.ndarray, nodata: int) -> list[np.ndarray]:  # noqa: D401
     return [rows[:, 0::2, 0::2], rows[:, 0::2, 1::2], rows[:, 1::2, 0::2], rows[:, 1::2, 1::2]]
 
 
-def _pair_sum(rows: np.ndarray) -> np.ndarray:
-    """Sums of the 2x2 groups of even-sized ``rows [C, h, w]`` as uint16 (rows first: contiguous)."""
-    half = rows[:, 0::2].astype(np.uint16)
-    half += rows[:, 1::2]
+def _sum2x2(a: np.ndarray, dtype: Any) -> np.ndarray:
+    """Sums of the 2x2 groups of ``a [C, h, w]`` as ``dtype`` (odd edges padded with 0; rows
+    first: contiguous reads)."""
+    c, h, w = a.shape
+    if h % 2 or w % 2:
+        padded = np.zeros((c, h + h % 2, w + w % 2), a.dtype)
+        padded[:, :h, :w] = a
+        a = padded
+    half = a[:, 0::2].astype(dtype)
+    half += a[:, 1::2]
     return half[:, :, 0::2] + half[:, :, 1::2]
+
+
+def _mean(total: np.ndarray, count: np.ndarray | None, n: int, nodata: int) -> np.ndarray:
+    """``round(total / count)`` (half up) as uint8, nodata where nothing was counted; ``count``
+    None: every group counted ``n`` pixels."""
+    if count is None:
+        return ((total + n // 2) // n).astype(np.uint8)
+    out = ((total + n // 2) // n).astype(np.uint8)  # full groups; the others below
+    part = count < n
+    t, k = total[part], count[part].astype(total.dtype)
+    out[part] = np.where(k > 0, (t + k // 2) // np.maximum(k, 1), nodata).astype(np.uint8)
+    return out
 
 
 def reduce_average(rows: np.ndarray, nodata: int) -> np.ndarray:
     """2x2 mean of uint8 ``rows [C, h, w]`` over the pixels that are not ``nodata``, rounded half
-    up; a group of nodata only is nodata."""
+    up; a group of nodata only is nodata (GDAL's ``AVERAGE``, bit for bit)."""
     c, h, w = rows.shape
-    if h % 2 or w % 2:
-        padded = np.full((c, h + h % 2, w + w % 2), nodata, rows.dtype)
-        padded[:, :h, :w] = rows
-        rows = padded
-    total = _pair_sum(rows)
-    has_nodata = rows.min() == 0 if nodata == 0 else bool((rows == nodata).any())
-    if not has_nodata:  # the usual block: (sum + 2) / 4 as a shift
-        total += 2
-        total >>= 2
-        return total.astype(np.uint8)
-    ok = rows != nodata
-    count = _pair_sum(ok.view(np.uint8))
-    if nodata != 0:  # nodata pixels must not add to the sum
-        total -= _pair_sum((~ok).view(np.uint8)) * np.uint16(nodata)
-    out = ((total + 2) >> 2).astype(np.uint8)  # groups of 4 valid pixels; the others below
-    part = count < 4
-    n, t = count[part], total[part]
-    out[part] = np.where(n > 0, (t + n // 2) // np.maximum(n, 1), nodata).astype(np.uint8)
-    return out
+    has_nodata = (rows.min() == 0) if nodata == 0 else bool((rows == nodata).any())
+    values = rows if nodata == 0 or not has_nodata else np.where(rows != nodata, rows, 0).astype(np.uint8)
+    count = None
+    if has_nodata or h % 2 or w % 2:
+        count = _sum2x2((rows != nodata).view(np.uint8), np.uint8)
+    return _mean(_sum2x2(values, np.uint16), count, 4, nodata)
 
 
 def reduce_mode(rows: np.ndarray, nodata: int) -> np.ndarray:
@@ -86,7 +93,8 @@ def reduce_mode(rows: np.ndarray, nodata: int) -> np.ndarray:
     running count beats the best so far (so on a tie the value that reached the count first
     wins); a group of nodata only is nodata."""
     quads = _quads(rows, nodata)
-    valid = [(q != nodata) for q in quads] if bool((rows == nodata).any()) else None
+    padded = rows.shape[1] % 2 or rows.shape[2] % 2
+    valid = [(q != nodata) for q in quads] if padded or bool((rows == nodata).any()) else None
     best_v = np.full(quads[0].shape, nodata, np.uint8)
     best_n = np.zeros(quads[0].shape, np.uint8)
     for t, q in enumerate(quads):
@@ -146,7 +154,7 @@ class OverviewPyramid:
     def _level_profile(self, factor: int) -> dict[str, Any]:
         p = self.profile
         w, h = -(-int(p["width"]) // factor), -(-int(p["height"]) // factor)
-        keep = {k: v for k, v in p.items() if k not in ("compress", "zlevel", "NUM_THREADS", "photometric")}
+        keep = {k: v for k, v in p.items() if k not in ("zlevel", "photometric")}
         return {**keep, "width": w, "height": h, "transform": p["transform"] @ rasterio.Affine.scale(factor),
                 "tiled": True, "blockxsize": 512, "blockysize": 512, "BIGTIFF": "IF_SAFER"}
 
@@ -163,10 +171,11 @@ class OverviewPyramid:
         t0 = time.perf_counter()
         if y0 % self.block:
             raise ValueError(f"overview block at row {y0} is not aligned to {self.block} rows")
-        reduce = _REDUCE[self.resampling]
-        level = rows
-        for f in self.streamed:
-            level = reduce(level, self.nodata)
+        levels, level = [], rows
+        for _ in self.streamed:  # each level from the one below, as GDAL does
+            level = _REDUCE[self.resampling](level, self.nodata)
+            levels.append(level)
+        for f, level in zip(self.streamed, levels):
             self._ds[f].write(level, window=Window(0, y0 // f, level.shape[2], level.shape[1]))
         self.seconds += time.perf_counter() - t0
 

@@ -74,7 +74,7 @@ def write_preview(labels_path: PathLike, out_path: PathLike, colors: Sequence[Se
     """Render the preview of a labels raster and write it as PNG (atomically); returns the PNG bytes."""
     img = render_preview(read_decimated(labels_path, max_size), colors, class_names, fractions)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
+    img.save(buf, format="PNG")  # no optimize=True: it doubles the encode for ~nothing
     data = buf.getvalue()
     with atomic_open(out_path, "wb") as f:
         f.write(data)

@@ -127,41 +127,96 @@ class ReadStats:
         self.normalise_seconds = 0.0
 
 
-def _read_strip(ds: Any, src: ModalityInput, grid: TileGrid, row: int) -> np.ndarray:
-    y0, y1 = grid.strip_rows(row)
-    return read_window(ds, src.bands, Window(0, y0, grid.width, y1 - y0))
+class Decimated:
+    """A nearest-neighbour decimated copy of a raster, gathered from its rows as they are read
+    (GDAL's pixel-centre rule: output pixel ``i`` takes source pixel ``floor((i + 0.5) * n / m)``),
+    so the report's input thumbnail needs no second pass over the input. :attr:`values` is None
+    until every output row was seen (a resumed run reads only part of the scene)."""
+
+    def __init__(self, height: int, width: int, max_side: int) -> None:
+        scale = max(1.0, max(height, width) / max_side)
+        self.shape = (max(1, round(height / scale)), max(1, round(width / scale)))
+        self.src_rows = ((np.arange(self.shape[0]) + 0.5) * height / self.shape[0]).astype(np.int64)
+        self.src_cols = ((np.arange(self.shape[1]) + 0.5) * width / self.shape[1]).astype(np.int64)
+        self._out: np.ndarray | None = None
+        self._seen = np.zeros(self.shape[0], bool)
+
+    def add(self, y0: int, rows: np.ndarray) -> None:
+        """Rows ``[C, n, W]`` of the raster starting at row ``y0``."""
+        pick = np.nonzero((self.src_rows >= y0) & (self.src_rows < y0 + rows.shape[1]))[0]
+        if pick.size == 0:
+            return
+        if self._out is None:
+            self._out = np.zeros((rows.shape[0], *self.shape), rows.dtype)
+        self._out[:, pick] = rows[:, self.src_rows[pick] - y0][:, :, self.src_cols]
+        self._seen[pick] = True
+
+    @property
+    def values(self) -> np.ndarray | None:
+        return self._out if self._out is not None and self._seen.all() else None
 
 
-def _normalised_strip(datasets: Mapping[str, Any], sources: Sources, grid: TileGrid,
-                      row: int, stats: ReadStats | None = None,
-                      pool: WorkPool | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Read and normalise one strip of every modality; invalid pixels are set to 0. With a
-    ``pool`` the modalities are read at once (one dataset per worker) and the normalisation is
-    split into column ranges of :data:`NORMALIZE_COLUMNS` over its workers."""
-    pool = pool or WorkPool(1)
-    t0 = time.perf_counter()
-    mods = [(name, src) for name, src in (("optical", sources.optical), ("sar", sources.sar)) if src is not None]
-    raw = dict(zip([m[0] for m in mods], pool.map(lambda m: _read_strip(datasets[m[0]], m[1], grid, row), mods)))
-    valid = np.ones((grid.strip_height, grid.width), bool)
-    for name, src in mods:
-        valid &= valid_mask(raw[name], src.nodata)
-    t1 = time.perf_counter()
-    norm = {name: np.empty(values.shape, np.float32) for name, values in raw.items()}
-    invalid = None if valid.all() else ~valid
+class StripReader:
+    """Reads and normalises the strips of a scene (invalid pixels set to 0), in order.
 
-    def normalise(job: tuple[str, slice]) -> None:
-        name, cols = job
-        dst = norm[name][..., cols]
-        dst[...] = _normalise(name, raw[name][..., cols], sources)
-        if invalid is not None:
-            dst[:, invalid[:, cols]] = 0.0
+    Consecutive strips overlap (the tiles overlap): the rows a strip shares with the previous one
+    are copied from it, so each scene row is read and normalised once, not ``tile / stride``
+    times. With a ``pool`` the modalities are read at once (one dataset per worker) and the
+    normalisation is split into column ranges of :data:`NORMALIZE_COLUMNS` over its workers.
+    """
 
-    pool.map(normalise, [(name, slice(x0, x0 + NORMALIZE_COLUMNS)) for name in norm
-                         for x0 in range(0, grid.width, NORMALIZE_COLUMNS)])
-    if stats is not None:
-        stats.seconds += t1 - t0
-        stats.normalise_seconds += time.perf_counter() - t1
-    return valid, norm
+    def __init__(self, datasets: Mapping[str, Any], sources: Sources, grid: TileGrid,
+                 stats: ReadStats | None = None, pool: WorkPool | None = None,
+                 thumbnail: Decimated | None = None) -> None:
+        self.datasets, self.sources, self.grid, self.stats = datasets, sources, grid, stats
+        self.pool = pool or WorkPool(1)
+        self.thumbnail = thumbnail  # of the reference input (optical, else SAR): raw values
+        self.mods = [(name, src) for name, src in (("optical", sources.optical), ("sar", sources.sar))
+                     if src is not None]
+        self._prev: tuple[int, np.ndarray, dict[str, np.ndarray]] | None = None
+
+    def strip(self, row: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``valid [strip_height, W]`` and the normalised ``[C, strip_height, W]`` per modality."""
+        grid, pool = self.grid, self.pool
+        y0, y1 = grid.strip_rows(row)
+        keep = 0
+        if self._prev is not None:
+            py0, pvalid, _ = self._prev
+            keep = max(0, min(py0 + pvalid.shape[0], y1) - y0) if py0 <= y0 else 0
+        t0 = time.perf_counter()
+        window = Window(0, y0 + keep, grid.width, y1 - y0 - keep)
+        raw = dict(zip([m[0] for m in self.mods],
+                       pool.map(lambda m: read_window(self.datasets[m[0]], m[1].bands, window), self.mods)))
+        fresh = np.ones((y1 - y0 - keep, grid.width), bool)
+        for name, src in self.mods:
+            fresh &= valid_mask(raw[name], src.nodata)
+        if self.thumbnail is not None:
+            self.thumbnail.add(y0 + keep, raw[self.mods[0][0]])
+        t1 = time.perf_counter()
+        valid = np.empty((y1 - y0, grid.width), bool)
+        valid[keep:] = fresh
+        norm = {name: np.empty((values.shape[0], y1 - y0, grid.width), np.float32) for name, values in raw.items()}
+        if keep:
+            py0, pvalid, pnorm = self._prev  # type: ignore[misc]
+            valid[:keep] = pvalid[y0 - py0:y0 - py0 + keep]
+            for name in norm:
+                norm[name][:, :keep] = pnorm[name][:, y0 - py0:y0 - py0 + keep]
+        invalid = None if fresh.all() else ~fresh
+
+        def normalise(job: tuple[str, slice]) -> None:
+            name, cols = job
+            dst = norm[name][:, keep:, cols]
+            dst[...] = _normalise(name, raw[name][..., cols], self.sources)
+            if invalid is not None:
+                dst[:, invalid[:, cols]] = 0.0
+
+        pool.map(normalise, [(name, slice(x0, x0 + NORMALIZE_COLUMNS)) for name in norm
+                             for x0 in range(0, grid.width, NORMALIZE_COLUMNS)])
+        if self.stats is not None:
+            self.stats.seconds += t1 - t0
+            self.stats.normalise_seconds += time.perf_counter() - t1
+        self._prev = (y0, valid, norm)
+        return valid, norm
 
 
 def _normalise(name: str, values: np.ndarray, sources: Sources) -> np.ndarray:
@@ -209,10 +264,12 @@ class BatchBuilder:
 
 
 def iter_scene_items(sources: Sources, grid: TileGrid, batch: int, stats: ReadStats | None = None,
-                     start: int = 0, pool: WorkPool | None = None) -> Iterator[Strip | Batch]:
+                     start: int = 0, pool: WorkPool | None = None,
+                     thumbnail: Decimated | None = None) -> Iterator[Strip | Batch]:
     """Strips (validity masks) and batches of normalised tiles, in row-major tile order, from
     the tile of row-major index ``start`` (a resumed run); ``pool``: the workers that read,
-    normalise and copy the tiles (:mod:`rsvl_runtime.parallel`)."""
+    normalise and copy the tiles (:mod:`rsvl_runtime.parallel`); ``thumbnail``: gathers a
+    decimated copy of the reference input on the way (:class:`Decimated`)."""
     datasets = {}
     try:
         for name, src in (("optical", sources.optical), ("sar", sources.sar)):
@@ -222,8 +279,9 @@ def iter_scene_items(sources: Sources, grid: TileGrid, batch: int, stats: ReadSt
                                                    (("optical", sources.optical), ("sar", sources.sar))
                                                    if src is not None}, pool)
         n_cols = len(grid.col_offsets)
+        strips = StripReader(datasets, sources, grid, stats, pool, thumbnail)
         for row in range(start // n_cols, len(grid.row_offsets)):
-            valid, norm = _normalised_strip(datasets, sources, grid, row, stats, pool)
+            valid, norm = strips.strip(row)
             yield Strip(row, valid)
             for tile in grid.row_tiles(row)[max(0, start - row * n_cols):]:
                 full = builder.add(tile, norm)

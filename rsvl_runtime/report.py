@@ -291,26 +291,29 @@ def stretch_for_display(values: np.ndarray, valid: np.ndarray,
 
 
 def optical_thumbnail(path: PathLike, bands: Sequence[int], nodata: float | None,
-                      spec: Mapping[str, Any] | None = None, max_size: int = THUMBNAIL_PX) -> bytes:
+                      spec: Mapping[str, Any] | None = None, max_size: int = THUMBNAIL_PX,
+                      values: np.ndarray | None = None) -> bytes:
     """An RGBA PNG of the input: a decimated read (nearest, overviews used) at most ``max_size``
     px on the long side, percentile-stretched (:func:`stretch_for_display`), nodata transparent.
-    ``bands``: the 1-based raster bands in the bundle's order (``ModalityInput.bands``)."""
+    ``bands``: the 1-based raster bands in the bundle's order (``ModalityInput.bands``).
+    ``values``: that decimated read, already made (the scene runner gathers it while reading)."""
     from PIL import Image
     from rasterio.enums import Resampling
 
     from .raster_io import open_raster, valid_mask
 
-    with open_raster(path) as ds:
-        scale = max(1.0, max(ds.width, ds.height) / max_size)
-        shape = (max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
-        values = ds.read(indexes=list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+    if values is None:
+        with open_raster(path) as ds:
+            scale = max(1.0, max(ds.width, ds.height) / max_size)
+            shape = (max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
+            values = ds.read(indexes=list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
     valid = valid_mask(values, nodata)
     rgb = stretch_for_display(values[_display_bands(spec, len(bands))], valid)
     if rgb.shape[0] == 1:
         rgb = np.repeat(rgb, 3, axis=0)
     rgba = np.concatenate([rgb, (valid * 255).astype(np.uint8)[None]], axis=0).transpose(1, 2, 0)
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgba), "RGBA").save(buf, format="PNG", optimize=True)
+    Image.fromarray(np.ascontiguousarray(rgba), "RGBA").save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -322,7 +325,7 @@ def _run_thumbnail(run: FinishedRun) -> tuple[bytes | None, str]:
         return None, ""
     spec = run.sources.optical_spec if src is run.sources.optical else run.sources.sar_spec
     try:
-        png = optical_thumbnail(src.path, src.bands, src.nodata, spec)
+        png = optical_thumbnail(src.path, src.bands, src.nodata, spec, values=run.thumbnail)
     except Exception as e:  # noqa: BLE001 - a display nicety must never fail the run
         log.warning("report: no input thumbnail of %s (%s)", src.path, e)
         return None, ""

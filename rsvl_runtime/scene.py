@@ -59,6 +59,7 @@ from .preview import write_preview
 from .raster_io import pixel_area_m2
 from .reading import (
     Batch,
+    Decimated,
     InputHasher,
     Prefetcher,
     ReadStats,
@@ -174,6 +175,7 @@ class SceneRun:
         self.writers: SceneWriters | None = None
         self.hasher: InputHasher | None = None
         self.timings: dict[str, float] = {}
+        self.thumbnail: Decimated | None = None  # the report's input thumbnail, gathered while reading
         self._t_finalize = 0.0
 
     # ------------------------------------------------------------------ resume state
@@ -249,9 +251,9 @@ class SceneRun:
             self.timings = self._infer(w)
             resume.clear(self.txn.tmp)  # finalising is not resumable: a kill from here starts over
             self._t_finalize = time.perf_counter()
-            w.labels.close()  # read by the preview and the styling
-            if w.scores is not None:  # encoded while the class table, preview and styling are made
+            if w.scores is not None:  # the longest encode: started first, runs beside the rest
                 closing = out.BackgroundClose(w.scores)
+            w.labels.close()  # read by the preview and the styling
         except BaseException:
             for writer in w.writers:
                 writer.abort()
@@ -291,7 +293,10 @@ class SceneRun:
         predict_s = 0.0
         bar = tqdm(total=grid.n_tiles, initial=plan.first_tile, unit="tile", desc="tiles",
                    disable=not opts.progress, leave=False)
-        items = iter_scene_items(self.sources, grid, opts.batch, read_stats, plan.first_tile, pool)
+        from .report import THUMBNAIL_PX
+
+        self.thumbnail = Decimated(grid.height, grid.width, THUMBNAIL_PX)
+        items = iter_scene_items(self.sources, grid, opts.batch, read_stats, plan.first_tile, pool, self.thumbnail)
         reader = items if serial else Prefetcher(items, opts.prefetch)
         sink: SinkThread | InlineSink = InlineSink(blender) if serial else SinkThread(blender)
         try:
@@ -345,7 +350,8 @@ class SceneRun:
                           out_dir=self.out_dir, stage=w.stage, raster_name=self.spec.raster_name,
                           class_table=table, stats=w.stats, palette=palette, crs=crs,
                           transform=self.ref.transform, width=grid.width, height=grid.height,
-                          options=self.options, sources=self.sources, raster=raster, timings=timings)
+                          options=self.options, sources=self.sources, raster=raster, timings=timings,
+                          thumbnail=self.thumbnail.values if self.thumbnail is not None else None)
         if self.options.vector:
             from .vectors import write_vectors
 

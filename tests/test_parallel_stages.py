@@ -1,0 +1,205 @@
+"""The CPU stages of a scene run made cheaper (issue 14, item 3): the serial and overlap
+pipelines, work split over a pool, overviews reduced while writing (exactly GDAL's AVERAGE and
+MODE), the fast class argmax, the overlapping strips read once and the report's thumbnail
+gathered while reading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import Resampling
+
+from rsvl_runtime import outputs as out
+from rsvl_runtime.overviews import reduce_average, reduce_mode
+from rsvl_runtime.parallel import WorkPool, split_range
+from rsvl_runtime.postprocess import argmax_classes, labels_and_scores
+from rsvl_runtime.reading import Decimated
+from rsvl_runtime.scene import run_scene
+
+from ._runtime_rasters import OPTICAL_SPEC, SAR_SPEC, LinearModel, optical_array, sar_array, write_tif
+
+NAMES = ["water", "forest", "urban", "crop", "bare"]
+
+
+def _run(opt: Path, sar: Path | None, out_dir: Path, **kw: Any):  # type: ignore[no-untyped-def]
+    args: dict[str, Any] = {"class_names": NAMES, "optical_spec": OPTICAL_SPEC, "sar_spec": SAR_SPEC,
+                            "tile": 64, "overlap": 0.25, "batch": 4, "progress": False, "hash_inputs": False,
+                            "stac": False}
+    args.update(kw)
+    return run_scene(LinearModel(5), str(opt), None if sar is None else str(sar), out_dir, **args)
+
+
+def _scene(folder: Path, h: int, w: int, nodata_corner: bool = False) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    opt = optical_array(h, w)
+    if nodata_corner:  # a nodata triangle: overviews and labels must ignore it
+        yy, xx = np.mgrid[0:h, 0:w]
+        opt[:, yy + xx < min(h, w) // 3] = 0
+    return (write_tif(folder / "optical.tif", opt, nodata=0 if nodata_corner else None),
+            write_tif(folder / "sar.tif", sar_array(h, w)))
+
+
+# ----------------------------------------------------------------------------- the two pipelines
+@pytest.mark.parametrize("workers", [1, 3])
+def test_serial_and_overlap_pipelines_write_the_same_bytes(tmp_path: Path, workers: int) -> None:
+    opt, sar = _scene(tmp_path / "in", 300, 230, nodata_corner=True)
+    a = _run(opt, sar, tmp_path / "serial", pipeline="serial", workers=workers)
+    b = _run(opt, sar, tmp_path / "overlap", pipeline="overlap", workers=2)
+    for name in (out.LABELS, out.SCORES):
+        with rasterio.open(a.out_dir / name) as x, rasterio.open(b.out_dir / name) as y:
+            np.testing.assert_array_equal(x.read(), y.read())
+            for level in range(len(x.overviews(1))):
+                with rasterio.open(a.out_dir / name, overview_level=level) as xo, \
+                        rasterio.open(b.out_dir / name, overview_level=level) as yo:
+                    np.testing.assert_array_equal(xo.read(), yo.read())
+    ca = json.loads((a.out_dir / out.CLASSES).read_text())
+    cb = json.loads((b.out_dir / out.CLASSES).read_text())
+    assert ca == cb
+    da = json.loads((a.out_dir / out.DONE).read_text())
+    assert da["raster"]["pipeline"] == "serial" and da["timings"]["workers"] == float(workers)
+    assert json.loads((b.out_dir / out.DONE).read_text())["raster"]["pipeline"] == "overlap"
+
+
+def test_unknown_pipeline_and_bad_workers_are_refused(tmp_path: Path) -> None:
+    opt, sar = _scene(tmp_path / "in", 64, 64)
+    with pytest.raises(ValueError, match="--pipeline must be one of auto, serial, overlap"):
+        _run(opt, sar, tmp_path / "a", pipeline="threads")
+    with pytest.raises(ValueError, match="--workers must be a positive number"):
+        _run(opt, sar, tmp_path / "b", workers=0)
+
+
+def test_split_range_and_pool() -> None:
+    assert split_range(10, 3) == [slice(0, 3), slice(3, 6), slice(6, 10)]
+    assert split_range(10, 3, align=4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert split_range(2, 8) == [slice(0, 1), slice(1, 2)] and split_range(0, 4) == []
+    with WorkPool(3) as pool:
+        assert pool.map(lambda x: x * x, range(7)) == [0, 1, 4, 9, 16, 25, 36]
+        with pytest.raises(ZeroDivisionError):
+            pool.map(lambda x: 1 // x, [1, 0, 2])
+    assert WorkPool(1).map(str, [1, 2]) == ["1", "2"]
+
+
+# ----------------------------------------------------------------------------- overviews
+def _ref_average(x: np.ndarray, nd: int) -> np.ndarray:
+    c, h, w = x.shape
+    o = np.zeros((c, -(-h // 2), -(-w // 2)), np.uint8)
+    for k, i, j in np.ndindex(*o.shape):
+        v = [int(p) for p in x[k, 2 * i:2 * i + 2, 2 * j:2 * j + 2].ravel() if p != nd]
+        o[k, i, j] = nd if not v else (sum(v) + len(v) // 2) // len(v)
+    return o
+
+
+def _ref_mode(x: np.ndarray, nd: int) -> np.ndarray:
+    """GDAL's MODE: scan the group, the answer changes only when a count beats the best."""
+    c, h, w = x.shape
+    o = np.zeros((c, -(-h // 2), -(-w // 2)), np.uint8)
+    for k, i, j in np.ndindex(*o.shape):
+        best, best_n, counts = nd, 0, {}
+        for p in (int(p) for p in x[k, 2 * i:2 * i + 2, 2 * j:2 * j + 2].ravel() if p != nd):
+            counts[p] = counts.get(p, 0) + 1
+            if counts[p] > best_n:
+                best, best_n = p, counts[p]
+        o[k, i, j] = best
+    return o
+
+
+def test_reductions_match_a_pixel_by_pixel_reference() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        h, w = (int(v) for v in rng.integers(1, 11, 2))
+        labels = rng.integers(0, 4, (2, h, w), dtype=np.uint8)
+        np.testing.assert_array_equal(reduce_mode(labels, 3), _ref_mode(labels, 3))
+        np.testing.assert_array_equal(reduce_mode(labels, 255), _ref_mode(labels, 255))
+        scores = (rng.integers(0, 6, (2, h, w)) * 50).astype(np.uint8)
+        np.testing.assert_array_equal(reduce_average(scores, 0), _ref_average(scores, 0))
+        np.testing.assert_array_equal(reduce_average(scores, 250), _ref_average(scores, 250))
+    # ties: GDAL keeps the value that reached the count first
+    assert reduce_mode(np.array([[[2, 1], [1, 2]]], np.uint8), 255)[0, 0, 0] == 1
+    assert reduce_mode(np.array([[[2, 0], [2, 0]]], np.uint8), 255)[0, 0, 0] == 2
+    assert reduce_mode(np.array([[[255, 255], [255, 255]]], np.uint8), 255)[0, 0, 0] == 255
+
+
+@pytest.mark.skipif(not out.cog_available(), reason="GDAL has no COG driver")
+def test_streamed_overviews_equal_gdal_build_overviews(tmp_path: Path) -> None:
+    """Every level of the COG (reduced while writing) equals what GDAL's build_overviews makes of
+    the same full-resolution pixels (the plain layout): AVERAGE and MODE, nodata included."""
+    # 3 blocks (the last one short), levels 2, 4, 8; sizes multiples of 8: GDAL stretches its
+    # source windows where a size is not a multiple of the factor, ours stay f x f
+    opt, sar = _scene(tmp_path / "in", 1096, 528, nodata_corner=True)
+    a = _run(opt, sar, tmp_path / "cog", cog=True)
+    b = _run(opt, sar, tmp_path / "plain", cog=False)
+    for name in (out.LABELS, out.SCORES):
+        with rasterio.open(a.out_dir / name) as x, rasterio.open(b.out_dir / name) as y:
+            assert x.overviews(1) == y.overviews(1) == out.overview_factors(528, 1096) == [2, 4, 8]
+            np.testing.assert_array_equal(x.read(), y.read())
+            assert (x.read(1) == x.nodata).any()  # the nodata corner is in the test
+        for level in range(3):
+            with rasterio.open(a.out_dir / name, overview_level=level) as xo, \
+                    rasterio.open(b.out_dir / name, overview_level=level) as yo:
+                np.testing.assert_array_equal(xo.read(), yo.read(), err_msg=f"{name} level {level}")
+    leftovers = [p.name for p in a.out_dir.iterdir() if ".ov" in p.name or p.suffix == ".vrt"]
+    assert leftovers == []  # the level files and the VRT are gone
+
+
+# ----------------------------------------------------------------------------- labels and scores
+def test_argmax_classes_equals_numpy_argmax_with_ties_and_nan() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 3, (6, 40, 50)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(argmax_classes(x), x.argmax(axis=0).astype(np.uint8))
+    x[2, 5, 5] = np.nan
+    np.testing.assert_array_equal(argmax_classes(x), x.argmax(axis=0).astype(np.uint8))
+    one = rng.normal(size=(1, 3, 4)).astype(np.float32)
+    assert (argmax_classes(one) == 0).all()
+
+
+def test_in_place_scores_equal_the_copying_path() -> None:
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 4, (5, 30, 40)).astype(np.float32)
+    valid = rng.random((30, 40)) > 0.1
+    ref_labels, ref_scores = labels_and_scores(logits, valid, True)
+    labels, scores = labels_and_scores(logits.copy(), valid, True, inplace=True)
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_array_equal(scores, ref_scores)
+    probs = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
+    expect = np.clip(np.rint(probs * 255), 1, 255).astype(np.uint8)
+    expect[:, ~valid] = 0
+    np.testing.assert_array_equal(scores, expect)
+
+
+# ----------------------------------------------------------------------------- reading
+def test_decimated_copy_equals_gdals_nearest_read(tmp_path: Path) -> None:
+    path = write_tif(tmp_path / "o.tif", optical_array(700, 1300))
+    with rasterio.open(path) as ds:
+        d = Decimated(ds.height, ds.width, 512)
+        for y in range(0, ds.height, 192):  # in strips, as the reader goes
+            d.add(y, ds.read(window=((y, min(y + 256, ds.height)), (0, ds.width))))
+        ref = ds.read(out_shape=(3, *d.shape), resampling=Resampling.nearest)
+    assert d.shape == (276, 512)
+    np.testing.assert_array_equal(d.values, ref)
+    part = Decimated(700, 1300, 512)
+    part.add(0, np.zeros((3, 100, 1300), np.uint8))
+    assert part.values is None  # incomplete (a resumed run): the report reads the input instead
+
+
+def test_report_thumbnail_comes_from_the_read_not_a_second_pass(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from rsvl_runtime import report
+
+    opt, sar = _scene(tmp_path / "in", 200, 180)
+    seen: list[Any] = []
+    real = report.optical_thumbnail
+
+    def spy(*a: Any, **k: Any) -> bytes:
+        seen.append(k.get("values"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(report, "optical_thumbnail", spy)
+    _run(opt, sar, tmp_path / "out")
+    assert len(seen) == 1 and seen[0] is not None and seen[0].shape == (3, 200, 180)
+    with rasterio.open(opt) as ds:
+        np.testing.assert_array_equal(seen[0], ds.read())  # small scene: the decimated copy is the scene
