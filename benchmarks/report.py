@@ -222,10 +222,12 @@ def markdown(doc: dict[str, Any]) -> str:
                   ("`end-to-end / engine` < 1 is the cost of IO, normalisation, blending and writing "
                   "(tiles overlap, so a scene has more tiles than area / tile²)."), ""]
         if stage_rows:
-            lines += ["Where the time went (seconds; read and normalise run in the reader thread, blend, "
-                      "class decision and write in the writer thread, overlapping the engine; `wait`: the "
-                      "engine's thread waiting for the writer thread; `COG`: the one encode of each raster, "
-                      "overviews included):", "",
+            lines += ["Where the time went (seconds; with a CPU engine the serial pipeline runs read, "
+                      "normalise, blend, class decision and write between engine calls, split over every "
+                      "core; with a GPU engine the overlap pipeline runs them in a reader and a writer "
+                      "thread beside it, and `wait` is the engine's thread waiting for the writer; "
+                      "`overviews`: the levels reduced while writing (a COG; part of `write`); `COG`: the "
+                      "one encode of each raster):", "",
                       _md_table(["engine", "scene"] + [h for _, h in SCENE_STAGES], stage_rows), ""]
     return "\n".join(lines) + "\n"
 

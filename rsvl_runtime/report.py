@@ -53,7 +53,7 @@ TIMING_LABELS: dict[str, tuple[str, str]] = {
     "write_s": ("Writing rasters", "s"),
     "inference_s": ("Tile loop (read, infer, blend, write)", "s"),
     "rasters_finalize_s": ("Finalising rasters (overviews, COG)", "s"),
-    "overviews_s": ("Building overviews", "s"),
+    "overviews_s": ("Building overviews (a COG: while writing)", "s"),
     "cog_write_s": ("Encoding the COGs (deflate, once)", "s"),
     "reports_s": ("Writing reports", "s"),
     "total_s": ("Total", "s"),
