@@ -203,3 +203,33 @@ def test_report_thumbnail_comes_from_the_read_not_a_second_pass(tmp_path: Path,
     assert len(seen) == 1 and seen[0] is not None and seen[0].shape == (3, 200, 180)
     with rasterio.open(opt) as ds:
         np.testing.assert_array_equal(seen[0], ds.read())  # small scene: the decimated copy is the scene
+
+
+@pytest.mark.parametrize("resampling", ["average", "mode"])
+def test_pyramid_levels_above_the_block_come_from_the_last_streamed_level(tmp_path: Path, resampling: str) -> None:
+    """Levels up to the block size are reduced block by block; bigger factors (scenes over
+    131072 px with 512-row blocks) when the raster closes — the same cascade either way."""
+    from rasterio.transform import from_origin
+
+    from rsvl_runtime.overviews import OverviewPyramid
+
+    rng = np.random.default_rng(4)
+    h, w, nodata = 37, 50, 0 if resampling == "average" else 255
+    data = rng.integers(1, 5, (2, h, w), dtype=np.uint8) * 40
+    data[:, :5, :7] = nodata
+    profile = {"driver": "GTiff", "width": w, "height": h, "count": 2, "dtype": "uint8", "nodata": nodata,
+               "crs": "EPSG:32633", "transform": from_origin(0, 0, 1, 1)}
+    pyr = OverviewPyramid(tmp_path / "base.tif", profile, [2, 4, 8, 16], resampling, block=4)
+    assert pyr.streamed == [2, 4]
+    for y in range(0, h, 4):
+        pyr.add(y, data[:, y:y + 4])
+    pyr.close()
+    reduce = reduce_average if resampling == "average" else reduce_mode
+    level = data
+    for f, path in zip([2, 4, 8, 16], pyr.paths):
+        level = reduce(level, nodata)
+        with rasterio.open(path) as ds:
+            assert ds.shape == (-(-h // f), -(-w // f))
+            np.testing.assert_array_equal(ds.read(), level, err_msg=f"factor {f}")
+    pyr.remove()
+    assert not any(p.exists() for p in pyr.paths)
