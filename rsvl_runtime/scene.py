@@ -255,6 +255,8 @@ class SceneRun:
                 closing = out.BackgroundClose(w.scores)
             w.labels.close()  # read by the preview and the styling
         except BaseException:
+            if closing is not None:  # the scores' encode must stop using its file first
+                closing.wait(raise_error=False)
             for writer in w.writers:
                 writer.abort()
             raise
