@@ -30,6 +30,7 @@ result stays untouched until then; :func:`is_complete` tells a finished folder f
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import tempfile
@@ -158,21 +159,20 @@ SPOOL_CREATION = {"compress": "zstd", "zstd_level": 1, "interleave": "band", "NU
 
 def spool_creation() -> dict[str, Any]:
     """:data:`SPOOL_CREATION`, without the compression where GDAL's GTiff driver has no ZSTD."""
-    global _ZSTD
-    if _ZSTD is None:
-        from rasterio.io import MemoryFile
-
-        try:
-            with MemoryFile() as mem, mem.open(driver="GTiff", width=1, height=1, count=1, dtype="uint8",
-                                               compress="zstd") as ds:
-                ds.write(np.zeros((1, 1, 1), np.uint8))
-            _ZSTD = True
-        except Exception:  # noqa: BLE001 - any refusal means no ZSTD here
-            _ZSTD = False
-    return dict(SPOOL_CREATION) if _ZSTD else {"interleave": "band"}
+    return dict(SPOOL_CREATION) if _gtiff_has_zstd() else {"interleave": "band"}
 
 
-_ZSTD: bool | None = None
+@functools.cache
+def _gtiff_has_zstd() -> bool:
+    from rasterio.io import MemoryFile
+
+    try:
+        with MemoryFile() as mem, mem.open(driver="GTiff", width=1, height=1, count=1, dtype="uint8",
+                                           compress="zstd") as ds:
+            ds.write(np.zeros((1, 1, 1), np.uint8))
+        return True
+    except Exception:  # noqa: BLE001 - any refusal means no ZSTD here
+        return False
 
 
 def cog_available() -> bool:

@@ -24,6 +24,7 @@ memory, overviews cost a few numpy passes inside the loop, spread over the run's
 from __future__ import annotations
 
 import os
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,8 +167,6 @@ class OverviewPyramid:
     def add(self, y0: int, rows: np.ndarray) -> None:
         """Reduce the full-resolution rows ``[C, n, W]`` starting at scene row ``y0`` (a multiple
         of the block) into every streamed level."""
-        import time
-
         t0 = time.perf_counter()
         if y0 % self.block:
             raise ValueError(f"overview block at row {y0} is not aligned to {self.block} rows")
@@ -187,8 +186,6 @@ class OverviewPyramid:
 
     def close(self) -> None:
         """Close the streamed levels and reduce the ones above the block size from the last."""
-        import time
-
         for ds in self._ds.values():
             ds.close()
         self._ds = {}

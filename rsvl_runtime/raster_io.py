@@ -365,6 +365,13 @@ def decimated_shape(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, math.ceil(height / step)), max(1, math.ceil(width / step))
 
 
+def scaled_shape(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """The size of ``height x width`` scaled (by any factor >= 1) to <= ``max_side`` on the long
+    side: the report's input thumbnail, read by GDAL or gathered while reading."""
+    scale = max(1.0, max(height, width) / max_side)
+    return max(1, round(height / scale)), max(1, round(width / scale))
+
+
 def read_decimated(src: ModalityInput, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour read of the bands of ``src`` at ``shape`` (GDAL reads the raster's
     overviews when it has them, so a COG costs one overview level, not the full raster)."""

@@ -38,6 +38,7 @@ from .raster_io import (
     open_raster,
     prepare_input,
     read_window,
+    scaled_shape,
     valid_mask,
     with_stretch_limits,
 )
@@ -134,8 +135,7 @@ class Decimated:
     until every output row was seen (a resumed run reads only part of the scene)."""
 
     def __init__(self, height: int, width: int, max_side: int) -> None:
-        scale = max(1.0, max(height, width) / max_side)
-        self.shape = (max(1, round(height / scale)), max(1, round(width / scale)))
+        self.shape = scaled_shape(height, width, max_side)
         self.src_rows = ((np.arange(self.shape[0]) + 0.5) * height / self.shape[0]).astype(np.int64)
         self.src_cols = ((np.arange(self.shape[1]) + 0.5) * width / self.shape[1]).astype(np.int64)
         self._out: np.ndarray | None = None

@@ -300,12 +300,11 @@ def optical_thumbnail(path: PathLike, bands: Sequence[int], nodata: float | None
     from PIL import Image
     from rasterio.enums import Resampling
 
-    from .raster_io import open_raster, valid_mask
+    from .raster_io import open_raster, scaled_shape, valid_mask
 
     if values is None:
         with open_raster(path) as ds:
-            scale = max(1.0, max(ds.width, ds.height) / max_size)
-            shape = (max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
+            shape = scaled_shape(ds.height, ds.width, max_size)
             values = ds.read(indexes=list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
     valid = valid_mask(values, nodata)
     rgb = stretch_for_display(values[_display_bands(spec, len(bands))], valid)

@@ -128,7 +128,7 @@ class _BundleModel:
         tile = int(opts.pop("tile", None) or self.tile)
         overlap = opts.pop("overlap", None)
         if opts.get("pipeline") in (None, "auto"):  # CPU stages between the calls of a CPU engine
-            opts["pipeline"] = "serial" if getattr(self.sessions, "on_cpu", True) else "overlap"
+            opts["pipeline"] = "serial" if self.sessions.on_cpu else "overlap"
         return SceneOptions.from_kwargs(tile=tile, overlap=self.overlap if overlap is None else float(overlap),
                                         **kwargs, **opts)
 

@@ -237,9 +237,6 @@ class RowAccumulator:
         """
         if self._done:
             raise RuntimeError("RowAccumulator.finish() was already called")
-        if tile.row < self._row:
-            raise ValueError(f"tile of row {tile.row} arrived after row {self._row}: "
-                             "tiles must come in row-major order")
         finished = self._to_row(tile.row, emit)
         self._accumulate(tile, logits, slice(None), True)
         return finished
