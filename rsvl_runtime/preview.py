@@ -17,6 +17,7 @@ from rasterio.enums import Resampling
 from .colours import palette_lut
 from .files import atomic_open
 from .outputs import LABEL_NODATA, file_mode
+from .raster_io import scaled_shape
 
 PathLike = str | os.PathLike[str]
 
@@ -24,10 +25,9 @@ PathLike = str | os.PathLike[str]
 def read_decimated(path: PathLike, max_size: int = 1024) -> np.ndarray:
     """Band 1 of a raster at most ``max_size`` px on the long side (nearest; uses overviews)."""
     with rasterio.open(path) as ds:
-        scale = max(ds.width, ds.height) / max_size
-        if scale <= 1:
+        shape = scaled_shape(ds.height, ds.width, max_size)
+        if shape == ds.shape:
             return ds.read(1)
-        shape = (max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
         return ds.read(1, out_shape=shape, resampling=Resampling.nearest)
 
 
