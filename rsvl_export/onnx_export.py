@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from .attention_export import sdpa_attention as _sdpa_form
+from .pixel_attention_export import QUERY_CHUNK, chunked_pixel_attention
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ class ExportResult:
     #: module paths of the ``nn.MultiheadAttention`` modules swapped for the SDPA form during the
     #: export (:mod:`rsvl_export.attention_export`; modules the graph does not reach included)
     sdpa_attention: list[str] = field(default_factory=list)
+    #: module paths of the pixel self-attention layers exported in query chunks
+    #: (:mod:`rsvl_export.pixel_attention_export`)
+    chunked_attention: list[str] = field(default_factory=list)
 
     @property
     def needs_parity_check(self) -> bool:
@@ -479,6 +483,7 @@ def export_onnx(
     allow_legacy_fallback: bool = True,
     check_runtime: bool = True,
     sdpa_attention: bool = True,
+    attention_chunk: int = QUERY_CHUNK,
 ) -> ExportResult:
     """Export ``module`` to a single ONNX file at ``path`` and check the written graph.
 
@@ -503,6 +508,9 @@ def export_onnx(
         sdpa_attention: export open_clip's ``nn.MultiheadAttention`` blocks in the SDPA form that
             ONNX Runtime's attention fusions match (:func:`rsvl_export.attention_export.sdpa_attention`;
             the module is swapped only during the export and compared with its original eager output).
+        attention_chunk: query rows per chunk of CADFormer's pixel self-attention in the graph
+            (:func:`rsvl_export.pixel_attention_export.chunked_pixel_attention`), so that ONNX
+            Runtime never holds the full ``N x N`` scores.
 
     Raises:
         ExportError: bad arguments (unknown names, size-1 dynamic example, opset < 17), both
@@ -533,6 +541,7 @@ def export_onnx(
     # open_clip's attention in the form ORT's fusions match, only while exporting (eager ref above)
     swaps = ExitStack()
     swapped = swaps.enter_context(_sdpa_form(module, enabled=sdpa_attention))
+    chunked = swaps.enter_context(chunked_pixel_attention(module, attention_chunk))
     try:
         with torch.no_grad():
             torch.onnx.export(
@@ -615,6 +624,7 @@ def export_onnx(
         op_counts=counts, dynamic_axes=dynamic_axes, dim_ranges=dim_ranges,
         layer_norm_nodes=n_ln_nodes, example_max_abs=example_max_abs, dynamic_probe=probe,
         dynamo_error=dynamo_error, metadata=meta, sdpa_attention=list(swapped.swapped),
+        chunked_attention=list(chunked),
     )
     log.info("exported %s (%s, opset %d) in %.1f s, %.1f MB, %d nodes%s", path.name, exporter, got_opset,
              seconds, result.bytes / 1e6, result.node_count,

@@ -114,6 +114,7 @@ def load_model(opts: ExportOptions) -> tuple[nn.Module, dict[str, Any]]:
     """
     from rsvl_runtime.files import sha256_file
     from rsvl_train.checkpoint import (
+        RANDOM_INIT_SEED,
         checkpoint_paths,
         load_checkpoint,
         load_default,
@@ -160,7 +161,9 @@ def load_model(opts: ExportOptions) -> tuple[nn.Module, dict[str, Any]]:
         sources = [{**load_pretrained(model, p).to_dict(), "sha256": sha256_file(weights_file(p))} for p in pretrained]
         return model, {"source": "pretrained", "trained": False, "pretrained": sources}
     model, trained = load_default(opts.model, **overrides)
-    return model, {"source": "registry-default" if trained else "random-init", "trained": trained}
+    if trained:
+        return model, {"source": "registry-default", "trained": True}
+    return model, {"source": "random-init", "trained": False, "seed": RANDOM_INIT_SEED}
 
 
 def _versions() -> dict[str, str]:

@@ -49,6 +49,7 @@ from rasterio.windows import Window
 
 from .files import atomic_write_text
 from .overviews import OverviewPyramid, write_overview_vrt
+from .parallel import WorkPool
 from .transaction import DISK_RESERVE_BYTES, disk_full, no_space_error
 
 PathLike = str | os.PathLike[str]
@@ -212,6 +213,11 @@ class GeoTiffRowWriter:
     plain: GDAL's ``build_overviews`` in :meth:`close`) and, for a COG, ``cog_write_s`` (the one
     encode).
 
+    ``pool`` (settable: :attr:`pool`): a :class:`~rsvl_runtime.parallel.WorkPool` over which a
+    finished block row is split: the full-resolution write runs beside the overview reduction,
+    which is itself split by bands (GDAL writes and numpy loops release the GIL; each dataset is
+    used by one thread at a time).
+
     :meth:`checkpoint` makes the rows written so far durable (a valid TIFF on disk) and returns
     the crc32 of the rows of the open block row; ``resume=(rows, crc)`` reopens such a file and
     continues after its first ``rows`` rows (ValueError when the file does not match). A flush
@@ -223,8 +229,9 @@ class GeoTiffRowWriter:
                  overview_resampling: Resampling = Resampling.mode, cog: bool | None = None,
                  block: int = BLOCK, zlevel: int = 6, resume: tuple[int, int] | None = None,
                  colormap: Mapping[int, Sequence[int]] | None = None,
-                 scales: Sequence[float] | None = None) -> None:
+                 scales: Sequence[float] | None = None, pool: WorkPool | None = None) -> None:
         self.path = Path(path)
+        self.pool = pool
         self.width, self.height, self.count, self.block = width, height, count, block
         self.overview_resampling = overview_resampling
         self.cog = cog_available() if cog is None else (cog and cog_available())
@@ -326,9 +333,15 @@ class GeoTiffRowWriter:
             return
         if self._buf_y0 + self._filled > self.height:
             raise ValueError(f"more rows written than the raster's height {self.height}")
-        self._write(self._filled)
-        if self._pyramid is not None:
-            self._pyramid.add(self._buf_y0, self._buf[:, :self._filled])
+        n, y0, pool = self._filled, self._buf_y0, self.pool
+        if self._pyramid is None:
+            self._write(n)
+        elif pool is None or pool.workers < 2:
+            self._write(n)
+            self._pyramid.add(y0, self._buf[:, :n])
+        else:  # the full-resolution write beside the band-split overview reduction
+            pyramid = self._pyramid
+            pool.map(lambda job: job(), [lambda: self._write(n), lambda: pyramid.add(y0, self._buf[:, :n], pool)])
         self._buf_y0 += self._filled
         self.rows_written = self._buf_y0
         self._filled = 0

@@ -35,6 +35,8 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
+from .parallel import WorkPool
+
 RESAMPLINGS = ("average", "mode")
 
 __all__ = ["RESAMPLINGS", "OverviewPyramid", "reduce_average", "reduce_mode", "write_overview_vrt"]
@@ -164,16 +166,24 @@ class OverviewPyramid:
             return rasterio.open(self.path(factor), "w", **self._level_profile(factor))
         return rasterio.open(self.path(factor), "r+")
 
-    def add(self, y0: int, rows: np.ndarray) -> None:
+    def add(self, y0: int, rows: np.ndarray, pool: WorkPool | None = None) -> None:
         """Reduce the full-resolution rows ``[C, n, W]`` starting at scene row ``y0`` (a multiple
-        of the block) into every streamed level."""
+        of the block) into every streamed level; ``pool``: split the bands over its workers
+        (each band reduces on its own, so the levels are the same)."""
         t0 = time.perf_counter()
         if y0 % self.block:
             raise ValueError(f"overview block at row {y0} is not aligned to {self.block} rows")
-        levels, level = [], rows
-        for _ in self.streamed:  # each level from the one below, as GDAL does
-            level = _REDUCE[self.resampling](level, self.nodata)
-            levels.append(level)
+
+        def reduce(bands: slice) -> list[np.ndarray]:
+            levels, level = [], rows[bands]
+            for _ in self.streamed:  # each level from the one below, as GDAL does
+                level = _REDUCE[self.resampling](level, self.nodata)
+                levels.append(level)
+            return levels
+
+        parts = pool.ranges(rows.shape[0]) if pool is not None else [slice(None)]
+        split = pool.map(reduce, parts) if pool is not None else [reduce(parts[0])]
+        levels = split[0] if len(split) == 1 else [np.concatenate(ls) for ls in zip(*split)]
         for f, level in zip(self.streamed, levels):
             self._ds[f].write(level, window=Window(0, y0 // f, level.shape[2], level.shape[1]))
         self.seconds += time.perf_counter() - t0

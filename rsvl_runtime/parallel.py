@@ -52,7 +52,12 @@ class WorkPool:
     """``workers`` threads for data-parallel numpy/GDAL work; ``workers=1`` runs inline.
 
     :meth:`map` runs ``fn`` over the items and returns the results in order; the first exception
-    of a task is raised in the caller. Use as a context manager or call :meth:`close`.
+    of a task is raised in the caller, after every task of the call has finished or been
+    withdrawn. The caller runs the first item itself, and then every item no worker has started
+    yet, so a task may call :meth:`map` again (a writer splitting its own work while the other
+    writer runs) without ever waiting for a queued task: nested calls cannot deadlock, and with
+    every worker busy they simply run in the calling thread. Use as a context manager or call
+    :meth:`close`.
     """
 
     def __init__(self, workers: int | None = None) -> None:
@@ -65,7 +70,24 @@ class WorkPool:
         items = list(items)
         if self._pool is None or len(items) < 2:
             return [fn(item) for item in items]
-        return list(self._pool.map(fn, items))
+        futures = [self._pool.submit(fn, item) for item in items[1:]]
+        results: list[Any] = []
+        error: BaseException | None = None
+        for i, item in enumerate(items):
+            if error is not None:  # withdraw what has not started; wait for what has
+                if i and not futures[i - 1].cancel():
+                    futures[i - 1].exception()
+                continue
+            try:
+                if i == 0 or futures[i - 1].cancel():  # not started by a worker: run it here
+                    results.append(fn(item))
+                else:
+                    results.append(futures[i - 1].result())
+            except BaseException as e:  # noqa: BLE001 - re-raised below, once the call is settled
+                error = e
+        if error is not None:
+            raise error
+        return results
 
     def ranges(self, n: int, align: int = 1) -> Sequence[slice]:
         """``range(n)`` split into one contiguous slice per worker (:func:`split_range`)."""

@@ -145,6 +145,8 @@ class RowSink:
         self.valids = valids  # strip index -> [strip_height, W] validity, filled by the reader
         self.chunk = max(1, POSTPROCESS_ELEMENTS // (channels * width))
         self.pool = pool or WorkPool(1)
+        for w in writers.writers:  # each writer splits its own block (write beside overviews, bands)
+            w.pool = self.pool
         self.postprocess_s = 0.0
         self.write_s = 0.0
 

@@ -109,9 +109,16 @@ def default_weights(config: dict[str, Any]) -> Path | None:
 WEIGHT_INDEPENDENT_KEYS = frozenset({"tile_size", "default_weights", "name", "train_tile_size", "modality_dropout"})
 
 
+#: seed of the random initialisation of a registry model without trained weights
+#: (:func:`load_default`): two exports of the same untrained model hold the same weights, so
+#: their parity gates and benchmarks give the same numbers
+RANDOM_INIT_SEED = 0
+
+
 def load_default(name: str, **overrides: Any) -> tuple[nn.Module, bool]:
     """Registry model with its shipped trained weights when it has them.
-    Returns ``(model, trained)``; logs a warning when the weights are random."""
+    Returns ``(model, trained)``; logs a warning when the weights are random (drawn with
+    :data:`RANDOM_INIT_SEED`, so every call builds the same model)."""
     config = get_model_config(name, **overrides)
     ckpt = default_weights(config)
     if ckpt is not None:
@@ -123,7 +130,9 @@ def load_default(name: str, **overrides: Any) -> tuple[nn.Module, bool]:
                         "so the weights are random/ImageNet-initialised — train this variant with rsvl-train",
                         name, ", ".join(diff))
             ckpt = None
-    model = create_model_from_config(config, checkpoint=ckpt)
+    with torch.random.fork_rng():  # untrained weights are the same on every export (and the caller's RNG is kept)
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = create_model_from_config(config, checkpoint=ckpt)
     if ckpt is None:
         log.warning("%s: no trained weights shipped for this model; exporting random/ImageNet-initialised "
                     "weights — pass --checkpoint runs/NAME/best.safetensors from rsvl-train", name)

@@ -139,3 +139,21 @@ def test_shipped_weights_still_fit_their_config() -> None:
     diff = sorted(k for k in set(shipped) | set(config)
                   if k not in WEIGHT_INDEPENDENT_KEYS and shipped.get(k) != config.get(k))
     assert diff == [], json.dumps({k: [shipped.get(k), config.get(k)] for k in diff})
+
+
+def test_untrained_registry_model_is_reproducible() -> None:
+    """A registry model without shipped weights is drawn with a fixed seed: two loads (two
+    exports) hold the same weights, and the caller's RNG is left as it was."""
+    import torch
+
+    from rsvl_train.checkpoint import load_default
+
+    torch.manual_seed(7)
+    before = torch.random.get_rng_state()
+    a, trained_a = load_default("cadformer-tiny")
+    assert torch.equal(torch.random.get_rng_state(), before)
+    b, _ = load_default("cadformer-tiny")
+    assert trained_a is False
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -84,6 +84,44 @@ def test_split_range_and_pool() -> None:
     assert WorkPool(1).map(str, [1, 2]) == ["1", "2"]
 
 
+def test_nested_pool_maps_do_not_deadlock_and_errors_wait_for_started_tasks() -> None:
+    """Every task of a 2-worker pool calls map again (all workers busy, their inner items queued):
+    the callers run the queued items themselves instead of waiting for them."""
+    import threading
+    import time
+
+    pool = WorkPool(2)
+    barrier = threading.Barrier(2, timeout=10)
+
+    def outer(x: int) -> list[int]:
+        barrier.wait()  # both workers (the caller and one thread) are inside a task at once
+        return pool.map(lambda y: x * 10 + y, range(3))
+
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(pool.map(outer, [1, 2])), daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "nested WorkPool.map deadlocked"
+    assert got == [[[10, 11, 12], [20, 21, 22]]]
+
+    finished: list[int] = []
+    started = threading.Event()
+
+    def task(x: int) -> int:
+        if x == 0:  # fails once a worker is inside task 1
+            assert started.wait(10)
+            raise ValueError("first task fails")
+        started.set()
+        time.sleep(0.2)
+        finished.append(x)
+        return x
+
+    with pytest.raises(ValueError, match="first task fails"):
+        pool.map(task, [0, 1])
+    assert finished == [1]  # map raised only after the started task had finished
+    pool.close()
+
+
 # ----------------------------------------------------------------------------- overviews
 def _ref_average(x: np.ndarray, nd: int) -> np.ndarray:
     c, h, w = x.shape

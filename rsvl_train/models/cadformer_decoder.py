@@ -45,8 +45,13 @@ class PixelSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, h, N, hd]
+        out = self.attend(q, k, v)  # [B, h, N, hd]
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention over ``[B, h, N, hd]`` heads (replaced by a query-chunked form while exporting:
+        ``rsvl_export.pixel_attention_export``)."""
+        return F.scaled_dot_product_attention(q, k, v)
 
 
 class TextFusion(nn.Module):
