@@ -22,7 +22,7 @@ from .raster_io import scaled_shape
 PathLike = str | os.PathLike[str]
 
 
-def read_decimated(path: PathLike, max_size: int = 1024) -> np.ndarray:
+def read_label_thumbnail(path: PathLike, max_size: int = 1024) -> np.ndarray:
     """Band 1 of a raster at most ``max_size`` px on the long side (nearest; uses overviews)."""
     with rasterio.open(path) as ds:
         shape = scaled_shape(ds.height, ds.width, max_size)
@@ -72,7 +72,7 @@ def write_preview(labels_path: PathLike, out_path: PathLike, colors: Sequence[Se
                   class_names: Sequence[str], fractions: Sequence[float] | None = None,
                   max_size: int = 1024) -> bytes:
     """Render the preview of a labels raster and write it as PNG (atomically); returns the PNG bytes."""
-    img = render_preview(read_decimated(labels_path, max_size), colors, class_names, fractions)
+    img = render_preview(read_label_thumbnail(labels_path, max_size), colors, class_names, fractions)
     buf = io.BytesIO()
     img.save(buf, format="PNG")  # no optimize=True: it doubles the encode for ~nothing
     data = buf.getvalue()
