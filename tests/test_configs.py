@@ -152,7 +152,12 @@ def test_untrained_registry_model_is_reproducible() -> None:
     before = torch.random.get_rng_state()
     a, trained_a = load_default("cadformer-tiny")
     assert torch.equal(torch.random.get_rng_state(), before)
-    b, _ = load_default("cadformer-tiny")
+    from rsvl_export.pipeline import ExportOptions, load_model
+    from rsvl_runtime.manifest import WeightsEntry
+
+    b, weights = load_model(ExportOptions(model="cadformer-tiny"))  # what rsvl-export records
+    assert weights == {"source": "random-init", "trained": False, "seed": 0}
+    assert WeightsEntry.from_dict(weights).extra == {"seed": 0}
     assert trained_a is False
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
