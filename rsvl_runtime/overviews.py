@@ -158,8 +158,12 @@ class OverviewPyramid:
         p = self.profile
         w, h = -(-int(p["width"]) // factor), -(-int(p["height"]) // factor)
         keep = {k: v for k, v in p.items() if k not in ("zlevel", "photometric")}
+        # tiles as tall as the rows one block reduces to: each add() writes whole tiles (a partial
+        # tile is re-read and re-encoded when the next block fills it; measured 1.7x slower for
+        # 7 bands x 10000 px); TIFF tiles are multiples of 16 rows
         return {**keep, "width": w, "height": h, "transform": p["transform"] @ rasterio.Affine.scale(factor),
-                "tiled": True, "blockxsize": 512, "blockysize": 512, "BIGTIFF": "IF_SAFER"}
+                "tiled": True, "blockxsize": 512, "blockysize": max(16, self.block // factor),
+                "BIGTIFF": "IF_SAFER"}
 
     def _open(self, factor: int, mode: str) -> Any:
         if mode == "w":
