@@ -105,6 +105,16 @@ def roofline_lines(doc: dict[str, Any]) -> list[str]:
                              _f(c.get("gflops"), 1), c.get("status", "") if c.get("status") == "ok"
                              else f"{c.get('status')}: {c.get('reason', '')}"]
                             for k, c in rf.get("ceilings", {}).items()]), ""]
+    room = doc.get("headroom") or []
+    if room:
+        classes = [c for c in ("fp32", "int8", "fp16") if any(c in h["bounds"] for h in room)]
+        lines += ["**Headroom**: the most × eager an engine of each precision can reach here = its best ceiling "
+                  "over eager's achieved GFLOP/s (same FLOPs); a target above it cannot be met at that precision "
+                  "on this machine.", "",
+                  _md_table(["graph", "B / prompts", "eager GFLOP/s", *[f"max × eager ({c})" for c in classes]],
+                            [[h["graph"], str(h["batch"]), _f(h["eager_gflops_per_s"], 1),
+                              *[(_f(h["bounds"][c]["max_speedup_vs_eager"]) + "×") if c in h["bounds"] else "–"
+                                for c in classes]] for h in room]), ""]
     return lines
 
 

@@ -101,6 +101,28 @@ def annotate_rows(rows: list[dict[str, Any]], flops_per_tile: float | None,
                      ceiling_class=row_precision_class(r))
 
 
+def headroom(rows: list[Mapping[str, Any]], ceilings: Mapping[str, Mapping[str, Any]],
+             eager: str = "torch-eager", graph: str = "image") -> list[dict[str, Any]]:
+    """The most ``x eager`` any engine of each precision class can reach on this machine: per
+    batch, each class's best ceiling (on the eager row's device) over the eager row's achieved
+    GFLOP/s. A target above it cannot be met by that precision here, whatever the graph does
+    (the FLOPs are the same). Rows need :func:`roofline_columns` (``gflops_per_s``)."""
+    out = []
+    for r in rows:
+        if r.get("runner") != eager or r.get("status") != "ok" or not r.get("gflops_per_s"):
+            continue
+        bounds: dict[str, dict[str, Any]] = {}
+        for cls in ("fp32", "int8", "fp16"):
+            as_cls = {**r, "precision": cls, "runner": ""}
+            best = ceiling_for(as_cls, ceilings) if row_precision_class(as_cls) == cls else None
+            if best is not None:
+                bounds[cls] = {"ceiling": best[0], "ceiling_gflops": round(best[1], 1),
+                               "max_speedup_vs_eager": round(best[1] / float(r["gflops_per_s"]), 2)}
+        out.append({"graph": graph, "batch": r.get("batch", r.get("prompts")), "eager_gflops_per_s": r["gflops_per_s"],
+                    "bounds": bounds})
+    return out
+
+
 # --------------------------------------------------------------------------- measuring
 def _best_seconds(fn: Callable[[], Any], repeats: int, budget_s: float,
                   sync: Callable[[], None] | None = None) -> float:

@@ -42,7 +42,7 @@ from .measure import (
     measure,
 )
 from .profiling import profile_ort
-from .roofline import annotate_rows, ceiling_for, measure_ceilings, roofline_columns
+from .roofline import annotate_rows, ceiling_for, headroom, measure_ceilings, roofline_columns
 
 log = logging.getLogger("rsvl.bench")
 
@@ -615,6 +615,8 @@ def run_benchmark(opts: BenchOptions) -> dict[str, Any]:
         if text_flops:
             annotate_text_rows(doc["text"], text_flops.per_item, (doc.get("roofline") or {}).get("ceilings", {}),
                                device)
+    ceilings = (doc.get("roofline") or {}).get("ceilings", {})
+    doc["headroom"] = headroom(doc["image"], ceilings) + headroom(doc.get("text") or [], ceilings, graph="text")
     if opts.scene:
         size = opts.scene_size or (512 if opts.quick else 1024)
         sb = opts.scene_batch or max([b for b in batches if b <= 8] or [batches[0]])

@@ -187,3 +187,31 @@ def test_profile_ort_on_a_one_node_graph(tmp_path):
     s = profile_ort(p, {"X": np.ones((4, 4), np.float32)}, threads=1, runs=3)
     assert s["runs"] == 3 and s["ops"][0]["op_type"] == "Relu" and s["ops"][0]["calls"] == 3
     assert math.isclose(sum(o["percent"] for o in s["ops"]), 100.0, abs_tol=0.05)
+
+
+def test_headroom_is_each_ceiling_over_eagers_achieved_rate():
+    from benchmarks.report import roofline_lines
+    from benchmarks.roofline import headroom
+
+    rows = [{"runner": "torch-eager", "precision": "fp32", "device": "cpu", "batch": 1, "status": "ok",
+             "gflops_per_s": 80.0},
+            {"runner": "ort-cpu-fp32", "precision": "fp32", "device": "cpu", "batch": 1, "status": "ok",
+             "gflops_per_s": 120.0},
+            {"runner": "torch-eager", "precision": "fp32", "device": "cpu", "batch": 8, "status": "error"}]
+    room = headroom(rows, CEILINGS)
+    assert len(room) == 1 and room[0]["batch"] == 1 and room[0]["eager_gflops_per_s"] == 80.0
+    b = room[0]["bounds"]
+    assert b["fp32"] == {"ceiling": "ort-fp32-matmul", "ceiling_gflops": 200.0, "max_speedup_vs_eager": 2.5}
+    assert b["int8"]["max_speedup_vs_eager"] == 7.5
+    assert "fp16" not in b  # no FP16 tensor cores on the CPU
+    gpu = headroom([{"runner": "torch-eager", "precision": "fp32", "device": "cuda", "batch": 8, "status": "ok",
+                     "gflops_per_s": 35000.0}], CEILINGS)
+    assert gpu[0]["bounds"]["fp16"]["max_speedup_vs_eager"] == 20.0
+    assert gpu[0]["bounds"]["fp32"]["ceiling"] == "cuda-fp32-matmul" and "int8" not in gpu[0]["bounds"]
+    text = headroom([{"runner": "torch-eager", "prompts": 7, "status": "ok", "gflops_per_s": 100.0}], CEILINGS,
+                    graph="text")
+    assert text[0]["graph"] == "text" and text[0]["batch"] == 7 and text[0]["bounds"]["fp32"]["max_speedup_vs_eager"] == 2.0
+    lines = roofline_lines({"roofline": {"cpu": {}, "ceilings": CEILINGS}, "model": {}, "headroom": room + text})
+    table = "\n".join(lines)
+    assert "**Headroom**" in table and "| image | 1 | 80.0 | 2.50× | 7.50× |" in table
+    assert "| text | 7 | 100.0 | 2.00× | 6.00× |" in table
