@@ -473,7 +473,7 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
                      *, int8: bool = True, threads: int | None = None, min_speedup: float = 1.05,
                      int8_gate: Gate = INT8_GATE, opt_level: int = 1, timing_budget_s: float = 6.0,
                      output_kind: str = "logits", plans: Sequence[Int8Plan] = INT8_PLANS,
-                     fusion_engine: str = "onnxscript", fused_tolerance: float = 1.10) -> dict[str, Any]:
+                     fusion_engine: str = "onnxscript", fused_tolerance: float = 1.0) -> dict[str, Any]:
     """Write the fastest ONNX-Runtime CPU variant of ``src_onnx`` that keeps parity to ``dst_onnx``.
 
     Args:
@@ -491,8 +491,10 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
         output_kind: ``logits`` (image graphs) or ``embedding`` (text graphs): the parity gates.
         plans: the INT8 node selections, tried in order (:data:`INT8_PLANS`).
         fusion_engine: ``onnxscript`` (default) or ``ort-transformers`` (see :func:`fuse`).
-        fused_tolerance: the fused graph is shipped over the source unless its latency exceeds the
-            source's by this factor (timings on a shared machine are noisy; fusion is parity-held).
+        fused_tolerance: the fused graph is shipped over the source only when its latency is at
+            most the source's times this factor (default 1.0: not slower). The runtime prefers
+            ``image.ort.onnx`` on the CPU, so a fused graph that measures slower must not be it (paper
+            ``tsmnet`` at stop 19: fused 923 ms vs source 890 ms here, 818 vs 745 ms in the bench).
 
     Returns:
         a JSON-serialisable report: ``variant`` (``source`` | ``fused`` | ``int8-...``), ``fusion``
