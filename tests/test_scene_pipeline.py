@@ -161,9 +161,9 @@ def test_cog_is_encoded_once_from_a_spool(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(rasterio.io.DatasetWriter, "build_overviews", recording_build)
     res = _run(LinearModel(5), opt, sar, tmp_path / "out")
     cogs = sorted(c for c in copies if c[1] == "COG")
-    spool = out.spool_creation().get("compress")
-    spool = None if spool is None else rasterio.enums.Compression(spool.upper())
-    assert cogs == [("labels", "COG", spool, 1), ("scores", "COG", spool, 1)]  # one encode per raster
+    # a small spool fits the page cache: uncompressed (a big one is ZSTD-1, see the next test)
+    assert out.spool_creation(5 * 300 * 200 * 4 // 3) == {"interleave": "band"}
+    assert cogs == [("labels", "COG", None, 1), ("scores", "COG", None, 1)]  # one encode per raster
     assert built == []  # the levels were reduced while the rows were written: no pass over the raster
     assert "cog_write_s" in res.timings and "overviews_s" in res.timings
     d = tmp_path / "out"
@@ -180,6 +180,31 @@ def test_cog_is_encoded_once_from_a_spool(tmp_path: Path, monkeypatch: pytest.Mo
         ov = sc.read(1, out_shape=(150, 100))  # the AVERAGE overview of band 1
         full = sc.read(1).astype(np.float64)
         assert abs(float(ov.mean()) - full.mean()) < 1.0
+
+
+@needs_cog
+def test_zstd_spool_gives_the_same_files_as_a_raw_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool bigger than RAW_SPOOL_MEMORY_FRACTION of the available memory is ZSTD-1 (forced
+    here with a fraction of 0); the finished COGs are byte for byte those of a raw spool."""
+    opt, sar = _scene(tmp_path / "in", 300, 200)
+    if "compress" not in out.spool_creation():
+        pytest.skip("GDAL has no ZSTD: the spool is always raw")
+    raw = _run(LinearModel(5), opt, sar, tmp_path / "raw")
+    seen: list[Any] = []
+    real_open = rasterio.open
+
+    def recording_open(path: Any, mode: str = "r", **kw: Any) -> Any:
+        if mode == "w" and kw.get("driver") == "GTiff":
+            seen.append(kw.get("compress"))
+        return real_open(path, mode, **kw)
+
+    monkeypatch.setattr(out, "RAW_SPOOL_MEMORY_FRACTION", 0.0)
+    monkeypatch.setattr(out.rasterio, "open", recording_open)
+    zstd = _run(LinearModel(5), opt, sar, tmp_path / "zstd")
+    monkeypatch.undo()
+    assert seen and all(c == "zstd" for c in seen)  # both spools (and their levels) compressed
+    for name in (out.LABELS, out.SCORES):
+        assert (raw.out_dir / name).read_bytes() == (zstd.out_dir / name).read_bytes()
 
 
 @needs_cog
