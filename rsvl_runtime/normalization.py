@@ -139,29 +139,49 @@ def stretch_limits(values: np.ndarray, valid: np.ndarray,
     return tuple(float(b[0]) for b in bands), tuple(float(b[1]) for b in bands)
 
 
-def normalize_optical(dn: np.ndarray, spec: ModalitySpec, scaling: OpticalScaling | None = None) -> np.ndarray:
+def _standardise(x: np.ndarray, spec: _Spec, out: np.ndarray | None, owned: bool) -> np.ndarray:
+    """``(x - mean) / std`` per band as float32, into ``out`` (a float32 array or strided view of
+    ``x``'s shape), else in place when ``x`` is a float32 temporary of ours (``owned``), else into a
+    new array. ``x`` is made float32 first and the same float32 operations run in the same order
+    as the plain expression, so the bits are the same, without its temporaries; a caller's array
+    is never changed."""
+    mean, std = band_stats(spec, x.shape[-3])
+    if x.dtype != np.float32:
+        x, owned = x.astype(np.float32), True
+    if out is None:
+        out = x if owned else np.empty(x.shape, np.float32)
+    np.subtract(x, mean, out=out)
+    np.divide(out, std, out=out)
+    return out
+
+
+def normalize_optical(dn: np.ndarray, spec: ModalitySpec, scaling: OpticalScaling | None = None,
+                      out: np.ndarray | None = None) -> np.ndarray:
     """Optical values ``[..., C, H, W]`` -> normalised float32: ``dn / scale + offset`` as the
-    bundle declares (or the caller's ``scaling``), then ``(x - mean) / std``."""
+    bundle declares (or the caller's ``scaling``), then ``(x - mean) / std``; written into ``out``
+    when given (a float32 array or view of the same shape)."""
     s = _Spec.coerce(spec)
     if scaling is None:
-        x = dn.astype(np.float32) / np.float32(s.optical_scale)
+        x = np.divide(dn, np.float32(s.optical_scale), dtype=np.float32,
+                      out=out if out is not None else np.empty(dn.shape, np.float32))
         if s.optical_offset:
-            x = x + np.float32(s.optical_offset)
+            np.add(x, np.float32(s.optical_offset), out=x)
     else:
-        x = scaling.apply(dn)
-    mean, std = band_stats(s, x.shape[-3])
-    return ((x - mean) / std).astype(np.float32)
+        x = scaling.apply(dn)  # a new array
+    return _standardise(x, s, out, owned=True)
 
 
-def normalize_sar(values: np.ndarray, spec: ModalitySpec, units: str | None = None) -> np.ndarray:
-    """SAR ``[..., 1, H, W]`` in dB (default) or linear intensity -> normalised float32."""
+def normalize_sar(values: np.ndarray, spec: ModalitySpec, units: str | None = None,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """SAR ``[..., 1, H, W]`` in dB (default) or linear intensity -> normalised float32, written
+    into ``out`` when given."""
     s = _Spec.coerce(spec)
     units = units.lower() if units else s.sar_units
     if units not in SAR_UNITS:
         raise ValueError(f"SAR units must be one of {SAR_UNITS}, got {units!r}")
-    x = linear_to_db(values) if units == "linear" else values.astype(np.float32)
-    mean, std = band_stats(s, x.shape[-3])
-    return ((x - mean) / std).astype(np.float32)
+    if units == "linear":
+        return _standardise(linear_to_db(values), s, out, owned=True)
+    return _standardise(values, s, out, owned=False)
 
 
 def normalize(modality: str, values: np.ndarray, spec: ModalitySpec, **kwargs: Any) -> np.ndarray:

@@ -206,7 +206,7 @@ class StripReader:
         def normalise(job: tuple[str, slice]) -> None:
             name, cols = job
             dst = norm[name][:, keep:, cols]
-            dst[...] = _normalise(name, raw[name][..., cols], self.sources)
+            _normalise(name, raw[name][..., cols], self.sources, out=dst)
             if invalid is not None:
                 dst[:, invalid[:, cols]] = 0.0
 
@@ -219,12 +219,12 @@ class StripReader:
         return valid, norm
 
 
-def _normalise(name: str, values: np.ndarray, sources: Sources) -> np.ndarray:
+def _normalise(name: str, values: np.ndarray, sources: Sources, out: np.ndarray | None = None) -> np.ndarray:
     if name == "optical":
         scaling = sources.optical.scaling if sources.optical is not None else None
-        return normalize_optical(values, sources.optical_spec or {}, scaling)
+        return normalize_optical(values, sources.optical_spec or {}, scaling, out=out)
     with np.errstate(invalid="ignore"):
-        return normalize_sar(values, sources.sar_spec or {}, sources.sar_units)
+        return normalize_sar(values, sources.sar_spec or {}, sources.sar_units, out=out)
 
 
 class BatchBuilder:

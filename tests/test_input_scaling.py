@@ -257,3 +257,32 @@ def test_bundle_declared_uint16_scale_and_offset(tmp_path: Path) -> None:
     np.testing.assert_allclose(model.batches[0][0, :, :40, :40],
                                (data.astype(np.float32) / 10000 - 0.1 - MEAN) / STD, rtol=1e-5, atol=1e-5)
     assert sorted(PRESETS) == ["landsat-c2-l2", "sentinel2-l2a", "sentinel2-l2a-pb04"]
+
+
+def test_normalisation_without_temporaries_keeps_the_bits_and_the_callers_array() -> None:
+    """normalize_optical / normalize_sar into ``out`` (a strided view, as the strip reader passes)
+    or in place of their own temporaries give the bits of the plain float32 expression, and a
+    caller's float32 SAR array is never changed."""
+    from rsvl_runtime.normalization import _Spec, band_stats, normalize_sar
+
+    rng = np.random.default_rng(0)
+    spec = {"bands": ["red", "green", "blue"], "dtype": "uint8", "scale": 255.0,
+            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    dn = rng.integers(0, 256, (3, 64, 80), dtype=np.uint8)
+    mean, std = band_stats(_Spec.coerce(spec), 3)
+    ref = ((dn.astype(np.float32) / np.float32(255.0) - mean) / std).astype(np.float32)
+    assert np.array_equal(normalize_optical(dn, spec).view(np.uint32), ref.view(np.uint32))
+    buf = np.full((3, 100, 90), 7.0, np.float32)
+    normalize_optical(dn, spec, out=buf[:, 10:74, 5:85])
+    assert np.array_equal(buf[:, 10:74, 5:85].view(np.uint32), ref.view(np.uint32))
+    assert (buf[:, :10] == 7.0).all() and (buf[:, :, :5] == 7.0).all()  # nothing outside the view
+
+    sar_spec = {"bands": ["vv"], "mean": [-12.0], "std": [5.0]}
+    m, s = band_stats(_Spec.coerce(sar_spec), 1)
+    for dtype in (np.float32, np.float64):
+        sar = rng.normal(-12, 5, (1, 64, 80)).astype(dtype)
+        before = sar.copy()
+        got = normalize_sar(sar, sar_spec)
+        want = ((sar.astype(np.float32) - m) / s).astype(np.float32)
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+        assert np.array_equal(sar, before) and got is not sar  # the caller's array is untouched
