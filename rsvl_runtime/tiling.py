@@ -226,6 +226,7 @@ class RowAccumulator:
             raise ValueError(f"start_row {start_row} outside the grid's {len(self._rows)} rows of tiles")
         self._row = start_row
         self._done = False
+        self._scratch: np.ndarray | None = None
 
     def add(self, tile: Tile, logits: np.ndarray,
             emit: Callable[[FinishedRows], None] | None = None) -> list[FinishedRows]:
@@ -255,10 +256,15 @@ class RowAccumulator:
                 j += 1
             self._to_row(tiles[i].row, emit)
             group = range(i, j)
+            weighted = self._scratch_for(logits)
 
             def work(channels: slice, group: range = group) -> None:
+                # window * logits for the whole group in one pass (into scratch, not the caller's
+                # array), then one add per tile: the bits of ``acc += logits * window``
+                np.multiply(logits[group.start:group.stop, channels], self.window,
+                            out=weighted[group.start:group.stop, channels])
                 for g in group:
-                    self._accumulate(tiles[g], logits[g], channels, channels.start == 0)
+                    self._accumulate(tiles[g], weighted[g], channels, channels.start == 0, weighted=True)
 
             parts = pool.ranges(self.channels) if pool is not None else [slice(0, self.channels)]
             if pool is not None and len(parts) > 1:
@@ -278,15 +284,27 @@ class RowAccumulator:
                 finished.append(fin)
         return finished
 
-    def _accumulate(self, tile: Tile, logits: np.ndarray, channels: slice, weights: bool) -> None:
-        """``sums[channels] += window * logits[channels]`` over the tile (and the weight sum)."""
+    def _scratch_for(self, logits: np.ndarray) -> np.ndarray:
+        """A reused float32 buffer of ``logits``' shape (a batch's windowed logits)."""
+        if self._scratch is None or self._scratch.shape[1:] != logits.shape[1:] \
+                or self._scratch.shape[0] < logits.shape[0]:
+            self._scratch = np.empty(logits.shape, np.float32)
+        return self._scratch[:logits.shape[0]]
+
+    def _accumulate(self, tile: Tile, logits: np.ndarray, channels: slice, weights: bool,
+                    weighted: bool = False) -> None:
+        """``sums[channels] += window * logits[channels]`` over the tile (and the weight sum);
+        ``weighted``: ``logits`` already hold ``window * logits``."""
         h, w = tile.height, tile.width
         wnd = self.window[:h, :w]
         rows = slice(tile.y - self._rows[self._row], tile.y - self._rows[self._row] + h)
         cols = slice(tile.x, tile.x + w)
         acc = self._acc[channels, rows, cols]
-        for k in range(acc.shape[0]):  # per channel: a [tile, tile] temporary, not [K, tile, tile]
-            acc[k] += logits[channels][k, :h, :w] * wnd
+        if weighted:
+            acc += logits[channels, :h, :w]
+        else:
+            for k in range(acc.shape[0]):  # per channel: a [tile, tile] temporary, not [K, tile, tile]
+                acc[k] += logits[channels][k, :h, :w] * wnd
         if weights:
             self._wsum[rows, cols] += wnd
 
