@@ -245,8 +245,8 @@ class GeoTiffRowWriter:
     plain: GDAL's ``build_overviews`` in :meth:`close`) and, for a COG, ``cog_write_s`` (the one
     encode).
 
-    ``pool`` (settable: :attr:`pool`): a :class:`~rsvl_runtime.parallel.WorkPool` over which a
-    finished block row is split: the full-resolution write runs beside the overview reduction,
+    ``pool`` (settable: :attr:`pool`; default one worker, the parts in turn): a
+    :class:`~rsvl_runtime.parallel.WorkPool` over which a finished block row is split: the full-resolution write runs beside the overview reduction,
     which is itself split by bands (GDAL writes and numpy loops release the GIL; each dataset is
     used by one thread at a time).
 
@@ -263,7 +263,7 @@ class GeoTiffRowWriter:
                  colormap: Mapping[int, Sequence[int]] | None = None,
                  scales: Sequence[float] | None = None, pool: WorkPool | None = None) -> None:
         self.path = Path(path)
-        self.pool = pool
+        self.pool = pool or WorkPool(1)
         self.width, self.height, self.count, self.block = width, height, count, block
         self.overview_resampling = overview_resampling
         self.cog = cog_available() if cog is None else (cog and cog_available())
@@ -271,7 +271,7 @@ class GeoTiffRowWriter:
         self._profile = {"driver": "GTiff", "width": width, "height": height, "count": count,
                          "dtype": "uint8", "crs": crs, "transform": transform, "nodata": nodata,
                          "tiled": True, "blockxsize": block, "blockysize": block, "BIGTIFF": "IF_SAFER"}
-        if not self.cog:  # the COG layout deflates once, in close(); the spool is ZSTD-1 until then
+        if not self.cog:  # the COG layout deflates once, in close(); until then the spool's options
             self._profile.update(compress="deflate", zlevel=zlevel, NUM_THREADS="ALL_CPUS")
         else:
             self._profile.update(spool_creation(count * width * height * 4 // 3))  # + the levels
@@ -365,14 +365,11 @@ class GeoTiffRowWriter:
             return
         if self._buf_y0 + self._filled > self.height:
             raise ValueError(f"more rows written than the raster's height {self.height}")
-        n, y0, pool = self._filled, self._buf_y0, self.pool
+        n, y0 = self._filled, self._buf_y0
         if self._pyramid is None:
             self._write(n)
-        elif pool is None or pool.workers < 2:
-            self._write(n)
-            self._pyramid.add(y0, self._buf[:, :n])
-        else:  # the full-resolution write beside the band-split overview reduction
-            pyramid = self._pyramid
+        else:  # the full-resolution write beside the band-split overview reduction (in turn: 1 worker)
+            pyramid, pool = self._pyramid, self.pool
             pool.map(lambda job: job(), [lambda: self._write(n), lambda: pyramid.add(y0, self._buf[:, :n], pool)])
         self._buf_y0 += self._filled
         self.rows_written = self._buf_y0

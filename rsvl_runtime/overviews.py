@@ -69,9 +69,9 @@ def _sum2x2(a: np.ndarray, dtype: Any) -> np.ndarray:
 def _mean(total: np.ndarray, count: np.ndarray | None, n: int, nodata: int) -> np.ndarray:
     """``round(total / count)`` (half up) as uint8, nodata where nothing was counted; ``count``
     None: every group counted ``n`` pixels."""
-    if count is None:
-        return ((total + n // 2) // n).astype(np.uint8)
     out = ((total + n // 2) // n).astype(np.uint8)  # full groups; the others below
+    if count is None:
+        return out
     part = count < n
     t, k = total[part], count[part].astype(total.dtype)
     out[part] = np.where(k > 0, (t + k // 2) // np.maximum(k, 1), nodata).astype(np.uint8)
@@ -185,8 +185,8 @@ class OverviewPyramid:
                 levels.append(level)
             return levels
 
-        parts = pool.ranges(rows.shape[0]) if pool is not None else [slice(None)]
-        split = pool.map(reduce, parts) if pool is not None else [reduce(parts[0])]
+        pool = pool or WorkPool(1)
+        split = pool.map(reduce, pool.ranges(rows.shape[0]))
         levels = split[0] if len(split) == 1 else [np.concatenate(ls) for ls in zip(*split)]
         for f, level in zip(self.streamed, levels):
             self._ds[f].write(level, window=Window(0, y0 // f, level.shape[2], level.shape[1]))

@@ -68,7 +68,7 @@ from .reading import (
     iter_scene_items,
     prepare_sources,
 )
-from .report import write_report
+from .report import THUMBNAIL_PX, write_report
 from .parallel import WorkPool
 from .sink import Blender, InlineSink, OutputSpec, SceneWriters, SinkThread, open_writers
 from .styling import style_outputs
@@ -295,8 +295,6 @@ class SceneRun:
         predict_s = 0.0
         bar = tqdm(total=grid.n_tiles, initial=plan.first_tile, unit="tile", desc="tiles",
                    disable=not opts.progress, leave=False)
-        from .report import THUMBNAIL_PX
-
         self.thumbnail = Decimated(grid.height, grid.width, THUMBNAIL_PX)
         items = iter_scene_items(self.sources, grid, opts.batch, read_stats, plan.first_tile, pool, self.thumbnail)
         reader = items if serial else Prefetcher(items, opts.prefetch)
