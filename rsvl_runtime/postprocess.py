@@ -193,12 +193,17 @@ def labels_and_scores(logits: np.ndarray, valid: np.ndarray, with_scores: bool =
         if scoring.min_score is not None:
             assert probs is not None
             labels[probs.max(axis=0) < scoring.min_score] = scoring.n_classes
-    labels[~valid] = LABEL_NODATA
+    all_valid = bool(valid.all())
+    if not all_valid:
+        labels[~valid] = LABEL_NODATA
     scores = None
     if probs is not None and with_scores:
         probs *= np.float32(255.0)
         np.rint(probs, out=probs)
         scores = probs.astype(np.uint8)  # probs <= 1: at most 255
-        np.maximum(scores, 1, out=scores)
-        scores[:, ~valid] = SCORE_NODATA
+        # at least 1: against an array of ones (numpy 2.4's maximum with a scalar has no SIMD
+        # loop: 0.48 vs 0.03 ms for 7 x 14 x 10000)
+        np.maximum(scores, np.ones(scores.shape, np.uint8), out=scores)
+        if not all_valid:
+            scores[:, ~valid] = SCORE_NODATA
     return labels, scores

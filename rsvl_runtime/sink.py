@@ -31,7 +31,7 @@ from .options import SceneOptions
 from .parallel import WorkPool
 from .postprocess import UNCLASSIFIED, Scoring, labels_and_scores
 from .styling import SCORE_SCALE, label_colormap
-from .tiling import FinishedRows, RowAccumulator, Tile, TileGrid, blend_window
+from .tiling import FinishedRows, RowAccumulator, Tile, TileGrid, window_1d
 
 #: Elements per chunk when turning finished rows into labels/scores (bounds temporaries).
 POSTPROCESS_ELEMENTS = 1 << 20
@@ -230,7 +230,7 @@ class Blender:
         """The checked logits of a batch of ``n`` tiles (the first batch sets up the accumulator)."""
         if self.acc is None:
             channels = expected_channels(raw, self.n_classes, self.task)
-            self.acc = RowAccumulator(self.grid, channels, blend_window(self.grid.tile, self.window),
+            self.acc = RowAccumulator(self.grid, channels, window_1d(self.grid.tile, self.window),
                                       self.writers.plan.first_row)
             self.sink = RowSink(self.writers, self.row_areas, self.valids, self.grid.width, channels,
                                 self.scoring, self.pool)

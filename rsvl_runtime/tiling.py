@@ -8,8 +8,9 @@ caller pads the data (:func:`pad_to_tile`, reflect) and the logits are cropped b
 
 Overlapping tiles are blended with a smooth separable window (Hann, or triangular) whose
 values never drop below ``floor``: a pixel covered by a single tile (scene borders) still gets
-a positive weight, and since the blended value is ``sum(w * logits) / sum(w)`` a per-pixel
-function is reproduced exactly everywhere, with no seams.
+a positive weight, and since the blended value is ``sum(w * logits) / sum(w)`` (the weights
+normalised per pixel before they are applied, :func:`normalised_profiles`) a per-pixel function
+is reproduced everywhere, with no seams.
 
 :class:`RowAccumulator` keeps only the rows of the scene that tiles can still touch
 (``[K, min(tile, height), width]`` float32) and hands back finished rows as soon as the next
@@ -149,12 +150,6 @@ def window_1d(size: int, kind: str = "hann", floor: float = WINDOW_FLOOR) -> np.
     return (floor + (1.0 - floor) * w).astype(np.float32)
 
 
-def blend_window(tile: int, kind: str = "hann", floor: float = WINDOW_FLOOR) -> np.ndarray:
-    """Separable 2-D blending window ``[tile, tile]`` float32 (outer product of :func:`window_1d`)."""
-    w = window_1d(tile, kind, floor)
-    return np.outer(w, w).astype(np.float32)
-
-
 def pad_to_tile(arr: np.ndarray, tile: int, mode: str = "reflect") -> np.ndarray:
     """Pad the last two axes of ``arr`` at the bottom/right up to ``tile`` (no-op when full).
 
@@ -171,62 +166,99 @@ def pad_to_tile(arr: np.ndarray, tile: int, mode: str = "reflect") -> np.ndarray
     return np.pad(arr, pad, mode=mode)  # type: ignore[call-overload]
 
 
+def normalised_profiles(offsets: Sequence[int], length: int, tile: int, profile: np.ndarray) -> list[np.ndarray]:
+    """Per tile along one axis (its offset in ``offsets``), the window profile over the tile's
+    extent divided by the sum of the profiles of every tile covering each pixel: along the axis
+    the weights of a pixel sum to 1, and a pixel covered by one tile gets exactly 1."""
+    total = np.zeros(length, np.float64)
+    spans = [(o, min(tile, length - o)) for o in offsets]
+    for o, n in spans:
+        total[o:o + n] += profile[:n]
+    return [(profile[:n] / total[o:o + n]).astype(np.float32) for o, n in spans]
+
+
 @dataclass
 class FinishedRows:
-    """Weighted sums of scene rows ``[y0, y0 + n)`` that no tile touches any more.
+    """Blended logits of scene rows ``[y0, y0 + n)`` that no tile touches any more.
 
-    ``strip`` is the row of tiles whose strip starts with these rows. ``sums``/``weights`` may be
-    views into the accumulator (see :meth:`RowAccumulator.add`): read them before the next ``add``.
+    ``strip`` is the row of tiles whose strip starts with these rows. ``values`` may be a view
+    into the accumulator (see :meth:`RowAccumulator.add`): use it before the next ``add``; the
+    accumulator does not read these rows again, so they may be overwritten in place.
     """
 
     strip: int
     y0: int
-    sums: np.ndarray  # [K, n, width] float32, sum of window * logits
-    weights: np.ndarray  # [n, width] float32, sum of window
+    values: np.ndarray  # [K, n, width] float32, sum over tiles of normalised weight * logits
 
     @property
     def n_rows(self) -> int:
-        return int(self.sums.shape[1])
+        return int(self.values.shape[1])
 
     def logits(self, rows: slice = slice(None)) -> np.ndarray:
-        """Blended logits ``[K, r, width]`` (a new array) of the given rows (default: all)."""
-        w = self.weights[rows]
-        if np.any(w <= 0):
-            raise RuntimeError("some pixels were covered by no tile; the tiles did not cover the scene")
-        return self.sums[:, rows] / w
+        """Blended logits ``[K, r, width]`` of the given rows (default: all), as ``values``
+        holds them (a view when ``values`` is one)."""
+        return self.values[:, rows]
 
 
 class RowAccumulator:
     """Streaming weighted accumulation of tile logits, one row of tiles at a time.
 
-    Holds ``[K, strip_height, width]`` sums and ``[strip_height, width]`` weights for the scene
-    rows ``[y_r, y_r + strip_height)`` of the current row of tiles ``r``. Tiles must arrive in
-    row-major order (:meth:`TileGrid.tiles`); when a tile of the next row arrives, the rows above
-    it are final and returned as :class:`FinishedRows`, and the buffer slides down.
+    The blend is ``sum_t w_t * logits_t`` with per-pixel weights that sum to 1. The window is
+    separable and the grid is a product of row and column offsets, so the sum of the windows
+    over the tiles covering a pixel is the product of the row sum and the column sum; each tile's
+    weight is its row profile over the row sums times its column profile over the column sums
+    (:func:`normalised_profiles`), computed once for the grid. No weight sum is accumulated and
+    no division is left for the finished rows.
 
-    ``start_row``: the first row of tiles fed (a resumed run); rows of strips it does not fully
-    cover are emitted with partial sums and must be discarded by the caller
+    Holds ``[K, strip_height, width]`` for the scene rows ``[y_r, y_r + strip_height)`` of the
+    current row of tiles ``r``. Tiles must arrive in row-major order (:meth:`TileGrid.tiles`); when
+    a tile of the next row arrives, the rows above it are final and returned as
+    :class:`FinishedRows`, and the buffer slides down. The part of a tile that no earlier tile
+    covers is stored (weight * logits) instead of added, so the buffer is never zeroed.
+
+    ``profile``: the 1-D window profile (:func:`window_1d`, default Hann). ``start_row``: the
+    first row of tiles fed (a resumed run); rows of strips it does not fully cover are emitted
+    with partial sums and must be discarded by the caller
     (:func:`rsvl_runtime.resume.resume_plan` picks a start that leaves the wanted rows exact).
     """
 
-    def __init__(self, grid: TileGrid, channels: int, window: np.ndarray | None = None,
+    def __init__(self, grid: TileGrid, channels: int, profile: np.ndarray | None = None,
                  start_row: int = 0) -> None:
         if channels < 1:
             raise ValueError(f"need at least one logit channel, got {channels}")
         self.grid = grid
         self.channels = channels
-        self.window = blend_window(grid.tile) if window is None else window.astype(np.float32)
-        if self.window.shape != (grid.tile, grid.tile):
-            raise ValueError(f"window shape {self.window.shape} != tile {grid.tile}")
+        self.profile = window_1d(grid.tile) if profile is None else np.asarray(profile, np.float32)
+        if self.profile.shape != (grid.tile,):
+            raise ValueError(f"window profile shape {self.profile.shape} != ({grid.tile},)")
         self._rows = grid.row_offsets
+        self._cols = grid.col_offsets
+        self._wy = normalised_profiles(self._rows, grid.height, grid.tile, self.profile)
+        self._wx = normalised_profiles(self._cols, grid.width, grid.tile, self.profile)
+        self._wy_id = _dedupe(self._wy)
+        self._wx_id = _dedupe(self._wx)
+        self._weights: dict[tuple[int, int], np.ndarray] = {}
         h = grid.strip_height
         self._acc = np.zeros((channels, h, grid.width), np.float32)
-        self._wsum = np.zeros((h, grid.width), np.float32)
         if not 0 <= start_row < len(self._rows):
             raise ValueError(f"start_row {start_row} outside the grid's {len(self._rows)} rows of tiles")
         self._row = start_row
+        self._carry = 0  # top rows of the buffer that hold the previous strip's sums
+        self._col_end = 0  # columns [0, _col_end) of the fresh rows hold this strip's sums
+        self._last_x = -1  # column offset of the strip's last tile
         self._done = False
         self._scratch: np.ndarray | None = None
+
+    def weight(self, tile: Tile) -> np.ndarray:
+        """The normalised 2-D weight ``[tile.height, tile.width]`` of ``tile`` (cached per
+        distinct pair of row and column profiles)."""
+        key = (self._wy_id[tile.row], self._wx_id[tile.col])
+        w = self._weights.get(key)
+        if w is None:
+            if len(self._weights) >= MAX_CACHED_WEIGHTS:
+                self._weights.clear()
+            w = self._weights[key] = np.multiply.outer(self._wy[tile.row], self._wx[tile.col])
+        return w
 
     def add(self, tile: Tile, logits: np.ndarray,
             emit: Callable[[FinishedRows], None] | None = None) -> list[FinishedRows]:
@@ -239,7 +271,8 @@ class RowAccumulator:
         if self._done:
             raise RuntimeError("RowAccumulator.finish() was already called")
         finished = self._to_row(tile.row, emit)
-        self._accumulate(tile, logits, slice(None), True)
+        region = self._claim(tile)
+        self._accumulate(tile, logits, self._scratch_for(logits[None])[0], slice(None), region)
         return finished
 
     def add_batch(self, tiles: Sequence[Tile], logits: np.ndarray,
@@ -249,22 +282,18 @@ class RowAccumulator:
         at once, each over its own range of channels (disjoint planes of the buffer)."""
         if self._done:
             raise RuntimeError("RowAccumulator.finish() was already called")
+        scratch = self._scratch_for(logits)
         i = 0
         while i < len(tiles):
             j = i
             while j < len(tiles) and tiles[j].row == tiles[i].row:
                 j += 1
             self._to_row(tiles[i].row, emit)
-            group = range(i, j)
-            weighted = self._scratch_for(logits)
+            group = [(g, self._claim(tiles[g])) for g in range(i, j)]
 
-            def work(channels: slice, group: range = group) -> None:
-                # window * logits for the whole group in one pass (into scratch, not the caller's
-                # array), then one add per tile: the bits of ``acc += logits * window``
-                np.multiply(logits[group.start:group.stop, channels], self.window,
-                            out=weighted[group.start:group.stop, channels])
-                for g in group:
-                    self._accumulate(tiles[g], weighted[g], channels, channels.start == 0, weighted=True)
+            def work(channels: slice, group: list[tuple[int, tuple[int, int]]] = group) -> None:
+                for g, region in group:
+                    self._accumulate(tiles[g], logits[g], scratch[g], channels, region)
 
             parts = pool.ranges(self.channels) if pool is not None else [slice(0, self.channels)]
             if pool is not None and len(parts) > 1:
@@ -284,29 +313,48 @@ class RowAccumulator:
                 finished.append(fin)
         return finished
 
+    def _claim(self, tile: Tile) -> tuple[int, int]:
+        """``(carry, col_end)`` for ``tile``: buffer rows ``[0, carry)`` and, below them, the
+        columns before ``col_end`` already hold sums (added to); the rest of the tile is stored."""
+        if tile.x <= self._last_x:
+            raise ValueError(f"tile at column {tile.x} of row {tile.row} arrived after the one at column "
+                             f"{self._last_x}: tiles must come in row-major order")
+        region = (self._carry, self._col_end)
+        self._col_end = max(self._col_end, tile.x + tile.width)
+        self._last_x = tile.x
+        return region
+
     def _scratch_for(self, logits: np.ndarray) -> np.ndarray:
-        """A reused float32 buffer of ``logits``' shape (a batch's windowed logits)."""
+        """A reused float32 buffer of ``logits``' shape (a batch's weighted logits)."""
         if self._scratch is None or self._scratch.shape[1:] != logits.shape[1:] \
                 or self._scratch.shape[0] < logits.shape[0]:
             self._scratch = np.empty(logits.shape, np.float32)
         return self._scratch[:logits.shape[0]]
 
-    def _accumulate(self, tile: Tile, logits: np.ndarray, channels: slice, weights: bool,
-                    weighted: bool = False) -> None:
-        """``sums[channels] += window * logits[channels]`` over the tile (and the weight sum);
-        ``weighted``: ``logits`` already hold ``window * logits``."""
+    def _accumulate(self, tile: Tile, logits: np.ndarray, scratch: np.ndarray, channels: slice,
+                    region: tuple[int, int]) -> None:
+        """The tile's ``weight * logits[channels]`` into the buffer: added where earlier tiles
+        left sums (the carried rows; the columns before ``col_end``), stored elsewhere."""
         h, w = tile.height, tile.width
-        wnd = self.window[:h, :w]
-        rows = slice(tile.y - self._rows[self._row], tile.y - self._rows[self._row] + h)
-        cols = slice(tile.x, tile.x + w)
-        acc = self._acc[channels, rows, cols]
-        if weighted:
-            acc += logits[channels, :h, :w]
-        else:
-            for k in range(acc.shape[0]):  # per channel: a [tile, tile] temporary, not [K, tile, tile]
-                acc[k] += logits[channels][k, :h, :w] * wnd
-        if weights:
-            self._wsum[rows, cols] += wnd
+        wgt = self.weight(tile)
+        carry, col_end = region
+        y = tile.y - self._rows[self._row]
+        acc = self._acc[channels]
+        lg, tmp = logits[channels], scratch[channels]
+        split = min(max(col_end - tile.x, 0), w)  # tile columns [0, split) overlap the row's earlier tiles
+        top = min(max(carry - y, 0), h)  # tile rows [0, top) are carried rows
+        for rows, cols, add in ((slice(0, top), slice(0, w), True),
+                                (slice(top, h), slice(0, split), True),
+                                (slice(top, h), slice(split, w), False)):
+            if rows.stop <= rows.start or cols.stop <= cols.start:
+                continue
+            dst = acc[:, y + rows.start:y + rows.stop, tile.x + cols.start:tile.x + cols.stop]
+            if add:
+                part = tmp[:, rows, cols]
+                np.multiply(lg[:, rows, cols], wgt[rows, cols], out=part)
+                dst += part
+            else:
+                np.multiply(lg[:, rows, cols], wgt[rows, cols], out=dst)
 
     def finish(self) -> FinishedRows:
         """Return the remaining rows (the last strip, to the bottom of the scene), as views."""
@@ -315,32 +363,41 @@ class RowAccumulator:
         self._done = True
         y0 = self._rows[self._row]
         n = self.grid.height - y0
-        return FinishedRows(self._row, y0, self._acc[:, :n], self._wsum[:n])
+        return FinishedRows(self._row, y0, self._acc[:, :n])
 
     def _advance(self, emit: Callable[[FinishedRows], None] | None) -> FinishedRows | None:
         """Hand over the rows above the next row of tiles and slide the buffer down."""
         y0, y_next = self._rows[self._row], self._rows[self._row + 1]
         d = y_next - y0
-        view = FinishedRows(self._row, y0, self._acc[:, :d], self._wsum[:d])
+        view = FinishedRows(self._row, y0, self._acc[:, :d])
         out = None
         if emit is not None:
             emit(view)
         else:
-            out = FinishedRows(self._row, y0, view.sums.copy(), view.weights.copy())
+            out = FinishedRows(self._row, y0, view.values.copy())
+        keep = self._acc.shape[1] - d  # rows of this strip that the next one covers too
         for k in range(self.channels):  # per channel: small temporaries
-            self._acc[k, :-d] = self._acc[k, d:]
-        self._acc[:, -d:] = 0.0
-        self._wsum[:-d] = self._wsum[d:]
-        self._wsum[-d:] = 0.0
+            self._acc[k, :keep] = self._acc[k, d:]
+        self._carry, self._col_end, self._last_x = keep, 0, -1
         self._row += 1
         return out
 
 
+#: Distinct 2-D tile weights kept by a :class:`RowAccumulator` (a regular grid has at most 9).
+MAX_CACHED_WEIGHTS = 64
+
+
+def _dedupe(profiles: Sequence[np.ndarray]) -> list[int]:
+    """An id per profile, equal for equal profiles (bit for bit)."""
+    ids: dict[bytes, int] = {}
+    return [ids.setdefault(p.tobytes(), len(ids)) for p in profiles]
+
+
 def blend_tiles(grid: TileGrid, channels: int, tiles: Iterator[tuple[Tile, np.ndarray]],
-                window: np.ndarray | None = None) -> np.ndarray:
+                profile: np.ndarray | None = None) -> np.ndarray:
     """Blend all tiles into one ``[K, height, width]`` array (convenience for small scenes/tests)."""
     out = np.empty((channels, grid.height, grid.width), np.float32)
-    acc = RowAccumulator(grid, channels, window)
+    acc = RowAccumulator(grid, channels, profile)
     for tile, logits in tiles:
         for f in acc.add(tile, logits):
             out[:, f.y0:f.y0 + f.n_rows] = f.logits()

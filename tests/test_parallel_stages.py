@@ -304,3 +304,22 @@ def test_batched_blend_equals_tile_by_tile_bit_for_bit_and_keeps_the_logits() ->
         for got in (blend(3, pool), blend(4, None), blend(8, pool)):
             assert np.array_equal(got.view(np.uint32), ref.view(np.uint32))
     assert np.array_equal(logits, before)
+
+
+def test_ort_sessions_stop_spinning_when_a_run_returns(tmp_path: Path) -> None:
+    """The engine's intra-op threads must not spin on into the CPU stages that the serial
+    pipeline runs between engine calls: every runtime session is opened with
+    ``session.force_spinning_stop`` and still computes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from rsvl_runtime.backends.onnxruntime_backend import FORCE_SPINNING_STOP, OrtSession
+
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "double",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    path = tmp_path / "double.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    sess = OrtSession(path, ["CPUExecutionProvider"], threads=2)
+    assert sess._sess.get_session_options().get_session_config_entry(FORCE_SPINNING_STOP) == "1"
+    np.testing.assert_array_equal(sess.run({"x": np.array([1.0, 2.5], np.float32)})["y"], [2.0, 5.0])

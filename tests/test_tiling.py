@@ -11,7 +11,7 @@ from rsvl_runtime.tiling import (
     RowAccumulator,
     TileGrid,
     blend_tiles,
-    blend_window,
+    normalised_profiles,
     pad_to_tile,
     tile_offsets,
     tile_stride,
@@ -58,12 +58,28 @@ def test_grid_tiles_extent() -> None:
 
 @pytest.mark.parametrize("kind", ["hann", "triangular", "flat"])
 def test_window_positive_symmetric(kind: str) -> None:
-    w = blend_window(64, kind)
-    assert w.shape == (64, 64) and w.dtype == np.float32
+    w = window_1d(64, kind)
+    assert w.shape == (64,) and w.dtype == np.float32
     assert w.min() > 0 and np.isclose(w.max(), 1.0)
-    np.testing.assert_allclose(w, w.T)
-    np.testing.assert_allclose(w, w[::-1, ::-1])
+    np.testing.assert_allclose(w, w[::-1])
     assert window_1d(64, kind, floor=0.01).min() >= 0.01 - 1e-7
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(1000, 256, 0.25), (257, 64, 0.5), (40, 64, 0.25), (64, 64, 0.0)])
+def test_normalised_profiles_sum_to_one_and_leave_single_cover_exact(length: int, tile: int, overlap: float) -> None:
+    """Along an axis the tiles' normalised weights of a pixel sum to 1 (float32 rounding), and a
+    pixel that one tile covers gets exactly 1: the tile's logits pass through bit for bit."""
+    offsets = tile_offsets(length, tile, overlap)
+    profiles = normalised_profiles(offsets, length, tile, window_1d(tile))
+    total, cover = np.zeros(length), np.zeros(length, int)
+    for o, p in zip(offsets, profiles):
+        assert p.dtype == np.float32 and p.shape == (min(tile, length - o),) and p.min() > 0
+        total[o:o + len(p)] += p
+        cover[o:o + len(p)] += 1
+    np.testing.assert_allclose(total, 1.0, rtol=1e-6)
+    for o, p in zip(offsets, profiles):
+        single = cover[o:o + len(p)] == 1
+        assert np.all(p[single] == 1.0)
 
 
 def test_pad_to_tile_reflect_and_singleton() -> None:
@@ -102,6 +118,29 @@ def test_blending_a_per_pixel_function_is_exact(h: int, w: int, tile: int, overl
     np.testing.assert_allclose(_tiled(field, grid, fn), fn(field), rtol=1e-5, atol=1e-5)
 
 
+def test_blend_stores_where_no_tile_was_before_so_the_buffer_needs_no_zeroing() -> None:
+    """The accumulator stores (not adds) the part of a tile no earlier tile covered, so whatever
+    the buffer held before (NaN here, stale rows of the previous strip in a run) never shows."""
+    grid = TileGrid(300, 257, 64, 0.25)
+    rng = np.random.default_rng(3)
+    tiles = [(t, rng.normal(size=(2, 64, 64)).astype(np.float32)) for t in grid.tiles()]
+
+    def blend(poison: bool) -> np.ndarray:
+        acc, out = RowAccumulator(grid, 2), np.empty((2, 300, 257), np.float32)
+        if poison:
+            acc._acc[:] = np.nan
+        for t, lg in tiles:
+            for f in acc.add(t, lg):
+                out[:, f.y0:f.y0 + f.n_rows] = f.logits()
+        f = acc.finish()
+        out[:, f.y0:f.y0 + f.n_rows] = f.logits()
+        return out
+
+    poisoned = blend(True)
+    assert np.isfinite(poisoned).all()
+    assert np.array_equal(poisoned, blend(False))
+
+
 def test_blending_tile_dependent_values_is_smooth() -> None:
     """Tiles that disagree (a constant per tile) blend into a convex combination: no value
     outside the range of the covering tiles, and the result is continuous across tile edges."""
@@ -124,16 +163,17 @@ def test_row_accumulator_memory_and_order() -> None:
     tiles = list(grid.tiles())
     finished = acc.add(tiles[0], np.zeros((7, 64, 64), np.float32))
     assert finished == []
-    row1 = next(t for t in tiles if t.row == 1)
-    early = acc.add(row1, np.zeros((7, 64, 64), np.float32))  # row 0 got only its first tile
-    with pytest.raises(RuntimeError, match="covered by no tile"):
-        early[0].logits()
+    with pytest.raises(ValueError, match="row-major"):  # a column to the left of the last one
+        acc.add(tiles[0], np.zeros((7, 64, 64), np.float32))
     acc2 = RowAccumulator(grid, 1)
     for t in [t for t in tiles if t.row == 0]:
         acc2.add(t, np.ones((1, 64, 64), np.float32))
-    seen = []
-    assert acc2.add(row1, np.ones((1, 64, 64), np.float32), seen.append) == []  # views to emit
+    seen, values = [], []
+    row1 = next(t for t in tiles if t.row == 1)
+    emit = lambda f: (seen.append(f), values.append(f.logits().copy()))  # noqa: E731 - views: copy during the call
+    assert acc2.add(row1, np.ones((1, 64, 64), np.float32), emit) == []  # views to emit
     assert len(seen) == 1 and seen[0].y0 == 0 and seen[0].n_rows == grid.row_offsets[1]
-    assert np.shares_memory(seen[0].sums, acc2._acc)
+    assert np.shares_memory(seen[0].values, acc2._acc)
+    np.testing.assert_allclose(values[0], 1.0, rtol=1e-6)  # the weights of a pixel sum to 1
     with pytest.raises(ValueError):
         acc2.add(tiles[0], np.ones((1, 64, 64), np.float32))
