@@ -21,6 +21,11 @@ from .raster_io import scaled_shape
 
 PathLike = str | os.PathLike[str]
 
+#: zlib level of the run's PNGs (preview.png, the report's input thumbnail). Measured on a
+#: 1024 px preview: level 3 55 ms / 285 KB, Pillow's default 6 110 ms / 228 KB, 1 64 ms / 406 KB;
+#: the two PNGs are a fixed cost of every run, a few percent of a 2048 px scene's.
+PNG_COMPRESS_LEVEL = 3
+
 
 def read_label_thumbnail(path: PathLike, max_size: int = 1024) -> np.ndarray:
     """Band 1 of a raster at most ``max_size`` px on the long side (nearest; uses overviews)."""
@@ -74,7 +79,7 @@ def write_preview(labels_path: PathLike, out_path: PathLike, colors: Sequence[Se
     """Render the preview of a labels raster and write it as PNG (atomically); returns the PNG bytes."""
     img = render_preview(read_label_thumbnail(labels_path, max_size), colors, class_names, fractions)
     buf = io.BytesIO()
-    img.save(buf, format="PNG")  # no optimize=True: it doubles the encode for ~nothing
+    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)  # no optimize=True: twice the encode for ~nothing
     data = buf.getvalue()
     with atomic_open(out_path, "wb") as f:
         f.write(data)

@@ -32,6 +32,7 @@ import numpy as np
 from .files import atomic_write_text
 from .finished import FinishedRun
 from .outputs import utc_now
+from .preview import PNG_COMPRESS_LEVEL
 
 PathLike = str | os.PathLike[str]
 log = logging.getLogger("rsvl.runtime")
@@ -312,7 +313,7 @@ def optical_thumbnail(path: PathLike, bands: Sequence[int], nodata: float | None
         rgb = np.repeat(rgb, 3, axis=0)
     rgba = np.concatenate([rgb, (valid * 255).astype(np.uint8)[None]], axis=0).transpose(1, 2, 0)
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgba), "RGBA").save(buf, format="PNG")
+    Image.fromarray(np.ascontiguousarray(rgba), "RGBA").save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 

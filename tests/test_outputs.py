@@ -127,6 +127,21 @@ def test_preview_is_downsampled_with_legend(tmp_path: Path) -> None:
     assert tuple(arr[50, 10]) == (255, 0, 0, 255) and tuple(arr[50, img.width - 10]) == (0, 0, 255, 255)
     assert tuple(arr[0, 10]) == (*NODATA_COLOR, 0)  # nodata: transparent
     assert png == (tmp_path / "preview.png").read_bytes()
+    assert _zlib_level_class(png) == 1  # PNG_COMPRESS_LEVEL 3 (zlib FLEVEL 1: "fast"), not Pillow's default 6
+
+
+def _zlib_level_class(png: bytes) -> int:
+    """The FLEVEL bits of the zlib header that opens a PNG's first IDAT chunk (0 fastest, 1 fast
+    (levels 2-5), 2 default (6), 3 maximum)."""
+    import struct
+
+    i = 8  # after the signature
+    while i < len(png):
+        length, kind = struct.unpack(">I4s", png[i:i + 8])
+        if kind == b"IDAT":
+            return png[i + 9] >> 6
+        i += 12 + length
+    raise AssertionError("no IDAT chunk")
 
 
 def test_report_self_contained(tmp_path: Path) -> None:
