@@ -3,7 +3,7 @@
 Folder layout (semantic task)::
 
     labels.tif     uint8 class ids, nodata 255, input CRS/transform, 512x512 tiles, deflate,
-                   internal overviews (mode) — cloud-optimised (GDAL COG driver when available);
+                   internal overviews (mode) — cloud-optimised (``cog.write_cog``: GDAL's COG layout);
                    GDAL colour table (one colour per id, nodata transparent)
     labels.tif.aux.xml  GDAL PAM side-car: category names, raster attribute table
     labels.qml     QGIS style (paletted, one entry per id, nodata transparent)
@@ -43,12 +43,11 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import rasterio.shutil
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .files import atomic_write_text
-from .overviews import OverviewPyramid, write_overview_vrt
+from .overviews import OverviewPyramid
 from .parallel import WorkPool
 from .transaction import DISK_RESERVE_BYTES, disk_full, no_space_error
 
@@ -207,12 +206,6 @@ def _gtiff_has_zstd() -> bool:
         return False
 
 
-def cog_available() -> bool:
-    """Whether rasterio's GDAL has the COG driver."""
-    with rasterio.Env() as env:
-        return "COG" in env.drivers()
-
-
 class GeoTiffRowWriter:
     """Writes a uint8 GeoTIFF top to bottom, in windows aligned to the 512-row tile blocks.
 
@@ -223,7 +216,7 @@ class GeoTiffRowWriter:
     :func:`rsvl_runtime.styling.label_colormap`) and ``scales`` (per band, offsets 0) are set
     when the file is created and carried into the final file.
 
-    Two layouts, chosen by ``cog`` (default: the COG driver when GDAL has it):
+    Two layouts, chosen by ``cog`` (default: COG):
 
     - **COG** (encoded once): the rows go to a tiled spool at the temporary path, band
       interleaved; uncompressed while the spool fits the page cache comfortably
@@ -233,11 +226,10 @@ class GeoTiffRowWriter:
       into the overview levels
       (:class:`~rsvl_runtime.overviews.OverviewPyramid`, :func:`overview_factors`: average for
       scores, mode for labels, nodata ignored) as it is written, so no pass over the finished
-      raster is left for them. :meth:`close` hands the spool and its levels (a VRT,
-      :func:`~rsvl_runtime.overviews.write_overview_vrt`) to GDAL's COG driver once
-      (``OVERVIEWS=FORCE_USE_EXISTING``), which deflates full resolution and overviews in COG
-      order into the final file that replaces the spool. No tile is deflated, inflated and
-      deflated again. The spool and levels need at most ``4/3 x count x width x height`` bytes
+      raster is left for them. :meth:`close` hands the spool and its levels to
+      :func:`rsvl_runtime.cog.write_cog` once, which deflates full resolution and overviews
+      (ISA-L's igzip for ``zlevel <= 2``, zlib above) in COG order into the final file that
+      replaces the spool. No tile is deflated, inflated and deflated again. The spool and levels need at most ``4/3 x count x width x height`` bytes
       of temporary disk (uncompressed).
     - **plain GeoTIFF** (``cog=False``): deflated tiles, internal overviews built at :meth:`close`.
 
@@ -266,7 +258,7 @@ class GeoTiffRowWriter:
         self.pool = pool or WorkPool(1)
         self.width, self.height, self.count, self.block = width, height, count, block
         self.overview_resampling = overview_resampling
-        self.cog = cog_available() if cog is None else (cog and cog_available())
+        self.cog = cog is not False
         self.nodata = nodata
         self._profile = {"driver": "GTiff", "width": width, "height": height, "count": count,
                          "dtype": "uint8", "crs": crs, "transform": transform, "nodata": nodata,
@@ -398,20 +390,18 @@ class GeoTiffRowWriter:
         return self.path
 
     def _to_cog(self, pyramid: OverviewPyramid) -> None:
-        """Encode the spool and its overview levels once into a COG, replacing the spool."""
+        """Encode the spool and its overview levels once into a COG (:func:`rsvl_runtime.cog.write_cog`),
+        replacing the spool."""
+        from .cog import write_cog
+
         tmp = temp_path(self.path)
-        vrt = Path(f"{self.path}.vrt")
         try:
-            write_overview_vrt(self.path, pyramid.paths, vrt)
-            rasterio.shutil.copy(vrt, tmp, driver="COG", COMPRESS="DEFLATE", LEVEL=self.zlevel,
-                                 BLOCKSIZE=self.block, OVERVIEWS="FORCE_USE_EXISTING",
-                                 BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
+            write_cog(self.path, pyramid.paths, tmp, level=self.zlevel, block=self.block)
             os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         finally:
-            vrt.unlink(missing_ok=True)
             pyramid.remove()
 
     def abort(self) -> None:

@@ -1,5 +1,5 @@
-"""Overviews of an output raster computed while its rows are written (pure numpy), and the VRT
-that hands them to GDAL's COG driver.
+"""Overviews of an output raster computed while its rows are written (pure numpy); the COG writer
+(:mod:`rsvl_runtime.cog`) encodes them.
 
 :class:`OverviewPyramid` receives each finished block of full-resolution rows (the row writer's
 512-row block, :class:`~rsvl_runtime.outputs.GeoTiffRowWriter`) and reduces it 2x2 level by
@@ -12,9 +12,6 @@ block row is a multiple of every factor up to the block size, so a block reduces
 with no state carried to the next one; levels above the block size (scenes over 131072 px on
 the long side) are reduced from the last level when the raster closes.
 
-:func:`write_overview_vrt` describes the full-resolution spool plus these levels as one VRT
-(``<Overview>`` per band), which the COG driver encodes with ``OVERVIEWS=FORCE_USE_EXISTING``.
-
 Why: GDAL's ``build_overviews`` re-reads the finished raster after the tile loop and holds the
 Python GIL while it computes (measured: a Python thread ran at 15-35 % of its speed beside it),
 so the class table, preview and report could not run meanwhile. Reduced here, on blocks already in
@@ -25,21 +22,19 @@ from __future__ import annotations
 
 import os
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
-import rasterio.shutil
 from rasterio.windows import Window
 
 from .parallel import WorkPool
 
 RESAMPLINGS = ("average", "mode")
 
-__all__ = ["RESAMPLINGS", "OverviewPyramid", "reduce_average", "reduce_mode", "write_overview_vrt"]
+__all__ = ["RESAMPLINGS", "OverviewPyramid", "reduce_average", "reduce_mode"]
 
 
 def _quads(rows: np.ndarray, nodata: int) -> list[np.ndarray]:
@@ -225,19 +220,3 @@ class OverviewPyramid:
         for p in self.paths:
             p.unlink(missing_ok=True)
             Path(f"{p}.aux.xml").unlink(missing_ok=True)
-
-
-def write_overview_vrt(base: str | os.PathLike[str], levels: Sequence[str | os.PathLike[str]],
-                       vrt: str | os.PathLike[str]) -> Path:
-    """A VRT of ``base`` (its bands, georeferencing, nodata, colour table, scales, descriptions)
-    whose bands list ``levels`` (finest first) as their overviews."""
-    vrt = Path(vrt)
-    rasterio.shutil.copy(str(base), str(vrt), driver="VRT")
-    tree = ET.parse(vrt)
-    for band in tree.getroot().findall("VRTRasterBand"):
-        for level in levels:
-            ov = ET.SubElement(band, "Overview")
-            ET.SubElement(ov, "SourceFilename", relativeToVRT="0").text = str(Path(level).resolve())
-            ET.SubElement(ov, "SourceBand").text = band.get("band", "1")
-    tree.write(vrt)
-    return vrt

@@ -19,7 +19,8 @@ far more than its hand-over.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -88,6 +89,29 @@ class WorkPool:
         if error is not None:
             raise error
         return results
+
+    def imap(self, fn: Callable[[T], Any], items: Iterable[T], ahead: int | None = None) -> Iterator[Any]:
+        """``fn`` over ``items``, the results yielded in order while later items run: at most
+        ``ahead`` (default twice the workers) are handed over at once, so a long stream (the
+        tiles of a raster) is never all in memory. ``items`` is consumed in the caller's thread.
+        On an error or an early stop the items not started are withdrawn and the started ones
+        waited for."""
+        if self._pool is None:
+            yield from map(fn, items)
+            return
+        ahead = max(1, ahead or 2 * self.workers)
+        pending: deque[Any] = deque()
+        try:
+            for item in items:
+                pending.append(self._pool.submit(fn, item))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                if not f.cancel():
+                    f.exception()
 
     def ranges(self, n: int, align: int = 1) -> Sequence[slice]:
         """``range(n)`` split into one contiguous slice per worker (:func:`split_range`)."""

@@ -162,7 +162,6 @@ def test_reductions_match_a_pixel_by_pixel_reference() -> None:
     assert reduce_mode(np.array([[[255, 255], [255, 255]]], np.uint8), 255)[0, 0, 0] == 255
 
 
-@pytest.mark.skipif(not out.cog_available(), reason="GDAL has no COG driver")
 def test_streamed_overviews_equal_gdal_build_overviews(tmp_path: Path) -> None:
     """Every level of the COG (reduced while writing) equals what GDAL's build_overviews makes of
     the same full-resolution pixels (the plain layout): AVERAGE and MODE, nodata included."""

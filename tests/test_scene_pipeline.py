@@ -48,7 +48,6 @@ def _sink_threads() -> list[str]:
             if t.name in ("rsvl-writer", "rsvl-cog", "rsvl-reader") or t.name.startswith("rsvl-work")]
 
 
-needs_cog = pytest.mark.skipif(not out.cog_available(), reason="GDAL has no COG driver")
 
 
 # ----------------------------------------------------------------------------- writer thread
@@ -138,17 +137,17 @@ def test_sink_thread_close_stops_a_busy_writer() -> None:
 
 
 # ----------------------------------------------------------------------------- the COG, written once
-@needs_cog
 def test_cog_is_encoded_once_from_a_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    opt, sar = _scene(tmp_path / "in", 300, 200)
-    copies: list[tuple[str, str, str]] = []
-    real_copy = rasterio.shutil.copy
+    import rsvl_runtime.cog as cog
 
-    def counting_copy(src: Any, dst: Any, **kw: Any) -> Any:
-        with rasterio.open(src) as ds:  # what the COG driver is handed: the ZSTD-1 spool + levels
-            copies.append((Path(str(src)).name.split(".")[1], kw.get("driver"), ds.compression,
-                           len(ds.overviews(1))))
-        return real_copy(src, dst, **kw)
+    opt, sar = _scene(tmp_path / "in", 300, 200)
+    copies: list[tuple[str, str, str | None, int]] = []
+    real_write = cog.write_cog
+
+    def counting_write(spool: Any, levels: Any, dest: Any, **kw: Any) -> Any:
+        with rasterio.open(spool) as ds:  # what the COG writer is handed: the raw spool + levels
+            copies.append((Path(str(spool)).name.split(".")[1], "COG", ds.compression, len(levels)))
+        return real_write(spool, levels, dest, **kw)
 
     built: list[Any] = []
     real_build = rasterio.io.DatasetWriter.build_overviews
@@ -157,7 +156,7 @@ def test_cog_is_encoded_once_from_a_spool(tmp_path: Path, monkeypatch: pytest.Mo
         built.append(self.compression)  # GDAL's overviews (the plain layout only)
         real_build(self, *a, **k)
 
-    monkeypatch.setattr(rasterio.shutil, "copy", counting_copy)
+    monkeypatch.setattr(cog, "write_cog", counting_write)
     monkeypatch.setattr(rasterio.io.DatasetWriter, "build_overviews", recording_build)
     res = _run(LinearModel(5), opt, sar, tmp_path / "out")
     cogs = sorted(c for c in copies if c[1] == "COG")
@@ -182,7 +181,6 @@ def test_cog_is_encoded_once_from_a_spool(tmp_path: Path, monkeypatch: pytest.Mo
         assert abs(float(ov.mean()) - full.mean()) < 1.0
 
 
-@needs_cog
 def test_zstd_spool_gives_the_same_files_as_a_raw_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A spool bigger than RAW_SPOOL_MEMORY_FRACTION of the available memory is ZSTD-1 (forced
     here with a fraction of 0); the finished COGs are byte for byte those of a raw spool."""
@@ -207,7 +205,6 @@ def test_zstd_spool_gives_the_same_files_as_a_raw_one(tmp_path: Path, monkeypatc
         assert (raw.out_dir / name).read_bytes() == (zstd.out_dir / name).read_bytes()
 
 
-@needs_cog
 def test_cog_and_plain_layouts_hold_the_same_pixels(tmp_path: Path) -> None:
     opt, sar = _scene(tmp_path / "in", 256, 192)
     a = _run(LinearModel(5), opt, sar, tmp_path / "cog")
@@ -223,8 +220,6 @@ def test_cog_and_plain_layouts_hold_the_same_pixels(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- stage timings
 @pytest.mark.parametrize("cog", [True, False])
 def test_stage_timings_in_done_json_and_report(tmp_path: Path, cog: bool) -> None:
-    if cog and not out.cog_available():
-        pytest.skip("GDAL has no COG driver")
     opt, sar = _scene(tmp_path / "in")
     res = _run(LinearModel(5), opt, sar, tmp_path / "out", cog=cog)
     t = json.loads((tmp_path / "out" / out.DONE).read_text())["timings"]
@@ -265,7 +260,6 @@ def test_bench_scene_tables_show_the_stage_breakdown() -> None:
 
 
 # ----------------------------------------------------------------------------- resume through the spool
-@needs_cog
 def test_interrupted_cog_run_resumes_to_the_same_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import sys

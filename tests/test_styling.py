@@ -73,8 +73,6 @@ def _is_blue(c: tuple[int, ...]) -> bool:
 # ----------------------------------------------------------------------------- labels.tif styled
 @pytest.mark.parametrize("cog", [False, True])
 def test_labels_carry_colour_table_categories_rat_and_qml(tmp_path: Path, cog: bool) -> None:
-    if cog and not out.cog_available():
-        pytest.skip("GDAL has no COG driver")
     _run(tmp_path, LinearModel(5), NAMES, cog=cog)
     d = tmp_path / "out"
     table = json.loads((d / out.CLASSES).read_text())["classes"]

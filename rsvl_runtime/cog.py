@@ -1,0 +1,313 @@
+"""Cloud-optimised GeoTIFFs assembled by rsvl from a row writer's spool and its overview levels.
+
+:func:`write_cog` writes the layout of GDAL's COG driver (``LAYOUT=COG`` when GDAL opens it):
+the TIFF header, GDAL's structural-metadata "ghost" area (``LAYOUT=IFDS_BEFORE_DATA``,
+``BLOCK_ORDER=ROW_MAJOR``, each tile preceded by its size and followed by its last 4 bytes),
+every IFD (full resolution, then the overviews from the largest down), then the tile data from
+the smallest overview up to full resolution. Tiles are 512 x 512 (``block``), DEFLATE
+(TIFF compression 8, zlib streams: every TIFF reader opens them), band-separate for several
+bands (``PlanarConfiguration=2``: the spool's own order, so no interleaving pass; a GIS reads one
+class's scores without decoding the others). The georeferencing, nodata, colour table, band
+descriptions, scales and other GDAL metadata are copied tag by tag from the spool, which GDAL wrote.
+
+Why not GDAL's COG driver: it deflates with libdeflate at ~240 MB/s per core here, while ISA-L's
+igzip (the ``isal`` package) deflates the same score tiles at ~830 MB/s to the same size (measured
+on a 2-core AVX-512 EPYC: compression ratio 0.139 vs 0.134 of the raw bytes); the encode after
+the tile loop is most of what a scene run spends outside its engine. Fast levels (``level <= 2``:
+the scores) use igzip level 1; higher levels (the labels' 6) use libdeflate (the ``deflate``
+package: 273 MB/s here against zlib's 107 MB/s, and 40 % smaller than igzip's best on labels).
+Without those packages zlib does all, with the same files' pixels.
+Tiles are read through rasterio (a raw or ZSTD spool alike) and deflated by a pool of workers
+(both codecs release the GIL).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from .parallel import WorkPool
+
+try:  # pragma: no cover - exercised where installed
+    from isal import isal_zlib as _isal
+except ImportError:  # pragma: no cover
+    _isal = None
+try:  # pragma: no cover - exercised where installed
+    import deflate as _libdeflate
+except ImportError:  # pragma: no cover
+    _libdeflate = None
+
+__all__ = ["GHOST", "deflate_tile", "write_cog"]
+
+#: GDAL's structural metadata of a COG, verbatim as its COG driver writes it after the header.
+GHOST = (b"GDAL_STRUCTURAL_METADATA_SIZE=000140 bytes\n"
+         b"LAYOUT=IFDS_BEFORE_DATA\nBLOCK_ORDER=ROW_MAJOR\nBLOCK_LEADER=SIZE_AS_UINT4\n"
+         b"BLOCK_TRAILER=LAST_4_BYTES_REPEATED\nKNOWN_INCOMPATIBLE_EDITION=NO\n ")
+
+#: Deflate levels up to this one are "fast": igzip level 1 where ``isal`` is installed.
+FAST_LEVEL = 2
+
+# TIFF field types -> bytes per value
+_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 16: 8, 17: 8, 18: 8}
+_SHORT, _LONG, _LONG8 = 3, 4, 16
+#: Tags of the spool's first IFD carried into the COG: photometric, colour table, extra samples,
+#: sample format, the GeoTIFF tags, GDAL_METADATA and GDAL_NODATA. The overviews get the first four.
+_COPIED = (262, 320, 338, 339, 33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
+_OVERVIEW_COPIED = (262, 320, 338, 339)
+
+
+def deflate_tile(data: bytes | np.ndarray, level: int) -> bytes:
+    """One tile as a zlib stream (TIFF DEFLATE): igzip level 1 for ``level <= FAST_LEVEL`` when
+    ``isal`` is installed, else libdeflate (the ``deflate`` package) at ``level``, else zlib."""
+    if level <= FAST_LEVEL and _isal is not None:
+        return bytes(_isal.compress(data, 1))
+    if _libdeflate is not None:
+        return bytes(_libdeflate.zlib_compress(data, level))
+    return zlib.compress(data, level)
+
+
+def read_first_ifd(path: str | os.PathLike[str]) -> tuple[str, dict[int, tuple[int, int, bytes]]]:
+    """The byte order (``"<"``/``">"``) and the tags of a TIFF's first IFD: tag -> (type, count,
+    value bytes in the file's byte order). Classic TIFF and BigTIFF."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if head[:2] not in (b"II", b"MM"):
+            raise ValueError(f"{path}: not a TIFF file")
+        e = "<" if head[:2] == b"II" else ">"
+        big = struct.unpack(e + "H", head[2:4])[0] == 43
+        f.seek(struct.unpack(e + "Q", head[8:16])[0] if big else struct.unpack(e + "I", head[4:8])[0])
+        n = struct.unpack(e + ("Q" if big else "H"), f.read(8 if big else 2))[0]
+        size, inline = (20, 8) if big else (12, 4)
+        raw = f.read(n * size)
+        tags: dict[int, tuple[int, int, bytes]] = {}
+        for i in range(n):
+            entry = raw[i * size:(i + 1) * size]
+            tag, typ, count = struct.unpack(e + ("HHQ" if big else "HHI"), entry[:4 + inline])
+            value = entry[4 + inline:]
+            nbytes = _TYPE_SIZE.get(typ, 1) * count
+            if nbytes > inline:
+                f.seek(struct.unpack(e + ("Q" if big else "I"), value)[0])
+                value = f.read(nbytes)
+            tags[tag] = (typ, count, value[:nbytes])
+    return e, tags
+
+
+class _Image:
+    """One image of the COG (full resolution or an overview): its source raster and its IFD."""
+
+    def __init__(self, path: Path, width: int, height: int, count: int, block: int, overview: bool) -> None:
+        self.path, self.width, self.height, self.count = path, width, height, count
+        self.overview = overview
+        self.across, self.down = -(-width // block), -(-height // block)
+        self.n_tiles = self.across * self.down * count
+        self.offsets = [0] * self.n_tiles
+        self.counts = [0] * self.n_tiles
+        self.arrays_at = (0, 0)  # file positions of the TileOffsets and TileByteCounts arrays
+        self.raw: tuple[list[int], list[int]] | None = None  # the source's own raw tiles (see _raw_layout)
+
+
+class _IfdWriter:
+    """Serialises IFDs in one byte order, classic TIFF or BigTIFF."""
+
+    def __init__(self, e: str, big: bool) -> None:
+        self.e, self.big = e, big
+        self.entry, self.inline = (20, 8) if big else (12, 4)
+        self.offset_type = _LONG8 if big else _LONG
+        self.offset_fmt = "Q" if big else "I"
+
+    def size(self, entries: Sequence[tuple[int, int, int, bytes]]) -> int:
+        """Bytes of an IFD with its out-of-line values (each at an even offset)."""
+        n = len(entries)
+        fixed = (8 + n * 20 + 8) if self.big else (2 + n * 12 + 4)
+        extra = sum(len(v) + len(v) % 2 for _, _, _, v in entries if len(v) > self.inline)
+        return fixed + extra
+
+    def pack(self, at: int, entries: Sequence[tuple[int, int, int, bytes]], next_ifd: int) -> tuple[bytes, dict[int, int]]:
+        """The IFD written at file offset ``at``; also tag -> file offset of its value bytes."""
+        e, n = self.e, len(entries)
+        head = struct.pack(e + "Q", n) if self.big else struct.pack(e + "H", n)
+        fixed = len(head) + n * self.entry + (8 if self.big else 4)
+        body, extra, where = [head], [], {}
+        pos = at + fixed
+        for tag, typ, count, value in sorted(entries):
+            if len(value) > self.inline:
+                where[tag] = pos
+                ref = struct.pack(e + self.offset_fmt, pos)
+                extra.append(value + b"\0" * (len(value) % 2))
+                pos += len(value) + len(value) % 2
+            else:
+                where[tag] = at + len(head) + len(body[1:]) * self.entry + 4 + (8 if self.big else 4)
+                ref = value + b"\0" * (self.inline - len(value))
+            body.append(struct.pack(e + ("HHQ" if self.big else "HHI"), tag, typ, count) + ref)
+        body.append(struct.pack(e + self.offset_fmt, next_ifd))
+        return b"".join(body + extra), where
+
+
+def _entries(img: _Image, tags: dict[int, tuple[int, int, bytes]], w: _IfdWriter) -> list[tuple[int, int, int, bytes]]:
+    e = w.e
+    short = lambda tag, *vals: (tag, _SHORT, len(vals), struct.pack(e + f"{len(vals)}H", *vals))  # noqa: E731
+    zeros = bytes(_TYPE_SIZE[w.offset_type] * img.n_tiles)
+    out = [short(256, img.width) if img.width < 65536 else (256, _LONG, 1, struct.pack(e + "I", img.width)),
+           short(257, img.height) if img.height < 65536 else (257, _LONG, 1, struct.pack(e + "I", img.height)),
+           short(258, *([8] * img.count)), short(259, 8), short(277, img.count),
+           short(284, 2 if img.count > 1 else 1), short(322, 512), short(323, 512),
+           (324, w.offset_type, img.n_tiles, zeros), (325, w.offset_type, img.n_tiles, zeros)]
+    if img.overview:
+        out.append((254, _LONG, 1, struct.pack(e + "I", 1)))
+    for tag in (_OVERVIEW_COPIED if img.overview else _COPIED):
+        if tag in tags:
+            out.append((tag, *tags[tag]))
+    return out
+
+
+def _tiles(img: _Image, block: int) -> Iterator[bytes | np.ndarray]:
+    """``img``'s tiles in TIFF order (band by band, row by row), each ``block x block`` bytes:
+    straight from the file where its tiles are stored raw in that order (an uncompressed spool:
+    one copy out of the page cache), else read through rasterio (edge tiles padded with 0)."""
+    if img.raw is not None:
+        offsets, counts = img.raw
+        fd = os.open(img.path, os.O_RDONLY)
+        try:
+            for off, n in zip(offsets, counts):
+                yield os.pread(fd, n, off) if n == block * block else bytes(block * block)
+        finally:
+            os.close(fd)
+        return
+    with rasterio.open(img.path) as ds:
+        for band in range(1, img.count + 1):
+            for row in range(img.down):
+                y0 = row * block
+                h = min(block, img.height - y0)
+                for col in range(img.across):
+                    x0 = col * block
+                    w = min(block, img.width - x0)
+                    if h == block and w == block:
+                        yield ds.read(band, window=Window(x0, y0, block, block))
+                    else:
+                        tile = np.zeros((block, block), np.uint8)
+                        tile[:h, :w] = ds.read(band, window=Window(x0, y0, w, h))
+                        yield tile
+
+
+def _raw_layout(tags: dict[int, tuple[int, int, bytes]], e: str, block: int,
+                img: _Image) -> tuple[list[int], list[int]] | None:
+    """The tile offsets and byte counts of a TIFF whose tiles are ``img``'s COG tiles stored raw
+    (uncompressed, ``block`` x ``block``, band-separate when several bands), else None."""
+    def values(tag: int) -> tuple[int, ...]:
+        if tag not in tags:
+            return ()
+        typ, count, data = tags[tag]
+        fmt = {_SHORT: "H", _LONG: "I", _LONG8: "Q"}.get(typ)
+        return struct.unpack(e + f"{count}{fmt}", data) if fmt else ()
+
+    planar = values(284) or (1,)
+    if values(259) != (1,) or values(322) != (block,) or values(323) != (block,) \
+            or (img.count > 1 and planar != (2,)) or len(values(324)) != img.n_tiles:
+        return None
+    return list(values(324)), list(values(325))
+
+
+def _write_tiles(f: BinaryIO, img: _Image, block: int, level: int, pool: WorkPool, e: str) -> None:
+    """Deflate ``img``'s tiles over the pool (read here meanwhile) and append them in order, each
+    with its size before it and its last 4 bytes after it."""
+    for i, data in enumerate(pool.imap(lambda t: deflate_tile(t, level), _tiles(img, block))):
+        f.write(struct.pack(e + "I", len(data)))
+        img.offsets[i] = f.tell()
+        img.counts[i] = len(data)
+        f.write(data)
+        f.write(data[-4:])
+
+
+def write_cog(spool: str | os.PathLike[str], levels: Sequence[str | os.PathLike[str]], dest: str | os.PathLike[str],
+              *, level: int = 6, block: int = 512, bigtiff: bool | None = None, workers: int | None = None) -> Path:
+    """Write ``dest``: the COG of the full-resolution ``spool`` (a tiled GeoTIFF written by GDAL,
+    whose metadata is carried over) with ``levels`` as its overviews (finest first), deflated at
+    ``level`` by ``workers`` threads (default: the process's CPUs). ``bigtiff`` None: BigTIFF
+    when the raw tiles could exceed 4 GiB."""
+    if block != 512:
+        raise ValueError("COG tiles are 512 x 512")
+    spool, dest = Path(spool), Path(dest)
+    e, tags = read_first_ifd(spool)
+    images = []
+    for i, p in enumerate([spool, *map(Path, levels)]):
+        with rasterio.open(p) as ds:
+            if ds.dtypes[0] != "uint8":
+                raise ValueError(f"{p}: write_cog writes uint8 rasters, not {ds.dtypes[0]}")
+            images.append(_Image(p, ds.width, ds.height, ds.count, block, overview=i > 0))
+    images[0].raw = _raw_layout(tags, e, block, images[0])
+    raw = sum(img.n_tiles for img in images) * block * block
+    big = raw * 1.01 + (1 << 24) >= 1 << 32 if bigtiff is None else bool(bigtiff)
+    w = _IfdWriter(e, big)
+    head = (b"II" if e == "<" else b"MM") + (struct.pack(e + "HHHQ", 43, 8, 0, 0) if big else struct.pack(e + "HI", 42, 0))
+    pos = len(head) + len(GHOST) + len(GHOST) % 2
+    entries = [_entries(img, tags, w) for img in images]
+    at = []
+    for ent in entries:
+        at.append(pos)
+        pos += w.size(ent)
+    pool = WorkPool(workers)
+    try:
+        with open(dest, "wb") as f:
+            first_ifd = struct.pack(e + "Q", at[0]) if big else struct.pack(e + "I", at[0])
+            f.write(head[:8 if big else 4] + first_ifd + GHOST + b"\0" * (len(GHOST) % 2))
+            for i, (img, ent) in enumerate(zip(images, entries)):
+                data, where = w.pack(at[i], ent, at[i + 1] if i + 1 < len(at) else 0)
+                assert f.tell() == at[i]
+                f.write(data)
+                img.arrays_at = (where[324], where[325])
+            for img in reversed(images):  # the smallest overview first, full resolution last
+                _write_tiles(f, img, block, level, pool, e)
+            fmt = e + ("Q" if big else "I") * 1
+            for img in images:
+                for pos_, values in zip(img.arrays_at, (img.offsets, img.counts)):
+                    f.seek(pos_)
+                    f.write(struct.pack(e + f"{len(values)}" + fmt[-1], *values))
+    finally:
+        pool.close()
+    return dest
+
+
+def cog_layout(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What :func:`write_cog` promises, read back from a file (for checks and tests): the ghost
+    area, the IFD offsets in file order and, per IFD, the first tile's data offset."""
+    out: dict[str, Any] = {"ifds": [], "first_tile": []}
+    with open(path, "rb") as f:
+        head = f.read(16)
+        e = "<" if head[:2] == b"II" else ">"
+        big = struct.unpack(e + "H", head[2:4])[0] == 43
+        out["bigtiff"] = big
+        start = 16 if big else 8
+        f.seek(start)
+        out["ghost"] = f.read(len(GHOST))
+        nxt = struct.unpack(e + "Q", head[8:16])[0] if big else struct.unpack(e + "I", head[4:8])[0]
+        size, inline = (20, 8) if big else (12, 4)
+        while nxt:
+            out["ifds"].append(nxt)
+            f.seek(nxt)
+            n = struct.unpack(e + ("Q" if big else "H"), f.read(8 if big else 2))[0]
+            raw = f.read(n * size)
+            first = None
+            for i in range(n):
+                entry = raw[i * size:(i + 1) * size]
+                tag, typ, count = struct.unpack(e + ("HHQ" if big else "HHI"), entry[:4 + inline])
+                if tag == 324:
+                    value = entry[4 + inline:]
+                    fmt = "Q" if typ == _LONG8 else "I"
+                    if _TYPE_SIZE[typ] * count > inline:
+                        here = f.tell()
+                        f.seek(struct.unpack(e + ("Q" if big else "I"), value)[0])
+                        first = struct.unpack(e + fmt, f.read(_TYPE_SIZE[typ]))[0]
+                        f.seek(here)
+                    else:
+                        first = struct.unpack(e + fmt, value[:_TYPE_SIZE[typ]])[0]
+            out["first_tile"].append(first)
+            nxt = struct.unpack(e + ("Q" if big else "I"), f.read(8 if big else 4))[0]
+    return out
