@@ -45,7 +45,7 @@ try:  # pragma: no cover - exercised where installed
 except ImportError:  # pragma: no cover
     _libdeflate = None
 
-__all__ = ["GHOST", "deflate_tile", "write_cog"]
+__all__ = ["GHOST", "cog_layout", "deflate_tile", "read_ifds", "tag_values", "write_cog"]
 
 #: GDAL's structural metadata of a COG, verbatim as its COG driver writes it after the header.
 GHOST = (b"GDAL_STRUCTURAL_METADATA_SIZE=000140 bytes\n"
@@ -74,30 +74,44 @@ def deflate_tile(data: bytes | np.ndarray, level: int) -> bytes:
     return zlib.compress(data, level)
 
 
-def read_first_ifd(path: str | os.PathLike[str]) -> tuple[str, dict[int, tuple[int, int, bytes]]]:
-    """The byte order (``"<"``/``">"``) and the tags of a TIFF's first IFD: tag -> (type, count,
-    value bytes in the file's byte order). Classic TIFF and BigTIFF."""
+def read_ifds(path: str | os.PathLike[str]) -> Iterator[tuple[str, bool, int, dict[int, tuple[int, int, bytes]]]]:
+    """The IFDs of a TIFF in chain order: (byte order ``"<"``/``">"``, BigTIFF, the IFD's file
+    offset, tag -> (type, count, value bytes in the file's byte order)). Classic TIFF and BigTIFF."""
     with open(path, "rb") as f:
         head = f.read(16)
         if head[:2] not in (b"II", b"MM"):
             raise ValueError(f"{path}: not a TIFF file")
         e = "<" if head[:2] == b"II" else ">"
         big = struct.unpack(e + "H", head[2:4])[0] == 43
-        f.seek(struct.unpack(e + "Q", head[8:16])[0] if big else struct.unpack(e + "I", head[4:8])[0])
-        n = struct.unpack(e + ("Q" if big else "H"), f.read(8 if big else 2))[0]
+        off_fmt, count_size = ("Q", 8) if big else ("I", 2)
         size, inline = (20, 8) if big else (12, 4)
-        raw = f.read(n * size)
-        tags: dict[int, tuple[int, int, bytes]] = {}
-        for i in range(n):
-            entry = raw[i * size:(i + 1) * size]
-            tag, typ, count = struct.unpack(e + ("HHQ" if big else "HHI"), entry[:4 + inline])
-            value = entry[4 + inline:]
-            nbytes = _TYPE_SIZE.get(typ, 1) * count
-            if nbytes > inline:
-                f.seek(struct.unpack(e + ("Q" if big else "I"), value)[0])
-                value = f.read(nbytes)
-            tags[tag] = (typ, count, value[:nbytes])
-    return e, tags
+        at = struct.unpack(e + "Q", head[8:16])[0] if big else struct.unpack(e + "I", head[4:8])[0]
+        while at:
+            f.seek(at)
+            n = struct.unpack(e + ("Q" if big else "H"), f.read(count_size))[0]
+            raw = f.read(n * size)
+            nxt = struct.unpack(e + off_fmt, f.read(8 if big else 4))[0]
+            tags: dict[int, tuple[int, int, bytes]] = {}
+            for i in range(n):
+                entry = raw[i * size:(i + 1) * size]
+                tag, typ, count = struct.unpack(e + ("HHQ" if big else "HHI"), entry[:4 + inline])
+                value = entry[4 + inline:]
+                nbytes = _TYPE_SIZE.get(typ, 1) * count
+                if nbytes > inline:
+                    f.seek(struct.unpack(e + off_fmt, value)[0])
+                    value = f.read(nbytes)
+                tags[tag] = (typ, count, value[:nbytes])
+            yield e, big, at, tags
+            at = nxt
+
+
+def tag_values(tags: dict[int, tuple[int, int, bytes]], e: str, tag: int) -> tuple[int, ...]:
+    """The integer values of a SHORT/LONG/LONG8 tag (empty when absent or of another type)."""
+    if tag not in tags:
+        return ()
+    typ, count, data = tags[tag]
+    fmt = {_SHORT: "H", _LONG: "I", _LONG8: "Q"}.get(typ)
+    return struct.unpack(e + f"{count}{fmt}", data) if fmt else ()
 
 
 class _Image:
@@ -202,11 +216,7 @@ def _raw_layout(tags: dict[int, tuple[int, int, bytes]], e: str, block: int,
     """The tile offsets and byte counts of a TIFF whose tiles are ``img``'s COG tiles stored raw
     (uncompressed, ``block`` x ``block``, band-separate when several bands), else None."""
     def values(tag: int) -> tuple[int, ...]:
-        if tag not in tags:
-            return ()
-        typ, count, data = tags[tag]
-        fmt = {_SHORT: "H", _LONG: "I", _LONG8: "Q"}.get(typ)
-        return struct.unpack(e + f"{count}{fmt}", data) if fmt else ()
+        return tag_values(tags, e, tag)
 
     planar = values(284) or (1,)
     if values(259) != (1,) or values(322) != (block,) or values(323) != (block,) \
@@ -235,7 +245,7 @@ def write_cog(spool: str | os.PathLike[str], levels: Sequence[str | os.PathLike[
     if block != 512:
         raise ValueError("COG tiles are 512 x 512")
     spool, dest = Path(spool), Path(dest)
-    e, tags = read_first_ifd(spool)
+    e, _, _, tags = next(read_ifds(spool))
     images = []
     for i, p in enumerate([spool, *map(Path, levels)]):
         with rasterio.open(p) as ds:
@@ -276,38 +286,12 @@ def write_cog(spool: str | os.PathLike[str], levels: Sequence[str | os.PathLike[
 
 
 def cog_layout(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What :func:`write_cog` promises, read back from a file (for checks and tests): the ghost
-    area, the IFD offsets in file order and, per IFD, the first tile's data offset."""
-    out: dict[str, Any] = {"ifds": [], "first_tile": []}
+    """What :func:`write_cog` promises, read back from a file (for checks and tests): BigTIFF or
+    not, the ghost area, the IFD offsets in file order and, per IFD, its first tile's offset."""
+    ifds = list(read_ifds(path))
+    big = ifds[0][1]
     with open(path, "rb") as f:
-        head = f.read(16)
-        e = "<" if head[:2] == b"II" else ">"
-        big = struct.unpack(e + "H", head[2:4])[0] == 43
-        out["bigtiff"] = big
-        start = 16 if big else 8
-        f.seek(start)
-        out["ghost"] = f.read(len(GHOST))
-        nxt = struct.unpack(e + "Q", head[8:16])[0] if big else struct.unpack(e + "I", head[4:8])[0]
-        size, inline = (20, 8) if big else (12, 4)
-        while nxt:
-            out["ifds"].append(nxt)
-            f.seek(nxt)
-            n = struct.unpack(e + ("Q" if big else "H"), f.read(8 if big else 2))[0]
-            raw = f.read(n * size)
-            first = None
-            for i in range(n):
-                entry = raw[i * size:(i + 1) * size]
-                tag, typ, count = struct.unpack(e + ("HHQ" if big else "HHI"), entry[:4 + inline])
-                if tag == 324:
-                    value = entry[4 + inline:]
-                    fmt = "Q" if typ == _LONG8 else "I"
-                    if _TYPE_SIZE[typ] * count > inline:
-                        here = f.tell()
-                        f.seek(struct.unpack(e + ("Q" if big else "I"), value)[0])
-                        first = struct.unpack(e + fmt, f.read(_TYPE_SIZE[typ]))[0]
-                        f.seek(here)
-                    else:
-                        first = struct.unpack(e + fmt, value[:_TYPE_SIZE[typ]])[0]
-            out["first_tile"].append(first)
-            nxt = struct.unpack(e + ("Q" if big else "I"), f.read(8 if big else 4))[0]
-    return out
+        f.seek(16 if big else 8)
+        ghost = f.read(len(GHOST))
+    return {"bigtiff": big, "ghost": ghost, "ifds": [at for _, _, at, _ in ifds],
+            "first_tile": [tag_values(tags, e, 324)[0] for e, _, _, tags in ifds]}
