@@ -182,33 +182,30 @@ def _entries(img: _Image, tags: dict[int, tuple[int, int, bytes]], w: _IfdWriter
     return out
 
 
-def _tiles(img: _Image, block: int) -> Iterator[bytes | np.ndarray]:
-    """``img``'s tiles in TIFF order (band by band, row by row), each ``block x block`` bytes:
-    straight from the file where its tiles are stored raw in that order (an uncompressed spool:
-    one copy out of the page cache), else read through rasterio (edge tiles padded with 0)."""
+def _tile_rows(img: _Image, block: int) -> Iterator[tuple[str, list[Any]]]:
+    """``img``'s tiles in TIFF order (band by band, row by row), one row of tiles per item:
+    ``("raw", [(offset, nbytes), ...])`` where its file stores them raw in that order (an
+    uncompressed spool: the workers read them themselves), else ``("tiles", [array, ...])`` read
+    here through rasterio (contiguous ``block x block`` uint8, edge tiles padded with 0)."""
     if img.raw is not None:
         offsets, counts = img.raw
-        fd = os.open(img.path, os.O_RDONLY)
-        try:
-            for off, n in zip(offsets, counts):
-                yield os.pread(fd, n, off) if n == block * block else bytes(block * block)
-        finally:
-            os.close(fd)
+        for i in range(0, img.n_tiles, img.across):
+            yield "raw", list(zip(offsets[i:i + img.across], counts[i:i + img.across]))
         return
     with rasterio.open(img.path) as ds:
         for band in range(1, img.count + 1):
             for row in range(img.down):
                 y0 = row * block
                 h = min(block, img.height - y0)
+                strip = ds.read(band, window=Window(0, y0, img.width, h))
+                tiles = []
                 for col in range(img.across):
                     x0 = col * block
                     w = min(block, img.width - x0)
-                    if h == block and w == block:
-                        yield ds.read(band, window=Window(x0, y0, block, block))
-                    else:
-                        tile = np.zeros((block, block), np.uint8)
-                        tile[:h, :w] = ds.read(band, window=Window(x0, y0, w, h))
-                        yield tile
+                    tile = np.zeros((block, block), np.uint8)
+                    tile[:h, :w] = strip[:, x0:x0 + w]
+                    tiles.append(tile)
+                yield "tiles", tiles
 
 
 def _raw_layout(tags: dict[int, tuple[int, int, bytes]], e: str, block: int,
@@ -226,14 +223,32 @@ def _raw_layout(tags: dict[int, tuple[int, int, bytes]], e: str, block: int,
 
 
 def _write_tiles(f: BinaryIO, img: _Image, block: int, level: int, pool: WorkPool, e: str) -> None:
-    """Deflate ``img``'s tiles over the pool (read here meanwhile) and append them in order, each
-    with its size before it and its last 4 bytes after it."""
-    for i, data in enumerate(pool.imap(lambda t: deflate_tile(t, level), _tiles(img, block))):
-        f.write(struct.pack(e + "I", len(data)))
-        img.offsets[i] = f.tell()
-        img.counts[i] = len(data)
-        f.write(data)
-        f.write(data[-4:])
+    """Deflate ``img``'s tiles over the pool, a row of tiles per task (the workers also read the
+    raw ones), and append them in order, each with its size before it and its last 4 bytes after
+    it (GDAL's block leader and trailer)."""
+    fd = os.open(img.path, os.O_RDONLY) if img.raw is not None else -1
+    empty = bytes(block * block)
+
+    def encode(job: tuple[str, list[Any]]) -> list[bytes]:
+        kind, items = job
+        tiles = [os.pread(fd, n, off) if n == len(empty) else empty for off, n in items] if kind == "raw" else items
+        out = []
+        for t in tiles:
+            data = deflate_tile(t, level)
+            out.append(struct.pack(e + "I", len(data)) + data + data[-4:])
+        return out
+
+    try:
+        i, pos = 0, f.tell()
+        for framed in pool.imap(encode, _tile_rows(img, block)):
+            for piece in framed:
+                img.offsets[i], img.counts[i] = pos + 4, len(piece) - 8
+                pos += len(piece)
+                i += 1
+            f.write(b"".join(framed))
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def write_cog(spool: str | os.PathLike[str], levels: Sequence[str | os.PathLike[str]], dest: str | os.PathLike[str],
