@@ -99,6 +99,23 @@ def test_cog_bigtiff_and_a_compressed_spool_give_the_same_pixels(tmp_path: Path)
             np.testing.assert_array_equal(ds.read(), data)
 
 
+def test_cog_reads_the_same_in_an_independent_tiff_reader(tmp_path: Path) -> None:
+    """tifffile (its own TIFF parser and zlib, not GDAL) sees the same pyramid: planar bands,
+    DEFLATE, GeoTIFF tags, the same pixels at every level."""
+    import tifffile
+
+    data = np.random.default_rng(9).integers(0, 255, (3, 900, 1100), dtype=np.uint8)
+    spool, levels, arrays = _pyramid(tmp_path, data, descriptions=["a", "b", "c"])
+    dest = cog.write_cog(spool, levels, tmp_path / "out.tif", level=1)
+    with tifffile.TiffFile(dest) as tif:
+        assert tif.is_geotiff and len(tif.pages) == 3
+        page = tif.pages[0]
+        assert page.planarconfig == 2 and page.compression == 8 and page.tile == (512, 512)
+        np.testing.assert_array_equal(page.asarray(), data)
+        for p, a in zip(tif.pages[1:], arrays):
+            np.testing.assert_array_equal(p.asarray(), a)
+
+
 def test_cog_refuses_what_it_cannot_write(tmp_path: Path) -> None:
     p = tmp_path / "f.tif"
     with rasterio.open(p, "w", driver="GTiff", width=8, height=8, count=1, dtype="float32") as ds:
