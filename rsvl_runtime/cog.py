@@ -219,7 +219,10 @@ def _raw_layout(tags: dict[int, tuple[int, int, bytes]], e: str, block: int,
     if values(259) != (1,) or values(322) != (block,) or values(323) != (block,) \
             or (img.count > 1 and planar != (2,)) or len(values(324)) != img.n_tiles:
         return None
-    return list(values(324)), list(values(325))
+    counts = list(values(325))
+    if any(n not in (0, block * block) for n in counts):  # only absent (0) or whole raw tiles
+        return None
+    return list(values(324)), counts
 
 
 def _write_tiles(f: BinaryIO, img: _Image, block: int, level: int, pool: WorkPool, e: str) -> None:

@@ -82,14 +82,21 @@ def test_cog_roundtrip_bit_for_bit_with_metadata_and_layout(tmp_path: Path, coun
     assert zlib.decompress(raw[first:first + size])[:w if w < 512 else 512] == bytes(data[0, 0, :512])
 
 
-def test_cog_bigtiff_and_a_compressed_spool_give_the_same_pixels(tmp_path: Path) -> None:
+def test_cog_bigtiff_and_a_compressed_spool_give_the_same_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Forced BigTIFF, and a ZSTD spool (read through GDAL instead of straight from the file):
     the same pixels; the raw and the ZSTD spool give byte-identical files."""
+    import os
+
+    reads: list[int] = []
+    real_pread = os.pread
+    monkeypatch.setattr(cog.os, "pread", lambda fd, n, off: reads.append(n) or real_pread(fd, n, off))
     data = np.random.default_rng(5).integers(0, 255, (2, 700, 900), dtype=np.uint8)
     (tmp_path / "raw").mkdir()
     (tmp_path / "zstd").mkdir()
     a = cog.write_cog(*_pyramid(tmp_path / "raw", data)[:2], tmp_path / "a.tif", level=1)
+    assert reads == [512 * 512] * 8  # the raw spool's 2 x 2 x 2 tiles straight from the file
     b = cog.write_cog(*_pyramid(tmp_path / "zstd", data, compress="zstd")[:2], tmp_path / "b.tif", level=1)
+    assert len(reads) == 8  # a compressed spool is read through GDAL
     big = cog.write_cog(*_pyramid(tmp_path / "raw", data)[:2], tmp_path / "big.tif", level=1, bigtiff=True)
     assert a.read_bytes() == b.read_bytes()
     assert cog.cog_layout(big)["bigtiff"] and big.read_bytes()[:4] == b"II+\x00"
