@@ -17,8 +17,9 @@ the tile loop is most of what a scene run spends outside its engine. Fast levels
 the scores) use igzip level 1; higher levels (the labels' 6) use libdeflate (the ``deflate``
 package: 273 MB/s here against zlib's 107 MB/s, and 40 % smaller than igzip's best on labels).
 Without those packages zlib does all, with the same files' pixels.
-Tiles are read through rasterio (a raw or ZSTD spool alike) and deflated by a pool of workers
-(both codecs release the GIL).
+The raw tiles of an uncompressed spool are read by the workers straight from the file; a ZSTD
+spool and the overview levels are read through rasterio. A pool of workers deflates them (the
+codecs release the GIL).
 """
 
 from __future__ import annotations
@@ -129,36 +130,46 @@ class _Image:
 
 
 class _IfdWriter:
-    """Serialises IFDs in one byte order, classic TIFF or BigTIFF."""
+    """Serialises the header and IFDs in one byte order, classic TIFF or BigTIFF."""
 
     def __init__(self, e: str, big: bool) -> None:
         self.e, self.big = e, big
         self.entry, self.inline = (20, 8) if big else (12, 4)
         self.offset_type = _LONG8 if big else _LONG
         self.offset_fmt = "Q" if big else "I"
+        self.count_fmt = "Q" if big else "H"
+        self.header_size = 16 if big else 8
+
+    def header(self, first_ifd: int) -> bytes:
+        """The TIFF header pointing at the first IFD."""
+        order = b"II" if self.e == "<" else b"MM"
+        if self.big:
+            return order + struct.pack(self.e + "HHHQ", 43, 8, 0, first_ifd)
+        return order + struct.pack(self.e + "HI", 42, first_ifd)
+
+    def _fixed(self, n: int) -> int:
+        """Bytes of an IFD of ``n`` entries without its out-of-line values."""
+        return struct.calcsize(self.e + self.count_fmt) + n * self.entry + struct.calcsize(self.e + self.offset_fmt)
 
     def size(self, entries: Sequence[tuple[int, int, int, bytes]]) -> int:
         """Bytes of an IFD with its out-of-line values (each at an even offset)."""
-        n = len(entries)
-        fixed = (8 + n * 20 + 8) if self.big else (2 + n * 12 + 4)
         extra = sum(len(v) + len(v) % 2 for _, _, _, v in entries if len(v) > self.inline)
-        return fixed + extra
+        return self._fixed(len(entries)) + extra
 
     def pack(self, at: int, entries: Sequence[tuple[int, int, int, bytes]], next_ifd: int) -> tuple[bytes, dict[int, int]]:
         """The IFD written at file offset ``at``; also tag -> file offset of its value bytes."""
-        e, n = self.e, len(entries)
-        head = struct.pack(e + "Q", n) if self.big else struct.pack(e + "H", n)
-        fixed = len(head) + n * self.entry + (8 if self.big else 4)
+        e = self.e
+        head = struct.pack(e + self.count_fmt, len(entries))
         body, extra, where = [head], [], {}
-        pos = at + fixed
-        for tag, typ, count, value in sorted(entries):
+        pos = at + self._fixed(len(entries))
+        for k, (tag, typ, count, value) in enumerate(sorted(entries)):
             if len(value) > self.inline:
                 where[tag] = pos
                 ref = struct.pack(e + self.offset_fmt, pos)
                 extra.append(value + b"\0" * (len(value) % 2))
                 pos += len(value) + len(value) % 2
-            else:
-                where[tag] = at + len(head) + len(body[1:]) * self.entry + 4 + (8 if self.big else 4)
+            else:  # the value sits in the entry, after its tag, type and count
+                where[tag] = at + len(head) + k * self.entry + self.entry - self.inline
                 ref = value + b"\0" * (self.inline - len(value))
             body.append(struct.pack(e + ("HHQ" if self.big else "HHI"), tag, typ, count) + ref)
         body.append(struct.pack(e + self.offset_fmt, next_ifd))
@@ -274,8 +285,7 @@ def write_cog(spool: str | os.PathLike[str], levels: Sequence[str | os.PathLike[
     raw = sum(img.n_tiles for img in images) * block * block
     big = raw * 1.01 + (1 << 24) >= 1 << 32 if bigtiff is None else bool(bigtiff)
     w = _IfdWriter(e, big)
-    head = (b"II" if e == "<" else b"MM") + (struct.pack(e + "HHHQ", 43, 8, 0, 0) if big else struct.pack(e + "HI", 42, 0))
-    pos = len(head) + len(GHOST) + len(GHOST) % 2
+    pos = w.header_size + len(GHOST) + len(GHOST) % 2
     entries = [_entries(img, tags, w) for img in images]
     at = []
     for ent in entries:
@@ -284,8 +294,7 @@ def write_cog(spool: str | os.PathLike[str], levels: Sequence[str | os.PathLike[
     pool = WorkPool(workers)
     try:
         with open(dest, "wb") as f:
-            first_ifd = struct.pack(e + "Q", at[0]) if big else struct.pack(e + "I", at[0])
-            f.write(head[:8 if big else 4] + first_ifd + GHOST + b"\0" * (len(GHOST) % 2))
+            f.write(w.header(at[0]) + GHOST + b"\0" * (len(GHOST) % 2))
             for i, (img, ent) in enumerate(zip(images, entries)):
                 data, where = w.pack(at[i], ent, at[i + 1] if i + 1 < len(at) else 0)
                 assert f.tell() == at[i]
@@ -293,11 +302,10 @@ def write_cog(spool: str | os.PathLike[str], levels: Sequence[str | os.PathLike[
                 img.arrays_at = (where[324], where[325])
             for img in reversed(images):  # the smallest overview first, full resolution last
                 _write_tiles(f, img, block, level, pool, e)
-            fmt = e + ("Q" if big else "I") * 1
-            for img in images:
-                for pos_, values in zip(img.arrays_at, (img.offsets, img.counts)):
-                    f.seek(pos_)
-                    f.write(struct.pack(e + f"{len(values)}" + fmt[-1], *values))
+            for img in images:  # the tile offsets and byte counts, now known
+                for where, values in zip(img.arrays_at, (img.offsets, img.counts)):
+                    f.seek(where)
+                    f.write(struct.pack(e + f"{len(values)}{w.offset_fmt}", *values))
     finally:
         pool.close()
     return dest

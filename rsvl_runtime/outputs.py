@@ -228,8 +228,9 @@ class GeoTiffRowWriter:
       scores, mode for labels, nodata ignored) as it is written, so no pass over the finished
       raster is left for them. :meth:`close` hands the spool and its levels to
       :func:`rsvl_runtime.cog.write_cog` once, which deflates full resolution and overviews
-      (ISA-L's igzip for ``zlevel <= 2``, zlib above) in COG order into the final file that
-      replaces the spool. No tile is deflated, inflated and deflated again. The spool and levels need at most ``4/3 x count x width x height`` bytes
+      (ISA-L's igzip for ``zlevel <= 2``, libdeflate above) in COG order into the final file
+      that replaces the spool. No tile is deflated, inflated and deflated again. The spool and
+      levels need at most ``4/3 x count x width x height`` bytes
       of temporary disk (uncompressed).
     - **plain GeoTIFF** (``cog=False``): deflated tiles, internal overviews built at :meth:`close`.
 

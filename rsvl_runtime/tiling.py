@@ -232,9 +232,8 @@ class RowAccumulator:
         if self.profile.shape != (grid.tile,):
             raise ValueError(f"window profile shape {self.profile.shape} != ({grid.tile},)")
         self._rows = grid.row_offsets
-        self._cols = grid.col_offsets
         self._wy = normalised_profiles(self._rows, grid.height, grid.tile, self.profile)
-        self._wx = normalised_profiles(self._cols, grid.width, grid.tile, self.profile)
+        self._wx = normalised_profiles(grid.col_offsets, grid.width, grid.tile, self.profile)
         self._wy_id = _dedupe(self._wy)
         self._wx_id = _dedupe(self._wx)
         self._weights: dict[tuple[int, int], np.ndarray] = {}
