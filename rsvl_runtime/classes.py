@@ -23,6 +23,22 @@ from .outputs import LABEL_NODATA
 PathLike = str | os.PathLike[str]
 
 
+def uniform_areas(row_areas: np.ndarray) -> bool:
+    """True when every row has the same pixel area (a projected CRS): labels are then counted
+    over whole chunks, not row by row."""
+    a = np.asarray(row_areas, np.float64)
+    return bool(a.size) and bool(np.all(a == a[0]))
+
+
+def count_labels(labels: np.ndarray, per_row: bool) -> np.ndarray:
+    """Pixels per label id (0..255) of uint8 ``labels [n, W]``: ``[256]``, or ``[n, 256]`` with
+    ``per_row`` (for rows of different areas). Integers: any split of the rows sums to the same."""
+    if per_row:
+        return (np.stack([np.bincount(row, minlength=256) for row in labels]) if labels.size
+                else np.zeros((0, 256), np.int64))
+    return np.bincount(labels.ravel(), minlength=256)
+
+
 @dataclass
 class ClassStats:
     """Running pixel counts and ground areas per label id (``n_classes`` ids, "unclassified"
@@ -40,18 +56,23 @@ class ClassStats:
 
     def update(self, labels: np.ndarray, row_areas: np.ndarray) -> None:
         """Add ``labels [n, W]`` (uint8) whose rows have per-pixel areas ``row_areas [n]`` m²."""
+        self.add_counts([count_labels(labels, not uniform_areas(row_areas))], row_areas)
+
+    def add_counts(self, counts: Sequence[np.ndarray], row_areas: np.ndarray) -> None:
+        """Add the :func:`count_labels` of consecutive chunks of rows (in row order; per row
+        unless :func:`uniform_areas`) whose per-pixel areas are ``row_areas [n]`` m². The sums
+        are those of :meth:`update` on the whole rows, bit for bit, however the rows were split."""
         areas_of_rows = np.asarray(row_areas, np.float64)
-        if areas_of_rows.size and np.all(areas_of_rows == areas_of_rows[0]):  # a projected CRS
-            counts = np.bincount(labels.ravel(), minlength=256)
-            areas = counts * areas_of_rows[0]
+        if uniform_areas(areas_of_rows):  # a projected CRS: one count per chunk
+            counts_all = np.sum(np.stack(counts), axis=0)
+            areas = counts_all * areas_of_rows[0]
         else:  # per-row pixel areas (geographic CRS): count per row, weight each row once
-            per_row = np.stack([np.bincount(row, minlength=256) for row in labels]) if labels.size else \
-                np.zeros((0, 256), np.int64)
-            counts = per_row.sum(axis=0)
+            per_row = np.concatenate(counts) if counts else np.zeros((0, 256), np.int64)
+            counts_all = per_row.sum(axis=0)
             areas = areas_of_rows @ per_row
-        self.pixels += counts[:self.n_classes]
+        self.pixels += counts_all[:self.n_classes]
         self.area_m2 += areas[:self.n_classes]
-        self.nodata_pixels += int(counts[LABEL_NODATA])
+        self.nodata_pixels += int(counts_all[LABEL_NODATA])
         self.nodata_area_m2 += float(areas[LABEL_NODATA])
 
     def to_dict(self) -> dict[str, Any]:

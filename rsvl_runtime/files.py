@@ -1,6 +1,6 @@
-"""Small file helpers every part of rsvl uses: the cache folder, sha256 of a file, canonical JSON,
-and atomic writes (a temporary sibling renamed over the target, so readers never see a
-half-written file). The one home of these: import them from here (``rsvl_runtime.bundle``
+"""Small file helpers every part of rsvl uses: the cache folder, sha256 of a file (at once or
+piece by piece), canonical JSON, and atomic writes (a temporary sibling renamed over the target,
+so readers never see a half-written file). The one home of these: import them from here (``rsvl_runtime.bundle``
 re-exports them)."""
 
 from __future__ import annotations
@@ -23,13 +23,44 @@ def cache_root() -> Path:
     return Path(base)
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+class FileHasher:
+    """sha256 of one file, fed in pieces (:meth:`update`) or all at once (:meth:`hexdigest`)."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.size = self.path.stat().st_size
+        self._h = hashlib.sha256()
+        self._f: Any = None
+        self.done = False
+
+    def update(self, nbytes: int) -> None:
+        """Hash the next ``nbytes`` (at least one chunk) of the file."""
+        if self.done:
+            return
+        if self._f is None:
+            self._f = open(self.path, "rb")  # noqa: SIM115 - closed when the file ends
+        left = max(int(nbytes), 1)
+        while left > 0:
+            block = self._f.read(min(self.CHUNK, left))
+            if not block:
+                self._f.close()
+                self.done = True
+                return
+            self._h.update(block)
+            left -= len(block)
+
+    def hexdigest(self) -> str:
+        """The file's sha256 (hashes what is left)."""
+        while not self.done:
+            self.update(64 * self.CHUNK)
+        return self._h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return FileHasher(path).hexdigest()
 
 
 @contextmanager
@@ -62,4 +93,4 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-__all__ = ["atomic_open", "atomic_write_text", "cache_root", "canonical_json", "sha256_file"]
+__all__ = ["FileHasher", "atomic_open", "atomic_write_text", "cache_root", "canonical_json", "sha256_file"]

@@ -138,6 +138,9 @@ class SceneOptions:
     ``min_area_m2`` drops smaller polygons, ``simplify`` is a simplification tolerance in CRS units.
     ``vocabulary``: per class ``{"name", "synonyms", "color", "prompts"}`` for the report.
     ``stac``: write the STAC item ``item.json`` describing the run (:mod:`rsvl_runtime.stac`).
+    ``engine_timings``: seconds the engine spent before the run (``engine_warmup_s``:
+    :meth:`~rsvl_runtime.segmenter.Segmenter.warm_up`), recorded with the run's timings; not
+    part of the resume signature and not counted in ``total_s``.
     """
 
     class_names: tuple[str, ...]
@@ -163,6 +166,7 @@ class SceneOptions:
     simplify: float | None = None
     stac: bool = True
     vocabulary: tuple[Mapping[str, Any], ...] | None = None
+    engine_timings: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(self.class_names))

@@ -25,7 +25,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from .files import sha256_file
+from .files import FileHasher
 from .normalization import normalize_optical, normalize_sar
 from .options import InputOptions
 from .parallel import WorkPool
@@ -370,37 +370,60 @@ NOT_HASHED_REMOTE = "not hashed (remote)"
 
 
 class InputHasher:
-    """sha256 of the local input files, computed in a background thread while the scene runs.
+    """sha256 of the local input files, computed while the scene runs.
 
     ``inputs``: per modality its path (a ``Path``, or a URL string) or its
     :class:`~rsvl_runtime.raster_io.ModalityInput` (then the records also hold its optical
     scaling: sensor, scale, offset and the ``--stretch`` percentiles and values used). A remote
     input (:func:`~rsvl_runtime.raster_io.is_gdal_path`) is recorded by its URL with
     ``"sha256": "not hashed (remote)"``: hashing would download the whole file.
+
+    Two ways to run, by who drives it: ``background=True`` hashes in a daemon thread (beside a GPU
+    engine, whose host cores are free); ``background=False`` hashes only when :meth:`step` is
+    called, a few MiB per file at a time, over a pool's workers — the serial pipeline calls it
+    between the calls of a CPU engine, where a hashing thread would preempt one of the engine's
+    threads (0.38 CPU-s for the two inputs of a 10000² scene cost the engine as much). Whatever
+    is left is hashed by :meth:`records`.
     """
 
-    def __init__(self, inputs: Mapping[str, RasterPath | ModalityInput], enabled: bool) -> None:
+    def __init__(self, inputs: Mapping[str, RasterPath | ModalityInput], enabled: bool,
+                 background: bool = True) -> None:
         self.inputs = {name: v for name, v in inputs.items()}
         self.paths: dict[str, RasterPath] = {
             name: v.path if isinstance(v, ModalityInput) else (str(v) if is_gdal_path(v) else Path(v))
             for name, v in inputs.items()}
         self.hashes: dict[str, str] = {}
-        local = any(not is_gdal_path(p) for p in self.paths.values())
+        self._files = ({name: FileHasher(p) for name, p in self.paths.items() if not is_gdal_path(p)}
+                       if enabled else {})
         self._thread = (threading.Thread(target=self._run, daemon=True, name="rsvl-hash")
-                        if enabled and local else None)
+                        if background and self._files else None)
         if self._thread is not None:
             self._thread.start()
 
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of the local inputs to hash."""
+        return sum(f.size for f in self._files.values())
+
     def _run(self) -> None:
-        for name, p in self.paths.items():
-            if not is_gdal_path(p):
-                self.hashes[name] = sha256_file(p)
+        for name, f in self._files.items():
+            self.hashes[name] = f.hexdigest()
+
+    def step(self, nbytes: int, pool: WorkPool | None = None) -> None:
+        """Hash the next ``nbytes`` of each unfinished file (the files at once over ``pool``)."""
+        if self._thread is not None:
+            return
+        pending = [f for f in self._files.values() if not f.done]
+        if pending:
+            (pool or WorkPool(1)).map(lambda f: f.update(nbytes), pending)
 
     def records(self) -> dict[str, Any]:
         """Per modality ``{"path", "bytes", "mtime", "sha256"}`` (a remote input: ``{"path": URL,
         "remote": True, "sha256": "not hashed (remote)"}``), plus ``"scaling"`` for a scaled optical input."""
         if self._thread is not None:
             self._thread.join()
+        for name, f in self._files.items():
+            self.hashes.setdefault(name, f.hexdigest())
         recs: dict[str, dict[str, Any]] = {}
         for name, p in self.paths.items():
             if is_gdal_path(p):

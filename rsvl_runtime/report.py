@@ -45,6 +45,7 @@ THUMBNAIL_STRETCH = (2.0, 98.0)
 #: Timing keys (``FinishedRun.timings``) -> (label, unit). Unknown keys: :func:`timing_label`.
 TIMING_LABELS: dict[str, tuple[str, str]] = {
     "vocabulary_s": ("Encoding the vocabulary", "s"),
+    "engine_warmup_s": ("Engine warm-up before the run (not in the total)", "s"),
     "read_s": ("Reading inputs", "s"),
     "normalise_s": ("Normalising inputs", "s"),
     "predict_s": ("Model inference", "s"),

@@ -245,7 +245,8 @@ class SceneRun:
     def execute(self, leftovers: list[Path]) -> SceneResult:
         """Resume or start, infer into the writers, finalise the rasters, reports, then the swap."""
         self.writers = w = self._open_writers(self._find_checkpoint(leftovers))
-        self.hasher = InputHasher({m.modality: m for m in self.sources.modalities}, self.options.hash_inputs)
+        self.hasher = InputHasher({m.modality: m for m in self.sources.modalities}, self.options.hash_inputs,
+                                  background=self.options.pipeline == "overlap")  # serial: between engine calls
         closing: out.BackgroundClose | None = None
         try:
             self.timings = self._infer(w)
@@ -299,6 +300,10 @@ class SceneRun:
         items = iter_scene_items(self.sources, grid, opts.batch, read_stats, plan.first_tile, pool, self.thumbnail)
         reader = items if serial else Prefetcher(items, opts.prefetch)
         sink: SinkThread | InlineSink = InlineSink(blender) if serial else SinkThread(blender)
+        hasher = self.hasher
+        # the inputs' sha256 between engine calls (serial), done by about two thirds of the loop
+        calls = max(1, -(-(grid.n_tiles - plan.first_tile) // max(1, opts.batch)))
+        hash_step = -(-3 * (hasher.total_bytes if hasher is not None else 0) // (2 * calls))
         try:
             for item in reader:
                 if isinstance(item, Strip):
@@ -308,6 +313,8 @@ class SceneRun:
                 logits = blender.check(self.predict_fn(item.optical, item.sar), len(item.tiles))
                 predict_s += time.perf_counter() - tp
                 sink.add(item.tiles, logits)
+                if hash_step and serial:
+                    hasher.step(hash_step, pool)  # type: ignore[union-attr]
                 bar.update(len(item.tiles))
             sunk = sink.finish()
         finally:
@@ -340,7 +347,7 @@ class SceneRun:
         self._rasters_done(w, closing)
         t0 += time.perf_counter() - t_wait  # reports_s: without the wait
         seconds = time.perf_counter() - self.t_start
-        timings = {**self.timings, "total_s": seconds,
+        timings = {**(self.options.engine_timings or {}), **self.timings, "total_s": seconds,
                    "tiles_per_s": grid.n_tiles / seconds if seconds > 0 else 0.0,
                    "megapixels_per_s": grid.width * grid.height / 1e6 / seconds if seconds > 0 else 0.0}
         raster = {"size": f"{grid.width} x {grid.height} px", "crs": crs or "none",

@@ -26,7 +26,7 @@ from rasterio.enums import Resampling
 
 from . import outputs as out
 from . import resume
-from .classes import ClassStats
+from .classes import ClassStats, count_labels, uniform_areas
 from .options import SceneOptions
 from .parallel import WorkPool
 from .postprocess import UNCLASSIFIED, Scoring, labels_and_scores
@@ -131,9 +131,10 @@ class RowSink:
 
     ``pool``: the run's :class:`~rsvl_runtime.parallel.WorkPool`; the rows of a finished block
     are split into one contiguous range per worker (each turned into labels/scores chunk by
-    chunk, :data:`POSTPROCESS_ELEMENTS` at a time), and labels and scores are written by two
-    workers at once. Class statistics are counted once per block, in row order, so they do not
-    depend on the number of workers.
+    chunk, :data:`POSTPROCESS_ELEMENTS` at a time, and its labels counted per class there), and
+    labels and scores are written by two workers at once. The class counts are integers summed in
+    row order (areas weighted once per block), so the statistics do not depend on the number of
+    workers.
     """
 
     def __init__(self, writers: SceneWriters, row_areas: np.ndarray, valids: dict[int, np.ndarray],
@@ -161,18 +162,21 @@ class RowSink:
             return
         with_scores = self.out.scores is not None
         t0 = time.perf_counter()
+        row_areas = self.row_areas[fin.y0:fin.y0 + fin.n_rows]
+        per_row = not uniform_areas(row_areas)
 
-        def postprocess(part: slice) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        def postprocess(part: slice) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
             done = []
             for i in range(part.start, part.stop, self.chunk):
                 rows = slice(i, min(i + self.chunk, part.stop))
-                done.append(labels_and_scores(fin.logits(rows), valid[rows], with_scores, self.scoring,
-                                              inplace=True))
+                labels, scores = labels_and_scores(fin.logits(rows), valid[rows], with_scores, self.scoring,
+                                                   inplace=True)
+                done.append((labels, scores, count_labels(labels, per_row)))  # counted while cache-hot
             return done
 
         chunks = [c for part in self.pool.map(postprocess, self.pool.ranges(fin.n_rows)) for c in part]
         labels = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
-        self.out.stats.update(labels, self.row_areas[fin.y0:fin.y0 + fin.n_rows])
+        self.out.stats.add_counts([c[2] for c in chunks], row_areas)
         t1 = time.perf_counter()
         jobs: list[tuple[out.GeoTiffRowWriter, list[np.ndarray]]] = [(self.out.labels, [labels])]
         if self.out.scores is not None:
@@ -243,7 +247,7 @@ class Blender:
         self.valids[row] = valid
 
     def add(self, tiles: Sequence[Tile], logits: np.ndarray) -> None:
-        """Blend checked logits (:meth:`check`), split over the pool's workers by channel;
+        """Blend checked logits (:meth:`check`), split over the pool's workers by tile rows;
         finished rows go to the sink."""
         assert self.acc is not None and self.sink is not None
         first_row = self.writers.plan.first_row

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .parallel import WorkPool
+from .parallel import WorkPool, split_range
 
 #: Default smallest window weight (relative to the window's peak of 1).
 WINDOW_FLOOR = 1e-3
@@ -271,14 +271,15 @@ class RowAccumulator:
             raise RuntimeError("RowAccumulator.finish() was already called")
         finished = self._to_row(tile.row, emit)
         region = self._claim(tile)
-        self._accumulate(tile, logits, self._scratch_for(logits[None])[0], slice(None), region)
+        self._accumulate(tile, logits, self._scratch_for(logits[None])[0], region)
         return finished
 
     def add_batch(self, tiles: Sequence[Tile], logits: np.ndarray,
                   emit: Callable[[FinishedRows], None], pool: WorkPool | None = None) -> None:
         """:meth:`add` for a batch (``logits [B, K, tile, tile]``), finished rows passed to
         ``emit``; with a ``pool`` the tiles of each row of tiles are accumulated by its workers
-        at once, each over its own range of channels (disjoint planes of the buffer)."""
+        at once, each over its own band of every tile's rows (disjoint rows of the buffer; all
+        channels: a split by channel left one worker 4 of K = 7 planes)."""
         if self._done:
             raise RuntimeError("RowAccumulator.finish() was already called")
         scratch = self._scratch_for(logits)
@@ -289,16 +290,18 @@ class RowAccumulator:
                 j += 1
             self._to_row(tiles[i].row, emit)
             group = [(g, self._claim(tiles[g])) for g in range(i, j)]
+            parts = pool.workers if pool is not None else 1
 
-            def work(channels: slice, group: list[tuple[int, tuple[int, int]]] = group) -> None:
+            def work(part: int, group: list[tuple[int, tuple[int, int]]] = group) -> None:
                 for g, region in group:
-                    self._accumulate(tiles[g], logits[g], scratch[g], channels, region)
+                    bands = split_range(tiles[g].height, parts)
+                    if part < len(bands):
+                        self._accumulate(tiles[g], logits[g], scratch[g], region, bands[part])
 
-            parts = pool.ranges(self.channels) if pool is not None else [slice(0, self.channels)]
-            if pool is not None and len(parts) > 1:
-                pool.map(work, parts)
+            if pool is not None and parts > 1:
+                pool.map(work, range(parts))
             else:
-                work(slice(0, self.channels))
+                work(0)
             i = j
 
     def _to_row(self, row: int, emit: Callable[[FinishedRows], None] | None) -> list[FinishedRows]:
@@ -330,21 +333,22 @@ class RowAccumulator:
             self._scratch = np.empty(logits.shape, np.float32)
         return self._scratch[:logits.shape[0]]
 
-    def _accumulate(self, tile: Tile, logits: np.ndarray, scratch: np.ndarray, channels: slice,
-                    region: tuple[int, int]) -> None:
-        """The tile's ``weight * logits[channels]`` into the buffer: added where earlier tiles
-        left sums (the carried rows; the columns before ``col_end``), stored elsewhere."""
+    def _accumulate(self, tile: Tile, logits: np.ndarray, scratch: np.ndarray,
+                    region: tuple[int, int], band: slice | None = None) -> None:
+        """The tile's ``weight * logits`` (its rows ``band``, default all) into the buffer: added
+        where earlier tiles left sums (the carried rows; the columns before ``col_end``), stored
+        elsewhere. Every pixel is computed on its own, so any split into bands gives the same bits."""
         h, w = tile.height, tile.width
         wgt = self.weight(tile)
         carry, col_end = region
         y = tile.y - self._rows[self._row]
-        acc = self._acc[channels]
-        lg, tmp = logits[channels], scratch[channels]
+        acc, lg, tmp = self._acc, logits, scratch
+        b0, b1 = (0, h) if band is None else (band.start, band.stop)
         split = min(max(col_end - tile.x, 0), w)  # tile columns [0, split) overlap the row's earlier tiles
         top = min(max(carry - y, 0), h)  # tile rows [0, top) are carried rows
-        for rows, cols, add in ((slice(0, top), slice(0, w), True),
-                                (slice(top, h), slice(0, split), True),
-                                (slice(top, h), slice(split, w), False)):
+        for rows, cols, add in ((slice(b0, min(top, b1)), slice(0, w), True),
+                                (slice(max(top, b0), b1), slice(0, split), True),
+                                (slice(max(top, b0), b1), slice(split, w), False)):
             if rows.stop <= rows.start or cols.stop <= cols.start:
                 continue
             dst = acc[:, y + rows.start:y + rows.stop, tile.x + cols.start:tile.x + cols.stop]

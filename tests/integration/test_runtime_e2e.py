@@ -237,3 +237,18 @@ def test_demo_scoring_helper(tmp_path: Path) -> None:
     sc = write_scene(tmp_path / "s", 64, 64, seed=1)
     m = scene_metrics(Path(sc.labels), Path(sc.labels), 7)
     assert m["mIoU"] == pytest.approx(1.0) and m["OA"] == pytest.approx(1.0)
+
+
+def test_engine_is_warmed_up_once_before_the_scene(tiny_bundle: Path, scene, tmp_path: Path) -> None:
+    seg = Segmenter.load(tiny_bundle)
+    calls: list[int] = []
+    run = seg.sessions.image.run
+    seg.sessions.image.run = lambda feeds: calls.append(len(feeds["optical"])) or run(feeds)  # type: ignore[method-assign]
+    assert seg.warm_up() > 0 and calls == [seg.batch]  # one batch of zeros at the run's batch size
+    assert seg.warm_up() == 0.0 and len(calls) == 1  # once per shape
+    res = seg.predict_raster(scene.optical, scene.sar, tmp_path / "out", progress=False)
+    done = json.loads((tmp_path / "out" / "done.json").read_text())
+    assert done["timings"]["engine_warmup_s"] == 0.0  # already warm: no second warm-up
+    assert len(calls) == 1 + -(-res.tiles // seg.batch)
+    seg.set_vocabulary(["water", "forest"])  # another K: another warm-up
+    assert seg.warm_up() > 0 and len(calls) == 2 + -(-res.tiles // seg.batch)

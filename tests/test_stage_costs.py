@@ -1,0 +1,134 @@
+"""Stop 21's cheaper CPU stages, each checked against the way it was computed before: the inputs
+hashed piece by piece between engine calls, class counts taken in the postprocess workers, the
+blend split by tile rows, and the contiguous 2x2 quads of the mode overviews."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rsvl_runtime import outputs as out
+from rsvl_runtime.classes import ClassStats, count_labels, uniform_areas
+from rsvl_runtime.files import FileHasher, sha256_file
+from rsvl_runtime.overviews import _quads, reduce_mode
+from rsvl_runtime.parallel import WorkPool, split_range
+from rsvl_runtime.reading import InputHasher
+from rsvl_runtime.scene import run_scene
+from rsvl_runtime.tiling import RowAccumulator, TileGrid, window_1d
+
+from ._runtime_rasters import OPTICAL_SPEC, SAR_SPEC, LinearModel, optical_array, sar_array, write_tif
+
+
+# ----------------------------------------------------------------------------- hashing the inputs
+def test_file_hashed_in_pieces_equals_its_sha256(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 256, 3 * FileHasher.CHUNK + 12345, np.uint8).tobytes()
+    p = tmp_path / "f.bin"
+    p.write_bytes(data)
+    h = FileHasher(p)
+    assert h.size == len(data)
+    for _ in range(3):
+        h.update(FileHasher.CHUNK // 3 + 7)  # pieces that do not line up with the chunks
+    assert not h.done
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest() == sha256_file(p)
+    assert h.done
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    assert FileHasher(empty).hexdigest() == hashlib.sha256(b"").hexdigest()
+
+
+def test_input_hasher_steps_only_when_driven(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"a" * (5 << 20))
+    b.write_bytes(b"b" * (1 << 20))
+    h = InputHasher({"optical": a, "sar": b}, enabled=True, background=False)
+    assert h.total_bytes == 6 << 20 and h._thread is None
+    with WorkPool(2) as pool:
+        h.step(2 << 20, pool)
+        assert not h._files["optical"].done and h._files["sar"].done  # 1 MiB: ends within the step
+        h.step(2 << 20, pool)
+        assert not h._files["optical"].done  # 4 of 5 MiB
+    recs = h.records()  # hashes what is left
+    assert recs["optical"]["sha256"] == sha256_file(a) and recs["sar"]["sha256"] == sha256_file(b)
+    off = InputHasher({"optical": a}, enabled=False, background=False)
+    assert off.total_bytes == 0 and off.records()["optical"]["sha256"] is None
+
+
+def test_serial_run_records_the_inputs_sha256(tmp_path: Path) -> None:
+    opt = write_tif(tmp_path / "optical.tif", optical_array(150, 170))
+    sar = write_tif(tmp_path / "sar.tif", sar_array(150, 170))
+    res = run_scene(LinearModel(3), str(opt), str(sar), tmp_path / "out", class_names=["a", "b", "c"],
+                    optical_spec=OPTICAL_SPEC, sar_spec=SAR_SPEC, tile=64, overlap=0.25, batch=2,
+                    progress=False, stac=False, pipeline="serial", workers=2,
+                    engine_timings={"engine_warmup_s": 0.125})
+    done = json.loads((res.out_dir / out.DONE).read_text())
+    assert done["inputs"]["optical"]["sha256"] == hashlib.sha256(opt.read_bytes()).hexdigest()
+    assert done["inputs"]["sar"]["sha256"] == hashlib.sha256(sar.read_bytes()).hexdigest()
+    assert done["timings"]["engine_warmup_s"] == 0.125  # recorded beside, not inside, total_s
+
+
+# ----------------------------------------------------------------------------- class counts
+@pytest.mark.parametrize("geographic", [False, True])
+def test_class_counts_of_split_rows_equal_the_whole(geographic: bool) -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5, (37, 53)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.1] = 255
+    areas = (np.linspace(90.0, 110.0, 37) if geographic else np.full(37, 100.0)) * (1 + 1e-9 * np.pi)
+    assert uniform_areas(areas) is (not geographic)
+    whole = ClassStats(5)
+    whole.update(labels, areas)
+    for cuts in ([0, 37], [0, 1, 20, 37], [0, 5, 6, 7, 30, 37]):
+        split = ClassStats(5)
+        split.add_counts([count_labels(labels[a:b], geographic) for a, b in zip(cuts[:-1], cuts[1:])], areas)
+        assert split.to_dict() == whole.to_dict()  # bit for bit, whatever the split
+    assert whole.pixels.tolist() == [int((labels == k).sum()) for k in range(5)]
+    assert whole.nodata_pixels == int((labels == 255).sum())
+
+
+# ----------------------------------------------------------------------------- blending by rows
+def test_blend_split_by_tile_rows_equals_one_worker() -> None:
+    grid = TileGrid(300, 410, 64, 0.25)
+    tiles = list(grid.tiles())
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(len(tiles), 7, 64, 64)).astype(np.float32)
+    results = []
+    for workers in (1, 2, 3):
+        acc = RowAccumulator(grid, 7, profile=window_1d(64, "hann"))
+        rows: list[np.ndarray] = []
+        with WorkPool(workers) as pool:
+            for i in range(0, len(tiles), 5):
+                acc.add_batch(tiles[i:i + 5], logits[i:i + 5], lambda f: rows.append(f.values.copy()), pool)
+        rows.append(acc.finish().values.copy())
+        results.append(np.concatenate(rows, axis=1))
+    assert results[0].shape == (7, 300, 410)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+    assert split_range(64, 3) == [slice(0, 21), slice(21, 42), slice(42, 64)]
+
+
+# ----------------------------------------------------------------------------- mode overviews
+def test_contiguous_quads_equal_the_strided_ones() -> None:
+    rng = np.random.default_rng(7)
+    buf = rng.integers(0, 6, (2, 64, 90)).astype(np.uint8)
+    buf[rng.random(buf.shape) < 0.2] = 255
+    rows = buf[:, :40]  # a part of a block buffer, as the row writer hands it over
+    fast = _quads(rows, 255)
+    assert all(q.flags.c_contiguous for q in fast)
+    strided = [rows[:, 0::2, 0::2], rows[:, 0::2, 1::2], rows[:, 1::2, 0::2], rows[:, 1::2, 1::2]]
+    for f, s in zip(fast, strided):
+        np.testing.assert_array_equal(f, s)
+    # the mode itself, against a direct per-group scan (GDAL's rule: first value to a new best count)
+    got = reduce_mode(rows, 255)
+    for c, y, x in zip(rng.integers(0, 2, 50), rng.integers(0, 20, 50), rng.integers(0, 45, 50)):
+        group = [int(v) for v in rows[c, 2 * y:2 * y + 2, 2 * x:2 * x + 2].ravel() if v != 255]
+        best, best_n, seen = 255, 0, {}
+        for v in group:
+            seen[v] = seen.get(v, 0) + 1
+            if seen[v] > best_n:
+                best, best_n = v, seen[v]
+        assert got[c, y, x] == best
+    odd = rng.integers(0, 4, (1, 7, 9)).astype(np.uint8)  # padded path
+    assert reduce_mode(odd, 255).shape == (1, 4, 5)
