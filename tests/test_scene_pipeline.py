@@ -55,16 +55,16 @@ def _sink_threads() -> list[str]:
 def test_error_in_the_writer_thread_is_the_runs_error_and_nothing_is_left(tmp_path: Path, pipeline: str,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     opt, sar = _scene(tmp_path / "in", 1000, 160)  # 20 rows of 3 tiles
-    real_write = out.GeoTiffRowWriter.write
+    real_commit = out.GeoTiffRowWriter.commit  # every emitted strip's rows are committed
     seen: list[str] = []
 
-    def failing(self: out.GeoTiffRowWriter, rows: np.ndarray) -> None:
+    def failing(self: out.GeoTiffRowWriter, m: int) -> None:
         seen.append(threading.current_thread().name)
         if len(seen) > 2:
             raise RuntimeError("encoder broke")
-        real_write(self, rows)
+        real_commit(self, m)
 
-    monkeypatch.setattr(out.GeoTiffRowWriter, "write", failing)
+    monkeypatch.setattr(out.GeoTiffRowWriter, "commit", failing)
     model = LinearModel(5)
     with pytest.raises(RuntimeError, match="^encoder broke$"):
         _run(model, opt, sar, tmp_path / "out", pipeline=pipeline)

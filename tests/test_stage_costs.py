@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 
 from rsvl_runtime import outputs as out
 from rsvl_runtime.classes import ClassStats, count_labels, uniform_areas
@@ -132,3 +133,62 @@ def test_contiguous_quads_equal_the_strided_ones() -> None:
         assert got[c, y, x] == best
     odd = rng.integers(0, 4, (1, 7, 9)).astype(np.uint8)  # padded path
     assert reduce_mode(odd, 255).shape == (1, 4, 5)
+
+
+# ----------------------------------------------------------------------------- rows filled in place
+def test_rows_claimed_in_place_write_the_same_file_as_written_rows(tmp_path: Path) -> None:
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(11)
+    data = rng.integers(0, 6, (3, 1100, 96), dtype=np.uint8)
+
+    def writer(name: str) -> out.GeoTiffRowWriter:
+        return out.GeoTiffRowWriter(tmp_path / name, width=96, height=1100, count=3, crs="EPSG:32633",
+                                    transform=from_origin(500000, 4100000, 10, 10), nodata=255)
+
+    a, b = writer("written.tif"), writer("claimed.tif")
+    y = 0
+    for n in [192] * 5 + [140]:  # strips crossing the 512-row blocks
+        a.write(data[:, y:y + n])
+        view = b.claim(n)
+        m = view.shape[1]
+        assert m == min(n, 512 - y % 512) and view.base is not None  # a view of the open block
+        view[:] = data[:, y:y + m]
+        b.commit(m)
+        if m < n:
+            b.write(data[:, y + m:y + n])  # past the block: through write()
+        y += n
+    assert b.claim(5).shape[1] == 0  # the raster is full
+    with pytest.raises(ValueError, match="does not fit"):
+        b.commit(1)
+    for w in (a, b):
+        w.close()
+    with rasterio.open(tmp_path / "written.tif") as x, rasterio.open(tmp_path / "claimed.tif") as z:
+        np.testing.assert_array_equal(z.read(), data)
+        np.testing.assert_array_equal(x.read(), z.read())
+        assert x.overviews(1) == z.overviews(1) and x.overviews(1)
+
+
+def test_spool_files_are_freed_off_the_callers_thread(tmp_path: Path) -> None:
+    import os
+    import threading
+    import time
+
+    from rsvl_runtime.files import free_in_background
+
+    files = [tmp_path / f"s{i}.tif" for i in range(3)]
+    for f in files:
+        f.write_bytes(b"x" * 4096)
+    before = len(os.listdir("/proc/self/fd"))
+    release = free_in_background([*files, tmp_path / "missing.tif"])  # a missing file is skipped
+    assert len(os.listdir("/proc/self/fd")) == before + 3
+    for f in files:
+        f.unlink()  # the names go at once; the open files keep the blocks
+    assert not any(f.exists() for f in files)
+    release()
+    for t in [t for t in threading.enumerate() if t.name == "rsvl-free"]:
+        t.join(5)
+    deadline = time.monotonic() + 5
+    while len(os.listdir("/proc/self/fd")) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(os.listdir("/proc/self/fd")) == before
