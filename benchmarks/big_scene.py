@@ -103,7 +103,7 @@ def _labels_hash(path: Path) -> str:
 
 
 #: done.json timing keys of the stage breakdown, in pipeline order.
-STAGES = ("read_s", "normalise_s", "predict_s", "blend_s", "postprocess_s", "write_s", "sink_wait_s",
+STAGES = ("read_s", "normalise_s", "batch_s", "predict_s", "blend_s", "postprocess_s", "write_s", "hash_s", "sink_wait_s",
           "overviews_s", "cog_write_s", "rasters_finalize_s", "reports_s", "inference_s", "total_s")
 
 

@@ -243,8 +243,9 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 #: The stage columns of the scene table: done.json timing key -> column.
-SCENE_STAGES = (("read_s", "read"), ("normalise_s", "normalise"), ("predict_s", "infer"), ("blend_s", "blend"),
-                ("postprocess_s", "postprocess"), ("write_s", "write"), ("sink_wait_s", "wait"),
+SCENE_STAGES = (("read_s", "read"), ("normalise_s", "normalise"), ("batch_s", "batch"), ("predict_s", "infer"),
+                ("blend_s", "blend"), ("postprocess_s", "postprocess"), ("write_s", "write"), ("hash_s", "hash"),
+                ("sink_wait_s", "wait"),
                 ("overviews_s", "overviews"), ("cog_write_s", "COG"), ("rasters_finalize_s", "finalise"),
                 ("reports_s", "reports"), ("total_s", "total"))
 

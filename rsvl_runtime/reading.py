@@ -121,11 +121,13 @@ class Batch:
 
 
 class ReadStats:
-    """Seconds the reader spent reading (``seconds``) and normalising (``normalise_seconds``)."""
+    """Seconds the reader spent reading (``seconds``), normalising (``normalise_seconds``) and
+    copying tiles into batches (``batch_seconds``)."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.normalise_seconds = 0.0
+        self.batch_seconds = 0.0
 
 
 class Decimated:
@@ -284,11 +286,17 @@ def iter_scene_items(sources: Sources, grid: TileGrid, batch: int, stats: ReadSt
             valid, norm = strips.strip(row)
             yield Strip(row, valid)
             for tile in grid.row_tiles(row)[max(0, start - row * n_cols):]:
+                tb = time.perf_counter()
                 full = builder.add(tile, norm)
+                if stats is not None:
+                    stats.batch_seconds += time.perf_counter() - tb
                 if full is not None:
                     yield full
             del norm  # before the next strip is read (an open batch keeps it until taken)
+        tb = time.perf_counter()
         last = builder.take()
+        if stats is not None:
+            stats.batch_seconds += time.perf_counter() - tb
         if last is not None:
             yield last
     finally:

@@ -48,6 +48,8 @@ TIMING_LABELS: dict[str, tuple[str, str]] = {
     "engine_warmup_s": ("Engine warm-up before the run (not in the total)", "s"),
     "read_s": ("Reading inputs", "s"),
     "normalise_s": ("Normalising inputs", "s"),
+    "batch_s": ("Copying tiles into batches", "s"),
+    "hash_s": ("Hashing the inputs (sha256, between engine calls)", "s"),
     "predict_s": ("Model inference", "s"),
     "sink_wait_s": ("Inference waiting for the writer thread", "s"),
     "blend_s": ("Blending overlapping tiles", "s"),

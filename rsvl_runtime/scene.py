@@ -15,8 +15,9 @@ the engine runs on the CPU); ``overlap`` runs them in a reader thread
 (:class:`~rsvl_runtime.sink.SinkThread`) beside the engine (a GPU engine). Both write the same
 bytes.
 
-Timings (``done.json`` ``timings``, seconds): ``read_s`` and ``normalise_s`` (reader thread),
-``predict_s`` (the engine), ``blend_s``, ``postprocess_s`` (softmax/argmax/scores) and
+Timings (``done.json`` ``timings``, seconds): ``read_s``, ``normalise_s`` and ``batch_s``
+(the tiles copied into the engine's batches; reader thread), ``predict_s`` (the engine),
+``hash_s`` (the inputs' sha256 between engine calls, serial pipeline), ``blend_s``, ``postprocess_s`` (softmax/argmax/scores) and
 ``write_s`` (writer thread), ``sink_wait_s`` (the engine's thread waiting for the writer
 thread), ``inference_s`` (the tile loop's wall time), ``overviews_s`` and, for a COG,
 ``cog_write_s`` (the rasters' finalisation, summed; in ``rasters_finalize_s``), ``reports_s``,
@@ -293,7 +294,7 @@ class SceneRun:
         read_stats = ReadStats()
         pool = WorkPool(opts.workers)
         blender = Blender(grid, opts, w, pixel_area_m2(self.ref), {}, pool)
-        predict_s = 0.0
+        predict_s = hash_s = 0.0
         bar = tqdm(total=grid.n_tiles, initial=plan.first_tile, unit="tile", desc="tiles",
                    disable=not opts.progress, leave=False)
         self.thumbnail = Decimated(grid.height, grid.width, THUMBNAIL_PX)
@@ -314,7 +315,9 @@ class SceneRun:
                 predict_s += time.perf_counter() - tp
                 sink.add(item.tiles, logits)
                 if hash_step and serial:
+                    th = time.perf_counter()
                     hasher.step(hash_step, pool)  # type: ignore[union-attr]
+                    hash_s += time.perf_counter() - th
                 bar.update(len(item.tiles))
             sunk = sink.finish()
         finally:
@@ -326,7 +329,8 @@ class SceneRun:
             bar.close()
             pool.close()
         return {"inference_s": time.perf_counter() - t0, "read_s": read_stats.seconds,
-                "normalise_s": read_stats.normalise_seconds, "predict_s": predict_s, **sunk,
+                "normalise_s": read_stats.normalise_seconds, "batch_s": read_stats.batch_seconds,
+                "predict_s": predict_s, "hash_s": hash_s, **sunk,
                 "workers": float(pool.workers)}
 
     def _finish(self, w: SceneWriters, closing: out.BackgroundClose | None = None) -> SceneResult:

@@ -246,17 +246,19 @@ def test_bench_scene_tables_show_the_stage_breakdown() -> None:
 
     timings = {k: float(i) + 0.25 for i, k in enumerate(STAGES)} | {"tiles_per_s": 9.0}
     stages = stage_seconds({"timings": timings})
-    assert list(stages) == list(STAGES) and "tiles_per_s" not in stages and stages["predict_s"] == 2.25
+    assert list(stages) == list(STAGES) and "tiles_per_s" not in stages and stages["predict_s"] == 3.25
     row = {"engine_runner": "ort-cpu-fp32", "backend": "onnxruntime[CPU]", "precision": "fp32", "batch": 8,
            "scene": "512x512", "status": "ok", "tiles": 9, "seconds": 1.5, "tiles_per_s": 6.0,
            "engine_tiles_per_s": 6.5, "end_to_end_over_engine": 0.923, "timings": timings, "stages_s": stages,
            "memory": {"peak_rss_mb": 812.4}}
     md = report.markdown({"scene": [row]})
     assert "| ort-cpu-fp32 | 512x512 | 8 | 9 | 1.50 | 6.00 | 6.50 | 0.923 | 812 |" in md
-    header = "| engine | scene | read | normalise | infer | blend | postprocess | write | wait | overviews | COG |"
+    header = ("| engine | scene | read | normalise | batch | infer | blend | postprocess | write | hash | wait "
+              "| overviews | COG |")
     assert header in md
-    # read 0.25, normalise 1.25, infer 2.25, ... in the stage order of done.json
-    assert "| ort-cpu-fp32 | 512x512 | 0.25 | 1.25 | 2.25 | 3.25 | 4.25 | 5.25 | 6.25 | 7.25 | 8.25 | 9.25 |" in md
+    # read 0.25, normalise 1.25, batch 2.25, infer 3.25, ... in the stage order of done.json
+    assert ("| ort-cpu-fp32 | 512x512 | 0.25 | 1.25 | 2.25 | 3.25 | 4.25 | 5.25 | 6.25 | 7.25 | 8.25 | 9.25 "
+            "| 10.25 |") in md
 
 
 # ----------------------------------------------------------------------------- resume through the spool
