@@ -122,8 +122,9 @@ def test_preview_is_downsampled_with_legend(tmp_path: Path) -> None:
                             ["r", "g", "b"], [0.3, 0.3, 0.4])
     img = Image.open(tmp_path / "preview.png")
     assert img.width <= 1024 and img.height > 1024 * 400 / 3000  # image + legend strip
-    arr = np.asarray(img)
-    assert img.mode == "RGBA"
+    assert img.mode == "P" and "transparency" in img.info  # label ids as palette indices, with alpha
+    assert np.asarray(img)[50, 10] == 0 and np.asarray(img)[0, 10] == 255  # the ids themselves
+    arr = np.asarray(img.convert("RGBA"))
     assert tuple(arr[50, 10]) == (255, 0, 0, 255) and tuple(arr[50, img.width - 10]) == (0, 0, 255, 255)
     assert tuple(arr[0, 10]) == (*NODATA_COLOR, 0)  # nodata: transparent
     assert png == (tmp_path / "preview.png").read_bytes()

@@ -167,8 +167,8 @@ def test_preview_nodata_transparent_and_legend_hatched(tmp_path: Path) -> None:
         labels = ds.read(1)
     assert (labels[:8] == 255).all() and (labels[8:] != 255).all()
     img = Image.open(d / out.PREVIEW)
-    assert img.mode == "RGBA"
-    arr = np.asarray(img)
+    assert img.mode == "P"
+    arr = np.asarray(img.convert("RGBA"))
     assert (arr[:8, :96, 3] == 0).all()  # nodata rows: transparent
     assert (arr[8:80, :96, 3] == 255).all()
     lut = palette_lut([tuple(r["color"]) for r in json.loads((d / out.CLASSES).read_text())["classes"]])
@@ -178,6 +178,23 @@ def test_preview_nodata_transparent_and_legend_hatched(tmp_path: Path) -> None:
     # the nodata swatch (6th entry: one 200 px column in a 320 px canvas -> row 5, y 96..108) is hatched
     swatch = legend[97:108, 7:18, :3].reshape(-1, 3)
     assert {tuple(c) for c in swatch} >= {(255, 255, 255), (120, 120, 120)}
+
+
+def test_preview_falls_back_to_rgba_beyond_the_palette() -> None:
+    from rsvl_runtime.preview import LEGEND_FIRST, render_preview
+
+    labels = (np.arange(60 * 300).reshape(60, 300) % 250).astype(np.uint8)
+    labels[:5] = 255
+    colors = [(i, 255 - i, (7 * i) % 256) for i in range(250)]  # more ids than LEGEND_FIRST
+    img = render_preview(labels, colors, [f"c{i}" for i in range(250)])
+    assert len(colors) > LEGEND_FIRST and img.mode == "RGBA"
+    arr = np.asarray(img)
+    np.testing.assert_array_equal(arr[:60, :300], palette_lut(colors)[labels])
+    few = render_preview(labels % 7, colors[:7], [f"c{i}" for i in range(7)])
+    assert few.mode == "P"
+    np.testing.assert_array_equal(np.asarray(few.convert("RGBA"))[:60, :300], palette_lut(colors[:7])[labels % 7])
+    # the legends of both draw the same greys and swatches
+    np.testing.assert_array_equal(np.asarray(few.convert("RGBA"))[60:, :, 3], 255)
 
 
 def test_palette_lut_is_rgba() -> None:
