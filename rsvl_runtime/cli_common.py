@@ -30,6 +30,7 @@ CACHE_HELP = """cache:
     bundles/           .zip bundles extracted once (by the zip's sha256; the latest few kept)
     tensorrt-rtx/      TensorRT-RTX runtime caches of engines built ahead of time
     trt_timing.cache   the TensorRT builder timing cache of rsvl-export
+    input-sha256/      the sha256 of input rasters, by file state (path, inode, size, times)
   Deleting the folder is safe: it is rebuilt on demand."""
 
 #: The ``--help`` epilog section on the ``--vocab-file`` formats (see rsvl_runtime.vocabulary).

@@ -81,6 +81,40 @@ def free_in_background(paths: Iterable[str | os.PathLike[str]]) -> Callable[[], 
     return release
 
 
+#: The cache entry of a file's sha256 (:func:`cached_sha256`): ``<cache>/input-sha256/<key>``.
+HASH_CACHE = "input-sha256"
+
+
+def _stat_key(path: str | os.PathLike[str]) -> str:
+    """A name for the file's current state: device, inode, size and the modification and change
+    times to the nanosecond (any write moves both; the change time cannot be set back)."""
+    st = os.stat(path)
+    raw = f"{os.path.realpath(path)}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def cached_sha256(path: str | os.PathLike[str]) -> str | None:
+    """The sha256 recorded for the file in its current state (:func:`store_sha256`), else None.
+    Like git's index: a file whose device, inode, size, mtime and ctime are unchanged is taken to
+    hold the same bytes, so a scene run again (another vocabulary, a resumed run) is not read
+    again only to be hashed."""
+    try:
+        text = (cache_root() / HASH_CACHE / _stat_key(path)).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def store_sha256(path: str | os.PathLike[str], digest: str) -> None:
+    """Record ``digest`` as the file's sha256 in its current state (a cache: failures are ignored)."""
+    try:
+        folder = cache_root() / HASH_CACHE
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / _stat_key(path), digest + "\n")
+    except OSError:
+        pass
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in chunks."""
     return FileHasher(path).hexdigest()
@@ -116,4 +150,4 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-__all__ = ["FileHasher", "atomic_open", "free_in_background", "atomic_write_text", "cache_root", "canonical_json", "sha256_file"]
+__all__ = ["FileHasher", "atomic_open", "cached_sha256", "free_in_background", "store_sha256", "atomic_write_text", "cache_root", "canonical_json", "sha256_file"]

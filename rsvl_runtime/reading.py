@@ -25,7 +25,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from .files import FileHasher
+from .files import FileHasher, cached_sha256, store_sha256
 from .normalization import normalize_optical, normalize_sar
 from .options import InputOptions
 from .parallel import WorkPool
@@ -391,7 +391,8 @@ class InputHasher:
     called, a few MiB per file at a time, over a pool's workers — the serial pipeline calls it
     between the calls of a CPU engine, where a hashing thread would preempt one of the engine's
     threads (0.38 CPU-s for the two inputs of a 10000² scene cost the engine as much). Whatever
-    is left is hashed by :meth:`records`.
+    is left is hashed by :meth:`records`. A file hashed before in the same state (device, inode,
+    size, mtime, ctime: :func:`~rsvl_runtime.files.cached_sha256`) is not read again.
     """
 
     def __init__(self, inputs: Mapping[str, RasterPath | ModalityInput], enabled: bool,
@@ -401,8 +402,12 @@ class InputHasher:
             name: v.path if isinstance(v, ModalityInput) else (str(v) if is_gdal_path(v) else Path(v))
             for name, v in inputs.items()}
         self.hashes: dict[str, str] = {}
-        self._files = ({name: FileHasher(p) for name, p in self.paths.items() if not is_gdal_path(p)}
-                       if enabled else {})
+        local = {name: p for name, p in self.paths.items() if not is_gdal_path(p)} if enabled else {}
+        for name, p in local.items():  # the same file in the same state: its recorded sha256
+            digest = cached_sha256(p)
+            if digest is not None:
+                self.hashes[name] = digest
+        self._files = {name: FileHasher(p) for name, p in local.items() if name not in self.hashes}
         self._thread = (threading.Thread(target=self._run, daemon=True, name="rsvl-hash")
                         if background and self._files else None)
         if self._thread is not None:
@@ -416,6 +421,7 @@ class InputHasher:
     def _run(self) -> None:
         for name, f in self._files.items():
             self.hashes[name] = f.hexdigest()
+            store_sha256(f.path, self.hashes[name])
 
     def step(self, nbytes: int, pool: WorkPool | None = None) -> None:
         """Hash the next ``nbytes`` of each unfinished file (the files at once over ``pool``)."""
@@ -431,7 +437,9 @@ class InputHasher:
         if self._thread is not None:
             self._thread.join()
         for name, f in self._files.items():
-            self.hashes.setdefault(name, f.hexdigest())
+            if name not in self.hashes:
+                self.hashes[name] = f.hexdigest()
+                store_sha256(f.path, self.hashes[name])
         recs: dict[str, dict[str, Any]] = {}
         for name, p in self.paths.items():
             if is_gdal_path(p):

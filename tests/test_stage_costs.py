@@ -192,3 +192,30 @@ def test_spool_files_are_freed_off_the_callers_thread(tmp_path: Path) -> None:
     while len(os.listdir("/proc/self/fd")) > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_input_sha256_is_cached_by_file_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rsvl_runtime.files import HASH_CACHE, cached_sha256
+
+    monkeypatch.setenv("RSVL_CACHE_DIR", str(tmp_path / "cache"))
+    a = tmp_path / "a.tif"
+    a.write_bytes(b"first" * 1000)
+    assert cached_sha256(a) is None
+    first = InputHasher({"optical": a}, enabled=True, background=False)
+    assert "optical" in first._files and first.records()["optical"]["sha256"] == sha256_file(a)
+    assert cached_sha256(a) == sha256_file(a) and len(list((tmp_path / "cache" / HASH_CACHE).iterdir())) == 1
+    again = InputHasher({"optical": a}, enabled=True, background=False)
+    assert again._files == {} and again.total_bytes == 0  # not read again
+    assert again.records()["optical"]["sha256"] == sha256_file(a)
+    with open(a, "ab") as f:  # the same path, new bytes: new times, a new key
+        f.write(b"more")
+    assert cached_sha256(a) is None
+    changed = InputHasher({"optical": a}, enabled=True, background=True)
+    assert changed.records()["optical"]["sha256"] == hashlib.sha256(b"first" * 1000 + b"more").hexdigest()
+    (tmp_path / "cache" / HASH_CACHE).chmod(0o500)  # an unwritable cache is only a cache
+    b = tmp_path / "b.tif"
+    b.write_bytes(b"b")
+    try:
+        assert InputHasher({"sar": b}, enabled=True, background=False).records()["sar"]["sha256"] == sha256_file(b)
+    finally:
+        (tmp_path / "cache" / HASH_CACHE).chmod(0o700)
