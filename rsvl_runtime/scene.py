@@ -17,8 +17,8 @@ bytes.
 
 Timings (``done.json`` ``timings``, seconds): ``read_s``, ``normalise_s`` and ``batch_s``
 (the tiles copied into the engine's batches; reader thread), ``predict_s`` (the engine),
-``hash_s`` (the inputs' sha256 between engine calls, serial pipeline), ``blend_s``, ``postprocess_s`` (softmax/argmax/scores) and
-``write_s`` (writer thread), ``sink_wait_s`` (the engine's thread waiting for the writer
+``hash_s`` (the inputs' sha256 between engine calls, serial pipeline), ``blend_s``,
+``postprocess_s`` (softmax/argmax/scores) and ``write_s`` (writer thread), ``sink_wait_s`` (the engine's thread waiting for the writer
 thread), ``inference_s`` (the tile loop's wall time), ``overviews_s`` and, for a COG,
 ``cog_write_s`` (the rasters' finalisation, summed; in ``rasters_finalize_s``), ``reports_s``,
 ``total_s``.

@@ -138,9 +138,9 @@ class RowSink:
     chunk, :data:`POSTPROCESS_ELEMENTS` at a time, and its labels counted per class there); the
     chunks that fit the writers' open 512-row blocks are computed straight into the blocks'
     buffers (:meth:`~rsvl_runtime.outputs.GeoTiffRowWriter.claim`: no copy between the stages),
-    the others are written after them; labels and scores are written by two workers at once. The class counts are integers summed in
-    row order (areas weighted once per block), so the statistics do not depend on the number of
-    workers.
+    the others are written after them; labels and scores are written by two workers at once.
+    The class counts are integers summed in row order (areas weighted once per block), so the
+    statistics do not depend on the number of workers.
     """
 
     def __init__(self, writers: SceneWriters, row_areas: np.ndarray, valids: dict[int, np.ndarray],
@@ -171,8 +171,8 @@ class RowSink:
         row_areas = self.row_areas[fin.y0:fin.y0 + fin.n_rows]
         per_row = not uniform_areas(row_areas)
 
-        # rows [0, m) go straight into the writers' open blocks; the rest (past a block's end) to
-        # arrays written after the block is
+        # rows [0, m) are computed straight into the writers' open blocks; the rows past a block's
+        # end into arrays of their own, written once that block is
         n, writers = fin.n_rows, [self.out.labels, *([self.out.scores] if self.out.scores is not None else [])]
         views = [w.claim(n) for w in writers]
         m = views[0].shape[1]
