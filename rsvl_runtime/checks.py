@@ -53,6 +53,7 @@ from rasterio.windows import Window
 
 from .normalization import OpticalScaling, band_stats, linear_to_db
 from .options import InputOptions
+from .parallel import WorkPool, available_cpus
 from .raster_io import (
     GEOREF_GCPS,
     GEOREF_NO_CRS,
@@ -295,7 +296,8 @@ def preflight(optical: PathLike | None, sar: PathLike | None, options: InputOpti
     if len(inputs) == 2:
         with open_raster(inputs["optical"].path) as a, open_raster(inputs["sar"].path) as b:
             check_coregistered(a, b)
-    samples = {m: sample_input(src) for m, src in inputs.items()}
+    with WorkPool(min(len(inputs), available_cpus())) as pool:  # both inputs decoded at once
+        samples = dict(zip(inputs, pool.map(sample_input, list(inputs.values()))))
     for m, s in samples.items():
         check_nodata(s, confirm=lambda src=inputs[m]: has_valid_pixel(src))
     if len(samples) == 2:

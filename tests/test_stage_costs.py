@@ -219,3 +219,28 @@ def test_input_sha256_is_cached_by_file_state(tmp_path: Path, monkeypatch: pytes
         assert InputHasher({"sar": b}, enabled=True, background=False).records()["sar"]["sha256"] == sha256_file(b)
     finally:
         (tmp_path / "cache" / HASH_CACHE).chmod(0o700)
+
+
+def test_preflight_samples_both_inputs_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from rsvl_runtime import checks
+    from rsvl_runtime.options import InputOptions
+    from rsvl_runtime.parallel import available_cpus
+
+    if available_cpus() < 2:
+        pytest.skip("one CPU: the samples are read in turn")
+    opt = write_tif(tmp_path / "optical.tif", optical_array(120, 90))
+    sar = write_tif(tmp_path / "sar.tif", sar_array(120, 90))
+    seen: list[tuple[str, str]] = []
+    both = threading.Barrier(2, timeout=10)  # passes only when the two samples run concurrently
+    real = checks.sample_input
+
+    def sampling(src):  # type: ignore[no-untyped-def]
+        seen.append((src.modality, threading.current_thread().name))
+        both.wait()
+        return real(src)
+
+    monkeypatch.setattr(checks, "sample_input", sampling)
+    checks.preflight(opt, sar, InputOptions(optical_spec=OPTICAL_SPEC, sar_spec=SAR_SPEC))
+    assert sorted(m for m, _ in seen) == ["optical", "sar"] and len({t for _, t in seen}) == 2
