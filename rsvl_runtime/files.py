@@ -1,7 +1,7 @@
 """Small file helpers every part of rsvl uses: the cache folder, sha256 of a file (at once or
 piece by piece), canonical JSON, and atomic writes (a temporary sibling renamed over the target,
-so readers never see a half-written file). The one home of these: import them from here (``rsvl_runtime.bundle``
-re-exports them)."""
+so readers never see a half-written file). The one home of these: import them from here
+(``rsvl_runtime.bundle`` re-exports them)."""
 
 from __future__ import annotations
 

@@ -109,8 +109,8 @@ def write_preview(labels_path: PathLike, out_path: PathLike, colors: Sequence[Se
     """Render the preview of a labels raster and write it as PNG (atomically); returns the PNG bytes."""
     img = render_preview(read_label_thumbnail(labels_path, max_size), colors, class_names, fractions)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL,  # no optimize=True: twice the encode for ~nothing
-             **({"transparency": img.info["transparency"]} if "transparency" in img.info else {}))
+    # no optimize=True: twice the encode for ~nothing; a palette image's alpha (info["transparency"]) is saved
+    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     data = buf.getvalue()
     with atomic_open(out_path, "wb") as f:
         f.write(data)

@@ -234,9 +234,11 @@ class BatchBuilder:
     are made when the batch is taken, tile by tile over the ``pool``'s workers (the batch keeps
     no reference to the strips)."""
 
-    def __init__(self, batch: int, tile: int, channels: Mapping[str, int], pool: WorkPool | None = None) -> None:
+    def __init__(self, batch: int, tile: int, channels: Mapping[str, int], pool: WorkPool | None = None,
+                 stats: ReadStats | None = None) -> None:
         self.batch, self.tile, self.channels = batch, tile, dict(channels)
         self.pool = pool or WorkPool(1)
+        self.stats = stats  # its batch_seconds: the copies of take()
         self._pending: list[tuple[Tile, Mapping[str, np.ndarray]]] = []
 
     @property
@@ -261,7 +263,10 @@ class BatchBuilder:
             for name, strip in strips.items():
                 arrays[name][i] = pad_to_tile(strip[:, :tile.height, tile.x:tile.x + tile.width], self.tile)
 
+        t0 = time.perf_counter()
         self.pool.map(copy, range(n))
+        if self.stats is not None:
+            self.stats.batch_seconds += time.perf_counter() - t0
         return Batch([t for t, _ in pending], arrays.get("optical"), arrays.get("sar"))
 
 
@@ -279,24 +284,18 @@ def iter_scene_items(sources: Sources, grid: TileGrid, batch: int, stats: ReadSt
                 datasets[name] = rasterio.open(src.path)
         builder = BatchBuilder(batch, grid.tile, {name: len(src.bands) for name, src in
                                                    (("optical", sources.optical), ("sar", sources.sar))
-                                                   if src is not None}, pool)
+                                                   if src is not None}, pool, stats)
         n_cols = len(grid.col_offsets)
         strips = StripReader(datasets, sources, grid, stats, pool, thumbnail)
         for row in range(start // n_cols, len(grid.row_offsets)):
             valid, norm = strips.strip(row)
             yield Strip(row, valid)
             for tile in grid.row_tiles(row)[max(0, start - row * n_cols):]:
-                tb = time.perf_counter()
                 full = builder.add(tile, norm)
-                if stats is not None:
-                    stats.batch_seconds += time.perf_counter() - tb
                 if full is not None:
                     yield full
             del norm  # before the next strip is read (an open batch keeps it until taken)
-        tb = time.perf_counter()
         last = builder.take()
-        if stats is not None:
-            stats.batch_seconds += time.perf_counter() - tb
         if last is not None:
             yield last
     finally:
@@ -419,9 +418,14 @@ class InputHasher:
         return sum(f.size for f in self._files.values())
 
     def _run(self) -> None:
-        for name, f in self._files.items():
-            self.hashes[name] = f.hexdigest()
-            store_sha256(f.path, self.hashes[name])
+        for name in self._files:
+            self._finish(name)
+
+    def _finish(self, name: str) -> None:
+        """Hash what is left of the file ``name`` and record its sha256 (also in the cache)."""
+        f = self._files[name]
+        self.hashes[name] = f.hexdigest()
+        store_sha256(f.path, self.hashes[name])
 
     def step(self, nbytes: int, pool: WorkPool | None = None) -> None:
         """Hash the next ``nbytes`` of each unfinished file (the files at once over ``pool``)."""
@@ -436,10 +440,9 @@ class InputHasher:
         "remote": True, "sha256": "not hashed (remote)"}``), plus ``"scaling"`` for a scaled optical input."""
         if self._thread is not None:
             self._thread.join()
-        for name, f in self._files.items():
+        for name in self._files:
             if name not in self.hashes:
-                self.hashes[name] = f.hexdigest()
-                store_sha256(f.path, self.hashes[name])
+                self._finish(name)
         recs: dict[str, dict[str, Any]] = {}
         for name, p in self.paths.items():
             if is_gdal_path(p):

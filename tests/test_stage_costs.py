@@ -69,6 +69,7 @@ def test_serial_run_records_the_inputs_sha256(tmp_path: Path) -> None:
     assert done["inputs"]["optical"]["sha256"] == hashlib.sha256(opt.read_bytes()).hexdigest()
     assert done["inputs"]["sar"]["sha256"] == hashlib.sha256(sar.read_bytes()).hexdigest()
     assert done["timings"]["engine_warmup_s"] == 0.125  # recorded beside, not inside, total_s
+    assert 0 < done["timings"]["batch_s"] < done["timings"]["inference_s"]  # the batches' copies, timed
 
 
 # ----------------------------------------------------------------------------- class counts
