@@ -30,8 +30,8 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,31 @@ from .attention_export import sdpa_attention as _sdpa_form
 from .pixel_attention_export import QUERY_CHUNK, chunked_pixel_attention
 
 log = logging.getLogger(__name__)
+
+#: onnxscript's constant folder, run by the dynamo exporter (``optimize=True``): it logs a
+#: WARNING "Evaluation failed: ..." for every node that the ONNX reference evaluator cannot fold
+#: (e.g. a Reshape of a shape value it does not know yet) and leaves that node in the graph, which
+#: is correct; the warning alarmed users of ``rsvl-export``, so it is demoted to DEBUG while we
+#: export (the graph is checked against eager below either way).
+CONSTANT_FOLDING_LOGGER = "onnxscript.optimizer._constant_folding"
+
+
+@contextmanager
+def _quiet_constant_folding() -> Iterator[None]:
+    """Show onnxscript's "Evaluation failed" folding warnings only at DEBUG level."""
+    logger = logging.getLogger(CONSTANT_FOLDING_LOGGER)
+
+    def demote(record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith("Evaluation failed"):
+            log.debug("onnxscript constant folding skipped a node: %s", record.getMessage())
+            return False
+        return True
+
+    logger.addFilter(demote)
+    try:
+        yield
+    finally:
+        logger.removeFilter(demote)
 
 #: Lowest opset we accept: 17 is the first with a LayerNormalization op.
 MIN_OPSET = 17
@@ -542,6 +567,7 @@ def export_onnx(
     swaps = ExitStack()
     swapped = swaps.enter_context(_sdpa_form(module, enabled=sdpa_attention))
     chunked = swaps.enter_context(chunked_pixel_attention(module, attention_chunk))
+    swaps.enter_context(_quiet_constant_folding())
     try:
         with torch.no_grad():
             torch.onnx.export(

@@ -166,3 +166,32 @@ def test_outputs_are_numpy_comparable(toy) -> None:
     assert [i.type for i in sess.get_inputs()] == ["tensor(float)", "tensor(float)"]
     out = sess.run(None, {n: t.numpy() for n, t in example_inputs().items()})[0]
     assert out.dtype == np.float32
+
+
+def test_onnxscript_folding_warnings_are_demoted_to_debug_while_exporting(tmp_path: Path, monkeypatch,
+                                                                          caplog) -> None:
+    """onnxscript's "Evaluation failed" (a node its constant folder leaves unfolded, harmless) is
+    logged at DEBUG by rsvl during the export; its other warnings, and the same warning outside
+    an export, still reach the user."""
+    import logging
+
+    from rsvl_export.onnx_export import CONSTANT_FOLDING_LOGGER
+
+    folding = logging.getLogger(CONSTANT_FOLDING_LOGGER)
+    real = torch.onnx.export
+
+    def export_that_warns(*args, **kwargs):
+        folding.warning("Evaluation failed: %s", "cannot reshape array of size 1 into shape (1,20)")
+        folding.warning("something else")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", export_that_warns)
+    with caplog.at_level(logging.DEBUG):
+        export_onnx(make_model(), example_inputs(), ["logits"], DYNAMIC_AXES, tmp_path / "x.onnx",
+                    dim_ranges=DIM_RANGES, check_runtime=False)
+        folding.warning("Evaluation failed: after the export")
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "something else" in warned and "Evaluation failed: after the export" in warned
+    assert not any("size 1 into shape" in m for m in warned)
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and r.name == "rsvl_export.onnx_export"]
+    assert any("skipped a node: Evaluation failed: cannot reshape" in m for m in debug)
