@@ -162,6 +162,25 @@ def test_reductions_match_a_pixel_by_pixel_reference() -> None:
     assert reduce_mode(np.array([[[255, 255], [255, 255]]], np.uint8), 255)[0, 0, 0] == 255
 
 
+def test_average_of_full_groups_in_uint64_lanes_matches_the_reference() -> None:
+    """The packed path (no nodata, even height, width a multiple of 8, more rows than one pass)
+    rounds half up like GDAL, up to 4 x 255, and equals the pixel-by-pixel reference."""
+    from rsvl_runtime import overviews
+
+    rng = np.random.default_rng(1)
+    rows = 2 * overviews._SWAR_ROW_PAIRS + 6  # one full pass and a short one
+    for w in (8, 24, 40):
+        scores = rng.integers(1, 256, (3, rows, w), dtype=np.uint8)
+        scores[0, :2, :2] = 255  # the largest sum
+        scores[1, :2, :2] = [[1, 2], [1, 2]]  # 6 / 4 = 1.5: rounds up to 2
+        got = reduce_average(scores, 0)
+        np.testing.assert_array_equal(got, _ref_average(scores, 0))
+        assert got[0, 0, 0] == 255 and got[1, 0, 0] == 2
+    # with a nodata pixel it takes the counting path, still equal
+    scores[2, 3, 5] = 0
+    np.testing.assert_array_equal(reduce_average(scores, 0), _ref_average(scores, 0))
+
+
 def test_streamed_overviews_equal_gdal_build_overviews(tmp_path: Path) -> None:
     """Every level of the COG (reduced while writing) equals what GDAL's build_overviews makes of
     the same full-resolution pixels (the plain layout): AVERAGE and MODE, nodata included."""
