@@ -136,14 +136,40 @@ def reduce_average(rows: np.ndarray, nodata: int) -> np.ndarray:
     return _mean(_sum2x2(values, np.uint16), count, 4, nodata)
 
 
+def _mode_full_groups(rows: np.ndarray) -> np.ndarray:
+    """GDAL's ``MODE`` of every 2x2 group ``a b / c d`` of uint8 ``rows [C, h, w]`` without
+    nodata (``h``, ``w`` even, rows contiguous), in closed form: after ``a, b, c`` the answer is
+    ``c`` when ``c == b != a`` (b and c reached 2 before a could), else ``a``, with a count of
+    ``1 + [a == b] + [c in (a, b)]``; ``d`` replaces it when its count ``1 + [d == a] + [d == b]
+    + [d == c]`` is higher. Cache-sized passes of :data:`_SWAR_ROW_PAIRS` x 2 row pairs."""
+    c, h, w = rows.shape
+    out = np.empty((c * h // 2, w // 2), np.uint8)
+    pairs = rows.reshape(c * h, w).view(np.uint16)  # the left pixel of each pair in the low byte
+    low, eight = np.uint16(0xFF), np.uint16(8)
+    step = 4 * _SWAR_ROW_PAIRS
+    for r in range(0, c * h, step):
+        top, bottom = pairs[r:r + step:2], pairs[r + 1:r + step:2]
+        a, b = (top & low).astype(np.uint8), (top >> eight).astype(np.uint8)
+        q, d = (bottom & low).astype(np.uint8), (bottom >> eight).astype(np.uint8)
+        a_b, b_q = a == b, b == q
+        held = ((a == q) | b_q).view(np.uint8) + a_b.view(np.uint8)  # the best count after q, - 1
+        d_count = (a == d).view(np.uint8) + (b == d).view(np.uint8) + (q == d).view(np.uint8)
+        np.copyto(out[r // 2:r // 2 + a.shape[0]], np.where(d_count > held, d, np.where(b_q & ~a_b, q, a)))
+    return out.reshape(c, h // 2, w // 2)
+
+
 def reduce_mode(rows: np.ndarray, nodata: int) -> np.ndarray:
     """2x2 mode of uint8 ``rows [C, h, w]`` over the pixels that are not ``nodata``, exactly as
     GDAL's ``MODE``: the group is scanned row-major and the answer changes only when a value's
     running count beats the best so far (so on a tie the value that reached the count first
     wins); a group of nodata only is nodata."""
-    quads = _quads(rows, nodata)
     padded = rows.shape[1] % 2 or rows.shape[2] % 2
-    valid = [(q != nodata) for q in quads] if padded or bool((rows == nodata).any()) else None
+    has_nodata = bool((rows == nodata).any())
+    if not padded and not has_nodata and rows.dtype == np.uint8 and rows.flags.c_contiguous \
+            and sys.byteorder == "little":
+        return _mode_full_groups(rows)
+    quads = _quads(rows, nodata)
+    valid = [(q != nodata) for q in quads] if padded or has_nodata else None
     best_v = np.full(quads[0].shape, nodata, np.uint8)
     best_n = np.zeros(quads[0].shape, np.uint8)
     for t, q in enumerate(quads):

@@ -181,6 +181,22 @@ def test_average_of_full_groups_in_uint64_lanes_matches_the_reference() -> None:
     np.testing.assert_array_equal(reduce_average(scores, 0), _ref_average(scores, 0))
 
 
+def test_mode_of_full_groups_in_closed_form_matches_the_reference() -> None:
+    """The closed form (no nodata, even sizes) keeps GDAL's tie rule on every one of the 3^4
+    groups of three values, over more rows than one pass."""
+    from rsvl_runtime import overviews
+
+    groups = np.array(np.meshgrid(*[np.arange(3, dtype=np.uint8)] * 4, indexing="ij")).reshape(4, -1).T
+    rows = np.zeros((2, 2 * len(groups), 4), np.uint8)  # band 0: each group at the left, band 1: random
+    rows[0, 0::2, :2], rows[0, 1::2, :2] = groups[:, :2], groups[:, 2:]
+    rows[1] = np.random.default_rng(2).integers(0, 3, rows.shape[1:], dtype=np.uint8)
+    assert rows.shape[1] > 4 * overviews._SWAR_ROW_PAIRS
+    got = reduce_mode(rows, 255)
+    np.testing.assert_array_equal(got, _ref_mode(rows, 255))
+    assert got[0, np.flatnonzero((groups == [2, 1, 1, 2]).all(1))[0], 0] == 1  # b, c reach 2 first
+    assert got[0, np.flatnonzero((groups == [1, 2, 2, 1]).all(1))[0], 0] == 2
+
+
 def test_streamed_overviews_equal_gdal_build_overviews(tmp_path: Path) -> None:
     """Every level of the COG (reduced while writing) equals what GDAL's build_overviews makes of
     the same full-resolution pixels (the plain layout): AVERAGE and MODE, nodata included."""
