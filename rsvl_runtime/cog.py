@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,25 +35,15 @@ import rasterio
 from rasterio.windows import Window
 
 from .parallel import WorkPool
+from .tile_codec import deflate_tile
+from .tile_spool import TileSpool
 
-try:  # pragma: no cover - exercised where installed
-    from isal import isal_zlib as _isal
-except ImportError:  # pragma: no cover
-    _isal = None
-try:  # pragma: no cover - exercised where installed
-    import deflate as _libdeflate
-except ImportError:  # pragma: no cover
-    _libdeflate = None
-
-__all__ = ["GHOST", "cog_layout", "deflate_tile", "read_ifds", "tag_values", "write_cog"]
+__all__ = ["GHOST", "cog_layout", "read_ifds", "tag_values", "write_cog"]
 
 #: GDAL's structural metadata of a COG, verbatim as its COG driver writes it after the header.
 GHOST = (b"GDAL_STRUCTURAL_METADATA_SIZE=000140 bytes\n"
          b"LAYOUT=IFDS_BEFORE_DATA\nBLOCK_ORDER=ROW_MAJOR\nBLOCK_LEADER=SIZE_AS_UINT4\n"
          b"BLOCK_TRAILER=LAST_4_BYTES_REPEATED\nKNOWN_INCOMPATIBLE_EDITION=NO\n ")
-
-#: Deflate levels up to this one are "fast": igzip level 1 where ``isal`` is installed.
-FAST_LEVEL = 2
 
 # TIFF field types -> bytes per value
 _TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 16: 8, 17: 8, 18: 8}
@@ -63,16 +52,6 @@ _SHORT, _LONG, _LONG8 = 3, 4, 16
 #: sample format, the GeoTIFF tags, GDAL_METADATA and GDAL_NODATA. The overviews get the first four.
 _COPIED = (262, 320, 338, 339, 33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
 _OVERVIEW_COPIED = (262, 320, 338, 339)
-
-
-def deflate_tile(data: bytes | np.ndarray, level: int) -> bytes:
-    """One tile as a zlib stream (TIFF DEFLATE): igzip level 1 for ``level <= FAST_LEVEL`` when
-    ``isal`` is installed, else libdeflate (the ``deflate`` package) at ``level``, else zlib."""
-    if level <= FAST_LEVEL and _isal is not None:
-        return bytes(_isal.compress(data, 1))
-    if _libdeflate is not None:
-        return bytes(_libdeflate.zlib_compress(data, level))
-    return zlib.compress(data, level)
 
 
 def read_ifds(path: str | os.PathLike[str]) -> Iterator[tuple[str, bool, int, dict[int, tuple[int, int, bytes]]]]:
@@ -127,6 +106,7 @@ class _Image:
         self.counts = [0] * self.n_tiles
         self.arrays_at = (0, 0)  # file positions of the TileOffsets and TileByteCounts arrays
         self.raw: list[list[tuple[int, int]]] | None = None  # the source's own raw tiles (see _raw_layout)
+        self.spooled: TileSpool | None = None  # tiles deflated already (full resolution of a row writer)
         self.piece = block * block  # bytes of one raw piece of a tile (a spool tile)
 
 
@@ -259,6 +239,9 @@ def _write_tiles(f: BinaryIO, img: _Image, block: int, level: int, pool: WorkPoo
     """Deflate ``img``'s tiles over the pool, a row of tiles per task (the workers also read the
     raw ones), and append them in order, each with its size before it and its last 4 bytes after
     it (GDAL's block leader and trailer)."""
+    if img.spooled is not None:
+        _copy_tiles(f, img, img.spooled, e)
+        return
     fd = os.open(img.path, os.O_RDONLY) if img.raw is not None else -1
     empty = bytes(img.piece)
 
@@ -285,12 +268,31 @@ def _write_tiles(f: BinaryIO, img: _Image, block: int, level: int, pool: WorkPoo
             os.close(fd)
 
 
+def _copy_tiles(f: BinaryIO, img: _Image, spool: TileSpool, e: str) -> None:
+    """Append the deflated tiles of ``spool`` in TIFF order, framed as :func:`_write_tiles` frames them."""
+    if (spool.count, spool.width, spool.height, spool.block) != (img.count, img.width, img.height, 512):
+        raise ValueError(f"{spool.path}: tiles of another raster than {img.path}")
+    i, pos = 0, f.tell()
+    for row in spool.tile_rows():
+        framed = []
+        for off, n in row:
+            data = spool.read(off, n)
+            framed.append(struct.pack(e + "I", n) + data + data[-4:])
+            img.offsets[i], img.counts[i] = pos + 4, n
+            pos += n + 8
+            i += 1
+        f.write(b"".join(framed))
+
+
 def write_cog(spool: str | os.PathLike[str], levels: Sequence[str | os.PathLike[str]], dest: str | os.PathLike[str],
-              *, level: int = 6, block: int = 512, bigtiff: bool | None = None, workers: int | None = None) -> Path:
+              *, level: int = 6, block: int = 512, bigtiff: bool | None = None, workers: int | None = None,
+              tiles: TileSpool | None = None) -> Path:
     """Write ``dest``: the COG of the full-resolution ``spool`` (a tiled GeoTIFF written by GDAL,
     whose metadata is carried over) with ``levels`` as its overviews (finest first), deflated at
-    ``level`` by ``workers`` threads (default: the process's CPUs). ``bigtiff`` None: BigTIFF
-    when the raw tiles could exceed 4 GiB."""
+    ``level`` by ``workers`` threads (default: the process's CPUs). ``tiles``: the full
+    resolution's tiles deflated already (:class:`~rsvl_runtime.tile_spool.TileSpool`); ``spool``
+    then only lends its metadata (its pixels are not read). ``bigtiff`` None: BigTIFF when the
+    raw tiles could exceed 4 GiB."""
     if block != 512:
         raise ValueError("COG tiles are 512 x 512")
     spool, dest = Path(spool), Path(dest)
@@ -301,9 +303,11 @@ def write_cog(spool: str | os.PathLike[str], levels: Sequence[str | os.PathLike[
             if ds.dtypes[0] != "uint8":
                 raise ValueError(f"{p}: write_cog writes uint8 rasters, not {ds.dtypes[0]}")
             images.append(_Image(p, ds.width, ds.height, ds.count, block, overview=i > 0))
+    images[0].spooled = tiles
     for i, img in enumerate(images):  # the spool and its levels: read straight from the files when raw
-        ie, _, _, itags = (e, None, None, tags) if i == 0 else next(read_ifds(img.path))
-        img.raw = _raw_layout(itags, ie, block, img)
+        if img.spooled is None:
+            ie, _, _, itags = (e, None, None, tags) if i == 0 else next(read_ifds(img.path))
+            img.raw = _raw_layout(itags, ie, block, img)
     raw = sum(img.n_tiles for img in images) * block * block
     big = raw * 1.01 + (1 << 24) >= 1 << 32 if bigtiff is None else bool(bigtiff)
     w = _IfdWriter(e, big)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import glob
 import json
 import os
 import tempfile
@@ -49,6 +50,7 @@ from rasterio.windows import Window
 from .files import atomic_write_text, free_in_background
 from .overviews import OverviewPyramid
 from .parallel import WorkPool
+from .tile_spool import TileSpool
 from .transaction import DISK_RESERVE_BYTES, disk_full, no_space_error
 
 PathLike = str | os.PathLike[str]
@@ -137,9 +139,8 @@ class OutputStage:
 
     def discard(self) -> None:
         """Delete every staged temporary file (and GDAL side-cars of it)."""
-        for tmp in self._files.values():
-            for p in (tmp, Path(f"{tmp}.aux.xml"), Path(f"{tmp}.ovr"), Path(f"{tmp}.vrt"),
-                      *tmp.parent.glob(f"{tmp.name}.ov*.tif")):
+        for tmp in self._files.values():  # GDAL's side-cars, a COG's tile spool and overview levels
+            for p in (tmp, *tmp.parent.glob(f"{glob.escape(tmp.name)}.*")):
                 p.unlink(missing_ok=True)
         self._files.clear()
 
@@ -266,8 +267,8 @@ class GeoTiffRowWriter:
                          "tiled": True, "blockxsize": block, "blockysize": block, "BIGTIFF": "IF_SAFER"}
         if not self.cog:  # the COG layout deflates once, in close(); until then the spool's options
             self._profile.update(compress="deflate", zlevel=zlevel, NUM_THREADS="ALL_CPUS")
-        else:
-            self._profile.update(spool_creation(count * width * height * 4 // 3))  # + the levels
+        else:  # the overview levels' spools (the full resolution goes to a TileSpool)
+            self._profile.update(spool_creation(count * width * height // 3))
         self.timings: dict[str, float] = {}
         if count >= 3:  # K score bands, not an RGB image (GDAL's default for 3-4 uint8 bands)
             self._profile["photometric"] = "MINISBLACK"
@@ -277,12 +278,12 @@ class GeoTiffRowWriter:
         self._filled = 0
         self.rows_written = 0
         self._pyramid: OverviewPyramid | None = None
+        self._tiles: TileSpool | None = None
         if resume is not None:
             self._reopen(*resume)
             return
-        self._ds = rasterio.open(self.path, "w", **self._profile)
-        if self.cog:
-            self._pyramid = self._new_pyramid(resume=False)
+        # a COG's file at ``path`` only holds its metadata until close() (sparse: no tile data)
+        self._ds = rasterio.open(self.path, "w", **self._profile, **({"SPARSE_OK": True} if self.cog else {}))
         if descriptions:
             for i, d in enumerate(descriptions, start=1):
                 self._ds.set_band_description(i, str(d))
@@ -291,6 +292,20 @@ class GeoTiffRowWriter:
         if scales is not None:
             self._ds.scales = tuple(float(v) for v in scales)
             self._ds.offsets = (0.0,) * count
+        if self.cog:
+            self._ds.update_tags(ns="rio_overview", resampling=self.overview_resampling.name)
+            self._ds.close()
+            self._tiles = self._new_tiles(resume=False)
+            self._pyramid = self._new_pyramid(resume=False)
+
+    @property
+    def _partial_path(self) -> Path:
+        """A COG's checkpointed rows of its open block (raw, band after band)."""
+        return Path(f"{self.path}.partial")
+
+    def _new_tiles(self, resume: bool) -> TileSpool:
+        return TileSpool(f"{self.path}.tiles", count=self.count, width=self.width, height=self.height,
+                         block=self.block, level=self.zlevel, resume=resume)
 
     def _new_pyramid(self, resume: bool) -> OverviewPyramid:
         name = self.overview_resampling.name
@@ -300,20 +315,44 @@ class GeoTiffRowWriter:
                                self.block, resume=resume)
 
     def _reopen(self, rows: int, crc: int) -> None:
-        if self.cog:  # the levels of the blocks written before the checkpoint
-            self._pyramid = self._new_pyramid(resume=True)
-        self._ds = rasterio.open(self.path, "r+", NUM_THREADS="ALL_CPUS")
-        if (self._ds.width, self._ds.height, self._ds.count) != (self.width, self.height, self.count):
+        self._ds = rasterio.open(self.path, "r" if self.cog else "r+", NUM_THREADS="ALL_CPUS")
+        shape = (self._ds.width, self._ds.height, self._ds.count)
+        if self.cog:
             self._ds.close()
+        if shape != (self.width, self.height, self.count):
+            self.abort()
             raise ValueError(f"{self.path}: checkpointed raster has another shape")
         self._buf_y0 = rows // self.block * self.block
         self._filled = rows - self._buf_y0
         self.rows_written = self._buf_y0
-        if self._filled:
-            self._buf[:, :self._filled] = self._ds.read(window=Window(0, self._buf_y0, self.width, self._filled))
+        try:
+            if self.cog:  # the tiles and levels of the blocks written before the checkpoint
+                self._tiles = self._new_tiles(resume=True)
+                self._pyramid = self._new_pyramid(resume=True)
+                if self._tiles.rows_done() < self._buf_y0:
+                    raise ValueError(f"{self._tiles.path}: holds {self._tiles.rows_done()} of the "
+                                     f"{self._buf_y0} checkpointed rows")
+            if self._filled:
+                self._buf[:, :self._filled] = self._read_partial()
+        except BaseException:
+            self.abort()
+            raise
         if self._crc() != crc:
-            self._ds.close()
+            self.abort()
             raise ValueError(f"{self.path}: checkpointed rows do not match their checksum")
+
+    def _read_partial(self) -> np.ndarray:
+        """The checkpointed rows of the open block."""
+        shape = (self.count, self._filled, self.width)
+        if not self.cog:
+            return self._ds.read(window=Window(0, self._buf_y0, self.width, self._filled))
+        try:
+            raw = np.fromfile(self._partial_path, np.uint8)
+        except OSError as e:
+            raise ValueError(f"{self._partial_path}: checkpointed rows unreadable ({e})") from e
+        if raw.size != int(np.prod(shape)):
+            raise ValueError(f"{self._partial_path}: {raw.size} bytes, expected {int(np.prod(shape))}")
+        return raw.reshape(shape)
 
     def _crc(self) -> int:
         return zlib.crc32(np.ascontiguousarray(self._buf[:, :self._filled]).tobytes())
@@ -323,15 +362,29 @@ class GeoTiffRowWriter:
         reopen the file so that it is a valid TIFF on disk; returns the crc32 of the buffer."""
         if self._filled:
             self._write(self._filled)
-        self._ds.close()
-        if self._pyramid is not None:
+        if self._tiles is not None and self._pyramid is not None:
+            self._tiles.checkpoint()
             self._pyramid.checkpoint()
+        else:
+            self._ds.close()
+            self._ds = rasterio.open(self.path, "r+", NUM_THREADS="ALL_CPUS")
         self._check_space()
-        self._ds = rasterio.open(self.path, "r+", NUM_THREADS="ALL_CPUS")
         return self._crc()
 
     def _write(self, n: int) -> None:
-        self._ds.write(self._buf[:, :n], window=Window(0, self._buf_y0, self.width, n))
+        """Store the first ``n`` rows of the open block: a COG's finished block as deflated tiles
+        (a partial one, at a checkpoint, raw in its ``.partial`` file), a plain GeoTIFF's through GDAL."""
+        rows = self._buf[:, :n]
+        if self._tiles is None:
+            self._ds.write(rows, window=Window(0, self._buf_y0, self.width, n))
+        elif n == self._buf.shape[1] or self._buf_y0 + n == self.height:
+            self._tiles.add(self._buf_y0, rows, self.pool)
+        else:
+            tmp = Path(f"{self._partial_path}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(np.ascontiguousarray(rows).data)
+                os.fsync(f.fileno())
+            os.replace(tmp, self._partial_path)
         self._check_space()
 
     def _check_space(self) -> None:
@@ -390,8 +443,6 @@ class GeoTiffRowWriter:
         if self.rows_written != self.height:
             self.abort()
             raise RuntimeError(f"{self.path}: only {self.rows_written} of {self.height} rows written")
-        self._ds.update_tags(ns="rio_overview", resampling=self.overview_resampling.name)
-        self._ds.close()
         if self._pyramid is not None:
             self._pyramid.close()
             self.timings["overviews_s"] = self._pyramid.seconds
@@ -399,6 +450,8 @@ class GeoTiffRowWriter:
             self._to_cog(self._pyramid)
             self.timings["cog_write_s"] = time.perf_counter() - t0
         else:
+            self._ds.update_tags(ns="rio_overview", resampling=self.overview_resampling.name)
+            self._ds.close()
             t0 = time.perf_counter()
             with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), rasterio.open(self.path, "r+") as ds:
                 ds.build_overviews(overview_factors(self.width, self.height), self.overview_resampling)
@@ -407,26 +460,33 @@ class GeoTiffRowWriter:
         return self.path
 
     def _to_cog(self, pyramid: OverviewPyramid) -> None:
-        """Encode the spool and its overview levels once into a COG (:func:`rsvl_runtime.cog.write_cog`),
-        replacing the spool."""
+        """Assemble the COG (:func:`rsvl_runtime.cog.write_cog`) from the deflated tiles, the overview
+        levels (deflated now) and the metadata at :attr:`path`, which it replaces."""
         from .cog import write_cog
 
+        tiles = self._tiles
+        assert tiles is not None
         tmp = temp_path(self.path)
-        release = free_in_background([self.path, *pyramid.paths])  # the spool's blocks freed off this thread
+        # the spools' blocks are freed off this thread
+        release = free_in_background([self.path, *tiles.paths, *pyramid.paths])
         try:
-            write_cog(self.path, pyramid.paths, tmp, level=self.zlevel, block=self.block)
+            write_cog(self.path, pyramid.paths, tmp, level=self.zlevel, block=self.block, tiles=tiles)
             os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         finally:
+            tiles.remove()
             pyramid.remove()
+            self._partial_path.unlink(missing_ok=True)
             release()
 
     def abort(self) -> None:
-        """Close without finishing (the caller discards the temporary file)."""
+        """Close without finishing (the caller discards the temporary file and its spools)."""
         if not self._ds.closed:
             self._ds.close()
+        if self._tiles is not None:
+            self._tiles.close()
         if self._pyramid is not None:
             self._pyramid.abort()
 

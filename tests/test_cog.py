@@ -14,6 +14,7 @@ from rasterio.transform import from_origin
 
 from rsvl_runtime import cog
 from rsvl_runtime.parallel import WorkPool
+from rsvl_runtime.tile_codec import deflate_tile
 
 CRS = "EPSG:32633"
 TRANSFORM = from_origin(500000, 4100000, 10, 10)
@@ -140,7 +141,7 @@ def test_cog_refuses_what_it_cannot_write(tmp_path: Path) -> None:
 @pytest.mark.parametrize("level", [1, 6])
 def test_deflate_tile_is_a_zlib_stream(level: int) -> None:
     tile = np.random.default_rng(level).integers(0, 4, (512, 512), dtype=np.uint8)
-    assert zlib.decompress(cog.deflate_tile(tile, level)) == tile.tobytes()
+    assert zlib.decompress(deflate_tile(tile, level)) == tile.tobytes()
 
 
 def test_workpool_imap_keeps_order_bounds_look_ahead_and_raises() -> None:

@@ -52,6 +52,52 @@ def test_row_writer_roundtrip_layout(tmp_path: Path, cog: bool) -> None:
             assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
 
 
+@pytest.mark.parametrize("cog", [False, True])
+def test_row_writer_resumes_a_checkpoint_inside_a_block(tmp_path: Path, cog: bool) -> None:
+    """Checkpointed after 600 rows (one full block deflated into the tile spool, 88 rows of the
+    next one raw), a new writer resumes there: the file equals an uninterrupted run's pixels;
+    spools and side files are gone after close; a damaged tile index refuses to resume."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 6, (3, 1100, 700), dtype=np.uint8)
+    kw = dict(width=700, height=1100, count=3, crs=CRS, transform=from_origin(500000, 4100000, 10, 10),
+              nodata=255, cog=cog, descriptions=["a", "b", "c"])
+    first = out.GeoTiffRowWriter(tmp_path / "x.tif", **kw)
+    first.write(data[:, :600])
+    crc = first.checkpoint()
+    first.write(data[:, 600:700])  # rows after the checkpoint: lost with the process
+    first.abort()
+    if cog:
+        assert (tmp_path / "x.tif.tiles").stat().st_size > 0 and (tmp_path / "x.tif.partial").stat().st_size == 3 * 88 * 700
+    resumed = out.GeoTiffRowWriter(tmp_path / "x.tif", resume=(600, crc), **kw)
+    assert resumed.rows_written == 512
+    resumed.write(data[:, 600:])
+    (tmp_path / "ref").mkdir()
+    ref = _write(tmp_path / "ref" / "x.tif", data, [1100], cog=cog, descriptions=["a", "b", "c"])  # uninterrupted
+    with rasterio.open(resumed.close()) as ds, rasterio.open(ref) as r:
+        np.testing.assert_array_equal(ds.read(), data)
+        assert ds.overviews(1) == r.overviews(1) and ds.descriptions == ("a", "b", "c")
+        for level in range(len(ds.overviews(1))):  # the levels of the blocks before and after the checkpoint
+            with rasterio.open(ds.name, OVERVIEW_LEVEL=level) as a, rasterio.open(r.name, OVERVIEW_LEVEL=level) as b:
+                np.testing.assert_array_equal(a.read(), b.read())
+        if cog:
+            assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "x.tif"]
+    if cog:  # a checkpoint whose tile index is damaged cannot resume (the run starts over)
+        again = out.GeoTiffRowWriter(tmp_path / "y.tif", **kw)
+        again.write(data[:, :600])
+        crc = again.checkpoint()
+        again.abort()
+        (tmp_path / "y.tif.tiles.idx").write_bytes(b"not an index")
+        with pytest.raises(ValueError, match="tile index"):
+            out.GeoTiffRowWriter(tmp_path / "y.tif", resume=(600, crc), **kw)
+        with pytest.raises(ValueError, match="checksum"):  # rows that are not the checkpointed ones
+            wrong = out.GeoTiffRowWriter(tmp_path / "z.tif", **kw)
+            wrong.write(data[:, :600])
+            crc = wrong.checkpoint()
+            wrong.abort()
+            out.GeoTiffRowWriter(tmp_path / "z.tif", resume=(600, crc ^ 1), **kw)
+
+
 def test_row_writer_refuses_incomplete(tmp_path: Path) -> None:
     wr = out.GeoTiffRowWriter(tmp_path / "x.tif", width=10, height=20, count=1, crs=CRS,
                               transform=from_origin(0, 0, 1, 1), nodata=255, cog=False)
