@@ -46,7 +46,8 @@ from .pixel_attention_export import QUERY_CHUNK, chunked_pixel_attention
 
 log = logging.getLogger(__name__)
 
-#: onnxscript's constant folder, run by the dynamo exporter (``optimize=True``): it logs a
+#: onnxscript's constant folder, run by the dynamo exporter (``optimize=True``) and again by
+#: :func:`_fold_constants` on the loaded graph: it logs a
 #: WARNING "Evaluation failed: ..." for every node that the ONNX reference evaluator cannot fold
 #: (e.g. a Reshape of a shape value it does not know yet) and leaves that node in the graph, which
 #: is correct; the warning alarmed users of ``rsvl-export``, so it is demoted to DEBUG while we
@@ -381,7 +382,8 @@ def _fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     except ImportError:  # pragma: no cover - onnxscript is an export dependency
         return model, "none (onnxscript not installed)"
     try:
-        return oso.optimize(model), "onnxscript.optimizer.optimize"
+        with _quiet_constant_folding():
+            return oso.optimize(model), "onnxscript.optimizer.optimize"
     except Exception as e:  # noqa: BLE001 - optimisation is best-effort, the unoptimised graph is valid
         log.warning("onnxscript optimizer failed (%s); keeping the unfolded graph", e)
         return model, f"none (optimizer failed: {e})"

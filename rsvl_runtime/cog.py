@@ -17,9 +17,11 @@ the tile loop is most of what a scene run spends outside its engine. Fast levels
 the scores) use igzip level 1; higher levels (the labels' 6) use libdeflate (the ``deflate``
 package: 273 MB/s here against zlib's 107 MB/s, and 40 % smaller than igzip's best on labels).
 Without those packages zlib does all, with the same files' pixels.
-The raw tiles of an uncompressed spool are read by the workers straight from the file; a ZSTD
-spool and the overview levels are read through rasterio. A pool of workers deflates them (the
-codecs release the GIL).
+The codecs are in :mod:`rsvl_runtime.tile_codec`. A row writer's full resolution arrives deflated
+already (``tiles``: a :class:`~rsvl_runtime.tile_spool.TileSpool` filled inside the tile loop) and
+is copied; the raw tiles of an uncompressed spool (the overview levels, or a full-resolution
+GeoTIFF) are read by the workers straight from the file, a ZSTD spool through rasterio, and a pool
+of workers deflates them (the codecs release the GIL).
 """
 
 from __future__ import annotations

@@ -62,6 +62,8 @@ CLASSES = "classes.json"
 PREVIEW = "preview.png"
 REPORT = "report.html"
 DONE = "done.json"
+VECTORS_GPKG = "vectors.gpkg"
+VECTORS_GEOJSON = "vectors.geojson"
 DONE_FORMAT = "rsvl-outputs/1"
 
 LABEL_NODATA = 255
@@ -158,11 +160,12 @@ def overview_factors(width: int, height: int, min_size: int = 256) -> list[int]:
 SPOOL_CREATION = {"compress": "zstd", "zstd_level": 1, "interleave": "band", "NUM_THREADS": "ALL_CPUS"}
 
 
-#: A spool whose raw bytes (full resolution + levels) are at most this fraction of the memory
-#: available when it is created is left uncompressed: it stays in the page cache, so the ZSTD
-#: pass of every block write and the decode in the COG encode are saved (measured here: the
-#: 7-band scores write of 10000 x 2048 px 0.16-0.19 s raw vs 0.32-0.33 s ZSTD-1). Bigger spools
-#: are ZSTD-1, so that the disk's writeback does not throttle the run.
+#: The overview level spools of a raster are left uncompressed while their raw bytes are at most
+#: this fraction of the memory available when they are created: they stay in the page cache, so
+#: the ZSTD pass of every block write and the decode in the COG assembly are saved (measured here
+#: on the full resolution, when it was spooled raw too: the 7-band scores write of 10000 x 2048 px
+#: 0.16-0.19 s raw vs 0.32-0.33 s ZSTD-1). Bigger spools are ZSTD-1, so that the disk's writeback
+#: does not throttle the run.
 RAW_SPOOL_MEMORY_FRACTION = 0.25
 
 
@@ -219,32 +222,29 @@ class GeoTiffRowWriter:
 
     Two layouts, chosen by ``cog`` (default: COG):
 
-    - **COG** (encoded once): the rows go to a tiled spool at the temporary path, band
-      interleaved; uncompressed while the spool fits the page cache comfortably
-      (:func:`spool_creation`, :data:`RAW_SPOOL_MEMORY_FRACTION`), else compressed with ZSTD
-      level 1 (:data:`SPOOL_CREATION`: about 8x smaller than raw for a few percent of the
-      deflate's CPU, so a slow disk does not throttle the run), and each finished block of rows is reduced
-      into the overview levels
-      (:class:`~rsvl_runtime.overviews.OverviewPyramid`, :func:`overview_factors`: average for
-      scores, mode for labels, nodata ignored) as it is written, so no pass over the finished
-      raster is left for them. :meth:`close` hands the spool and its levels to
-      :func:`rsvl_runtime.cog.write_cog` once, which deflates full resolution and overviews
-      (ISA-L's igzip for ``zlevel <= 2``, libdeflate above) in COG order into the final file
-      that replaces the spool. No tile is deflated, inflated and deflated again. The spool and
-      levels need at most ``4/3 x count x width x height`` bytes
-      of temporary disk (uncompressed).
+    - **COG** (deflated once, in the loop): each finished block row is cut into its tiles, which
+      the pool deflates (ISA-L's igzip for ``zlevel <= 2``, libdeflate above) into a
+      :class:`~rsvl_runtime.tile_spool.TileSpool` (``<path>.tiles``), and is reduced into the
+      overview levels (:class:`~rsvl_runtime.overviews.OverviewPyramid`,
+      :func:`overview_factors`: average for scores, mode for labels, nodata ignored; their
+      spools are GeoTIFFs, :func:`spool_creation`). The file at ``path`` holds only the
+      metadata (GDAL wrote it sparse: georeferencing, nodata, colour table, descriptions,
+      scales). :meth:`close` hands the three to :func:`rsvl_runtime.cog.write_cog`, which
+      deflates the levels, copies the spooled tiles in COG order and replaces the file at
+      ``path``: no tile is deflated twice, and no raw copy of the full resolution is written.
     - **plain GeoTIFF** (``cog=False``): deflated tiles, internal overviews built at :meth:`close`.
 
     :attr:`timings` holds ``overviews_s`` (a COG: the seconds reducing blocks while writing;
-    plain: GDAL's ``build_overviews`` in :meth:`close`) and, for a COG, ``cog_write_s`` (the one
-    encode).
+    plain: GDAL's ``build_overviews`` in :meth:`close`) and, for a COG, ``cog_write_s`` (the
+    assembly in :meth:`close`).
 
     ``pool`` (settable: :attr:`pool`; default one worker, the parts in turn): a
     :class:`~rsvl_runtime.parallel.WorkPool` over which a finished block row is split: the full-resolution write runs beside the overview reduction,
     which is itself split by bands (GDAL writes and numpy loops release the GIL; each dataset is
     used by one thread at a time).
 
-    :meth:`checkpoint` makes the rows written so far durable (a valid TIFF on disk) and returns
+    :meth:`checkpoint` makes the rows written so far durable (a COG: the tile spool's index and
+    the open block's rows in ``<path>.partial``; plain: a valid TIFF on disk) and returns
     the crc32 of the rows of the open block row; ``resume=(rows, crc)`` reopens such a file and
     continues after its first ``rows`` rows (ValueError when the file does not match). A flush
     that leaves the disk full raises :class:`~rsvl_runtime.transaction.OutputError` at once.

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .files import atomic_write_text
 from .finished import FinishedRun
@@ -301,7 +302,6 @@ def optical_thumbnail(path: PathLike, bands: Sequence[int], nodata: float | None
     px on the long side, percentile-stretched (:func:`stretch_for_display`), nodata transparent.
     ``bands``: the 1-based raster bands in the bundle's order (``ModalityInput.bands``).
     ``values``: that decimated read, already made (the scene runner gathers it while reading)."""
-    from PIL import Image
     from rasterio.enums import Resampling
 
     from .raster_io import open_raster, scaled_shape, valid_mask

@@ -36,7 +36,7 @@ from .files import atomic_write_text
 from .tiling import TileGrid
 
 PROGRESS = "progress.json"
-PROGRESS_FORMAT = "rsvl-progress/1"
+PROGRESS_FORMAT = "rsvl-progress/2"  # 2: a COG's rows in a tile spool (tile_spool.py)
 #: Seconds between checkpoints (``RSVL_CHECKPOINT_SECONDS``; 0: after every strip).
 CHECKPOINT_S = float(os.environ.get("RSVL_CHECKPOINT_SECONDS", "60"))
 

@@ -44,7 +44,7 @@ from pystac.extensions.projection import ProjectionExtension
 
 from .files import atomic_write_text
 from .finished import FinishedRun
-from .outputs import CLASSES, LABEL_NODATA, MASK, PREVIEW, REPORT, SCORES
+from .outputs import CLASSES, LABEL_NODATA, MASK, PREVIEW, REPORT, SCORES, VECTORS_GEOJSON, VECTORS_GPKG
 from .raster_io import footprint
 
 ITEM = "item.json"
@@ -145,8 +145,6 @@ def classifications(table: Sequence[Mapping[str, Any]]) -> list[Classification]:
 
 
 def _assets(run: FinishedRun) -> dict[str, pystac.Asset]:
-    from .vectors import VECTORS_GEOJSON, VECTORS_GPKG
-
     tif = pystac.MediaType.COG if run.options.cog is not False else pystac.MediaType.GEOTIFF
     label_key = "mask" if run.raster_name == MASK else "labels"
     names = {label_key: (run.raster_name, tif, "class ids (uint8), nodata 255" if label_key == "labels"

@@ -55,13 +55,11 @@ from rasterio.windows import Window
 from shapely.geometry.polygon import orient
 
 from .finished import FinishedRun
-from .outputs import LABEL_NODATA, SCORES
+from .outputs import LABEL_NODATA, SCORES, VECTORS_GEOJSON, VECTORS_GPKG
 from .raster_io import pixel_area_m2
 
 log = logging.getLogger(__name__)
 
-VECTORS_GPKG = "vectors.gpkg"
-VECTORS_GEOJSON = "vectors.geojson"
 VECTOR_FORMATS = {"gpkg": (VECTORS_GPKG, "GPKG"), "geojson": (VECTORS_GEOJSON, "GeoJSON")}
 LAYER = "classes"
 FIELDS = ("class_id", "class_name", "area_m2", "mean_score")

@@ -199,13 +199,23 @@ def test_onnxscript_folding_warnings_are_demoted_to_debug_while_exporting(tmp_pa
         folding.warning("something else")
         return real(*args, **kwargs)
 
+    import onnxscript.optimizer as oso
+
+    real_optimize = oso.optimize
+
+    def optimize_that_warns(*args, **kwargs):  # rsvl's own folding pass after the export
+        folding.warning("Evaluation failed: %s", "in the folding pass")
+        return real_optimize(*args, **kwargs)
+
     monkeypatch.setattr(torch.onnx, "export", export_that_warns)
+    monkeypatch.setattr(oso, "optimize", optimize_that_warns)
     with caplog.at_level(logging.DEBUG):
         export_onnx(make_model(), example_inputs(), ["logits"], DYNAMIC_AXES, tmp_path / "x.onnx",
                     dim_ranges=DIM_RANGES, check_runtime=False)
         folding.warning("Evaluation failed: after the export")
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert "something else" in warned and "Evaluation failed: after the export" in warned
-    assert not any("size 1 into shape" in m for m in warned)
+    assert not any("size 1 into shape" in m or "in the folding pass" in m for m in warned)
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and r.name == "rsvl_export.onnx_export"]
     assert any("skipped a node: Evaluation failed: cannot reshape" in m for m in debug)
+    assert any("skipped a node: Evaluation failed: in the folding pass" in m for m in debug)
