@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from tqdm.auto import tqdm  # at import: 60-90 ms (its notebook probe), once per process, not per scene
 
 from . import outputs as out
 from . import resume
@@ -72,6 +73,7 @@ from .reading import (
 from .report import THUMBNAIL_PX, write_report
 from .parallel import WorkPool
 from .sink import Blender, InlineSink, OutputSpec, SceneWriters, SinkThread, open_writers
+from .stac import write_stac_item  # pystac at import (70-80 ms), not after a scene's tile loop
 from .styling import style_outputs
 from .tiling import TileGrid
 from .transaction import OutputTransaction, disk_full, is_no_space, no_space_error
@@ -286,8 +288,6 @@ class SceneRun:
         :class:`~rsvl_runtime.parallel.WorkPool`; ``overlap`` prefetches in a reader thread
         and blends/writes in a writer thread (:class:`~rsvl_runtime.sink.SinkThread`). Returns
         the timings (with ``workers``)."""
-        from tqdm.auto import tqdm
-
         t0 = time.perf_counter()
         grid, opts, plan = self.grid, self.options, w.plan
         serial = opts.pipeline != "overlap"
@@ -370,8 +370,6 @@ class SceneRun:
         run.inputs = self.hasher.records()
         write_report(w.stage.temp(out.REPORT), run, preview_png=png)
         if self.options.stac:
-            from .stac import write_stac_item
-
             write_stac_item(run)
         timings["reports_s"] = time.perf_counter() - t0
         committed = w.stage.commit()
