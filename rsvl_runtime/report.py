@@ -25,7 +25,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -34,6 +34,9 @@ from .files import atomic_write_text
 from .finished import FinishedRun
 from .outputs import utc_now
 from .preview import PNG_COMPRESS_LEVEL
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .reading import Sources
 
 PathLike = str | os.PathLike[str]
 log = logging.getLogger("rsvl.runtime")
@@ -320,20 +323,22 @@ def optical_thumbnail(path: PathLike, bands: Sequence[int], nodata: float | None
     return buf.getvalue()
 
 
-def _run_thumbnail(run: FinishedRun) -> tuple[bytes | None, str]:
-    """The optical thumbnail of a run (SAR in grey when there is no optical input), and its caption;
-    (None, "") when the input cannot be read again (logged: the report is still written)."""
-    src = run.sources.optical or run.sources.sar
+def input_thumbnail(sources: Sources, values: np.ndarray | None = None) -> tuple[bytes | None, str]:
+    """The report's thumbnail of the input (optical; SAR in grey when there is no optical input)
+    as PNG bytes, and its caption; ``values``: the decimated read gathered while the scene was
+    read (:class:`~rsvl_runtime.reading.Decimated`), else the input is read again. (None, "")
+    when it cannot be made (logged: the report is still written)."""
+    src = sources.optical or sources.sar
     if src is None:
         return None, ""
-    spec = run.sources.optical_spec if src is run.sources.optical else run.sources.sar_spec
+    spec = sources.optical_spec if src is sources.optical else sources.sar_spec
     try:
-        png = optical_thumbnail(src.path, src.bands, src.nodata, spec, values=run.thumbnail)
+        png = optical_thumbnail(src.path, src.bands, src.nodata, spec, values=values)
     except Exception as e:  # noqa: BLE001 - a display nicety must never fail the run
         log.warning("report: no input thumbnail of %s (%s)", src.path, e)
         return None, ""
     lo, hi = THUMBNAIL_STRETCH
-    what = "Optical input" if src is run.sources.optical else "SAR input"
+    what = "Optical input" if src is sources.optical else "SAR input"
     return png, f"{what} (bands {', '.join(map(str, src.bands))}; display stretch p{lo:g}–p{hi:g}; nodata transparent)"
 
 
@@ -350,9 +355,12 @@ def _run_options(run: FinishedRun) -> dict[str, Any]:
     return {k: v for k, v in shown.items() if v is not None}
 
 
-def write_report(path: PathLike, run: FinishedRun, preview_png: bytes) -> None:
-    """The report of a finished run (:func:`render_report`), written atomically to ``path``."""
-    thumb, caption = _run_thumbnail(run)
+def write_report(path: PathLike, run: FinishedRun, preview_png: bytes,
+                 thumbnail: tuple[bytes | None, str] | None = None) -> None:
+    """The report of a finished run (:func:`render_report`), written atomically to ``path``;
+    ``thumbnail``: :func:`input_thumbnail` made already (the scene runner encodes it beside the
+    preview), else made here."""
+    thumb, caption = thumbnail if thumbnail is not None else input_thumbnail(run.sources, run.thumbnail)
     stats = run.stats
     nodata = (int(stats.nodata_pixels), float(stats.nodata_area_m2)) if stats is not None else None
     atomic_write_text(path, render_report(
