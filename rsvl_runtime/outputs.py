@@ -523,7 +523,8 @@ def estimate_output_bytes(width: int, height: int, bands: int) -> int:
     """A floor of the bytes the output rasters of a run need (uint8 ``bands`` x ``width`` x
     ``height`` at :data:`ESTIMATE_FRACTION` of their raw size, plus 1 MB for overviews and the
     small files): a destination with less free space cannot hold the result. A COG run needs
-    more while it runs (the spool, at most ``bands x width x height`` bytes, until it is encoded);
+    more while it runs (the deflated tiles, about the final size, until the COG is assembled, and
+    the overview levels' spools, at most a third of ``bands x width x height`` bytes raw);
     running out of space then is caught by the writers' free-space probe, as for any write."""
     return int(width * height * bands * ESTIMATE_FRACTION) + (1 << 20)
 
