@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .parallel import WorkPool
+from .parallel import WorkPool, split_range
 from .tile_codec import deflate_tile
 
 __all__ = ["TileSpool"]
@@ -79,10 +79,11 @@ class TileSpool:
         if n != min(b, self.height - y0):
             raise ValueError(f"block row at {y0} has {n} rows, expected {min(b, self.height - y0)}")
 
-        def encode(band: int) -> list[bytes]:
+        def encode(job: tuple[int, slice]) -> list[bytes]:
+            band, cols = job
             tile = np.zeros((b, b), np.uint8)
             out = []
-            for col in range(self.across):
+            for col in range(cols.start, cols.stop):
                 x0 = col * b
                 w = min(b, self.width - x0)
                 if n == b and w == b:
@@ -94,8 +95,11 @@ class TileSpool:
             return out
 
         pool = pool or WorkPool(1)
-        for band, tiles in enumerate(pool.map(encode, range(self.count))):
-            for col, data in enumerate(tiles):
+        # a task per band, and per column range where there are fewer bands than workers (labels)
+        parts = [c for c in split_range(self.across, max(1, pool.workers // self.count)) if c.stop > c.start]
+        jobs = [(band, cols) for band in range(self.count) for cols in parts]
+        for (band, cols), tiles in zip(jobs, pool.map(encode, jobs)):
+            for col, data in zip(range(cols.start, cols.stop), tiles):
                 os.pwrite(self._fd, data, self.end)
                 self.offsets[band, r, col], self.sizes[band, r, col] = self.end, len(data)
                 self.end += len(data)

@@ -20,10 +20,11 @@ def _tile(data: np.ndarray, band: int, row: int, col: int) -> np.ndarray:
     return out
 
 
-def test_tiles_are_zlib_streams_of_the_padded_tiles_in_tiff_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("count", [2, 1])  # 1 band: its columns split over the two workers
+def test_tiles_are_zlib_streams_of_the_padded_tiles_in_tiff_order(tmp_path: Path, count: int) -> None:
     rng = np.random.default_rng(0)
-    data = rng.integers(0, 9, (2, 1100, 600), dtype=np.uint8)
-    spool = TileSpool(tmp_path / "x.tiles", count=2, width=600, height=1100, block=512, level=1)
+    data = rng.integers(0, 9, (count, 1100, 600), dtype=np.uint8)
+    spool = TileSpool(tmp_path / "x.tiles", count=count, width=600, height=1100, block=512, level=1)
     pool = WorkPool(2)
     try:
         for y0 in (0, 512, 1024):
@@ -32,7 +33,7 @@ def test_tiles_are_zlib_streams_of_the_padded_tiles_in_tiff_order(tmp_path: Path
         pool.close()
     assert spool.rows_done() == 1100
     rows = list(spool.tile_rows())
-    assert len(rows) == 2 * 3 and all(len(r) == 2 for r in rows)  # band by band, 3 rows of 2 tiles
+    assert len(rows) == count * 3 and all(len(r) == 2 for r in rows)  # band by band, 3 rows of 2 tiles
     for i, row in enumerate(rows):
         band, r = divmod(i, 3)
         for col, (off, n) in enumerate(row):
