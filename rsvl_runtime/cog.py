@@ -237,12 +237,32 @@ def _raw_layout(tags: dict[int, tuple[int, int, bytes]], e: str, block: int,
     return pieces
 
 
+def _frame(data: bytes, e: str) -> bytes:
+    """A deflated tile as the COG stores it: its size before it and its last 4 bytes after it
+    (GDAL's block leader and trailer)."""
+    return struct.pack(e + "I", len(data)) + data + data[-4:]
+
+
+def _append_rows(f: BinaryIO, img: _Image, rows: Iterator[list[bytes]]) -> None:
+    """Append rows of framed tiles (:func:`_frame`, TIFF order) and record where each tile lies."""
+    i, pos = 0, f.tell()
+    for framed in rows:
+        for piece in framed:
+            img.offsets[i], img.counts[i] = pos + 4, len(piece) - 8
+            pos += len(piece)
+            i += 1
+        f.write(b"".join(framed))
+
+
 def _write_tiles(f: BinaryIO, img: _Image, block: int, level: int, pool: WorkPool, e: str) -> None:
-    """Deflate ``img``'s tiles over the pool, a row of tiles per task (the workers also read the
-    raw ones), and append them in order, each with its size before it and its last 4 bytes after
-    it (GDAL's block leader and trailer)."""
-    if img.spooled is not None:
-        _copy_tiles(f, img, img.spooled, e)
+    """Append ``img``'s tiles in order, framed (:func:`_frame`): copied from its
+    :class:`~rsvl_runtime.tile_spool.TileSpool` when they were deflated in the tile loop, else
+    deflated over the pool, a row of tiles per task (the workers also read the raw ones)."""
+    spool = img.spooled
+    if spool is not None:
+        if (spool.count, spool.width, spool.height, spool.block) != (img.count, img.width, img.height, block):
+            raise ValueError(f"{spool.path}: tiles of another raster than {img.path}")
+        _append_rows(f, img, ([_frame(spool.read(off, n), e) for off, n in row] for row in spool.tile_rows()))
         return
     fd = os.open(img.path, os.O_RDONLY) if img.raw is not None else -1
     empty = bytes(img.piece)
@@ -251,39 +271,13 @@ def _write_tiles(f: BinaryIO, img: _Image, block: int, level: int, pool: WorkPoo
         kind, items = job
         tiles = ([b"".join(os.pread(fd, n, off) if n else empty for off, n in tile) for tile in items]
                  if kind == "raw" else items)
-        out = []
-        for t in tiles:
-            data = deflate_tile(t, level)
-            out.append(struct.pack(e + "I", len(data)) + data + data[-4:])
-        return out
+        return [_frame(deflate_tile(t, level), e) for t in tiles]
 
     try:
-        i, pos = 0, f.tell()
-        for framed in pool.imap(encode, _tile_rows(img, block)):
-            for piece in framed:
-                img.offsets[i], img.counts[i] = pos + 4, len(piece) - 8
-                pos += len(piece)
-                i += 1
-            f.write(b"".join(framed))
+        _append_rows(f, img, pool.imap(encode, _tile_rows(img, block)))
     finally:
         if fd >= 0:
             os.close(fd)
-
-
-def _copy_tiles(f: BinaryIO, img: _Image, spool: TileSpool, e: str) -> None:
-    """Append the deflated tiles of ``spool`` in TIFF order, framed as :func:`_write_tiles` frames them."""
-    if (spool.count, spool.width, spool.height, spool.block) != (img.count, img.width, img.height, 512):
-        raise ValueError(f"{spool.path}: tiles of another raster than {img.path}")
-    i, pos = 0, f.tell()
-    for row in spool.tile_rows():
-        framed = []
-        for off, n in row:
-            data = spool.read(off, n)
-            framed.append(struct.pack(e + "I", n) + data + data[-4:])
-            img.offsets[i], img.counts[i] = pos + 4, n
-            pos += n + 8
-            i += 1
-        f.write(b"".join(framed))
 
 
 def write_cog(spool: str | os.PathLike[str], levels: Sequence[str | os.PathLike[str]], dest: str | os.PathLike[str],

@@ -47,7 +47,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from .files import atomic_write_text, free_in_background
+from .files import atomic_open, atomic_write_text, free_in_background
 from .overviews import OverviewPyramid
 from .parallel import WorkPool
 from .tile_spool import TileSpool
@@ -380,11 +380,10 @@ class GeoTiffRowWriter:
         elif n == self._buf.shape[1] or self._buf_y0 + n == self.height:
             self._tiles.add(self._buf_y0, rows, self.pool)
         else:
-            tmp = Path(f"{self._partial_path}.tmp")
-            with open(tmp, "wb") as f:
+            with atomic_open(self._partial_path, "wb") as f:
                 f.write(np.ascontiguousarray(rows).data)
+                f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self._partial_path)
         self._check_space()
 
     def _check_space(self) -> None:

@@ -92,6 +92,12 @@ _TWO_PER_LANE = np.uint64(0x0002000200020002)
 _SWAR_ROW_PAIRS = 16
 
 
+def _packable(rows: np.ndarray) -> bool:
+    """Whether uint8 ``rows`` can be viewed as wider little-endian words, row by row (the packed
+    paths of :func:`reduce_average` and :func:`reduce_mode`)."""
+    return rows.dtype == np.uint8 and rows.flags.c_contiguous and sys.byteorder == "little"
+
+
 def _mean_full_groups(rows: np.ndarray) -> np.ndarray:
     """``round((a + b + c + d) / 4)`` (half up) of every 2x2 group of uint8 ``rows [C, h, w]``
     (``h`` even, ``w`` a multiple of 8, rows contiguous): eight pixels per uint64 word, the sums
@@ -126,8 +132,7 @@ def reduce_average(rows: np.ndarray, nodata: int) -> np.ndarray:
     up; a group of nodata only is nodata (GDAL's ``AVERAGE``, bit for bit)."""
     c, h, w = rows.shape
     has_nodata = (rows.min() == 0) if nodata == 0 else bool((rows == nodata).any())
-    if not has_nodata and h % 2 == 0 and w % 8 == 0 and rows.dtype == np.uint8 and rows.flags.c_contiguous \
-            and sys.byteorder == "little":
+    if not has_nodata and h % 2 == 0 and w % 8 == 0 and _packable(rows):
         return _mean_full_groups(rows)
     values = rows if nodata == 0 or not has_nodata else np.where(rows != nodata, rows, 0).astype(np.uint8)
     count = None
@@ -163,13 +168,11 @@ def reduce_mode(rows: np.ndarray, nodata: int) -> np.ndarray:
     GDAL's ``MODE``: the group is scanned row-major and the answer changes only when a value's
     running count beats the best so far (so on a tie the value that reached the count first
     wins); a group of nodata only is nodata."""
-    padded = rows.shape[1] % 2 or rows.shape[2] % 2
-    has_nodata = bool((rows == nodata).any())
-    if not padded and not has_nodata and rows.dtype == np.uint8 and rows.flags.c_contiguous \
-            and sys.byteorder == "little":
+    counted = bool(rows.shape[1] % 2 or rows.shape[2] % 2 or (rows == nodata).any())  # padded or nodata
+    if not counted and _packable(rows):
         return _mode_full_groups(rows)
     quads = _quads(rows, nodata)
-    valid = [(q != nodata) for q in quads] if padded or has_nodata else None
+    valid = [(q != nodata) for q in quads] if counted else None
     best_v = np.full(quads[0].shape, nodata, np.uint8)
     best_n = np.zeros(quads[0].shape, np.uint8)
     for t, q in enumerate(quads):

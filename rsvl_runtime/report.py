@@ -318,8 +318,9 @@ def _has_webp() -> bool:
 def optical_thumbnail(path: PathLike, bands: Sequence[int], nodata: float | None,
                       spec: Mapping[str, Any] | None = None, max_size: int = THUMBNAIL_PX,
                       values: np.ndarray | None = None) -> bytes:
-    """An RGBA image of the input (WebP, :data:`THUMBNAIL_WEBP_QUALITY`; PNG without WebP): a decimated read (nearest, overviews used) at most ``max_size``
-    px on the long side, percentile-stretched (:func:`stretch_for_display`), nodata transparent.
+    """An RGBA image of the input (WebP, :data:`THUMBNAIL_WEBP_QUALITY`; PNG without WebP): a
+    decimated read (nearest, overviews used) at most ``max_size`` px on the long side,
+    percentile-stretched (:func:`stretch_for_display`), nodata transparent.
     ``bands``: the 1-based raster bands in the bundle's order (``ModalityInput.bands``).
     ``values``: that decimated read, already made (the scene runner gathers it while reading)."""
     from rasterio.enums import Resampling
@@ -346,9 +347,9 @@ def optical_thumbnail(path: PathLike, bands: Sequence[int], nodata: float | None
 
 def input_thumbnail(sources: Sources, values: np.ndarray | None = None) -> tuple[bytes | None, str]:
     """The report's thumbnail of the input (optical; SAR in grey when there is no optical input)
-    as image bytes (:func:`optical_thumbnail`), and its caption; ``values``: the decimated read gathered while the scene was
-    read (:class:`~rsvl_runtime.reading.Decimated`), else the input is read again. (None, "")
-    when it cannot be made (logged: the report is still written)."""
+    as image bytes (:func:`optical_thumbnail`), and its caption; ``values``: the decimated read
+    gathered while the scene was read (:class:`~rsvl_runtime.reading.Decimated`), else the input
+    is read again. (None, "") when it cannot be made (logged: the report is still written)."""
     src = sources.optical or sources.sar
     if src is None:
         return None, ""

@@ -339,8 +339,8 @@ class SceneRun:
         commit them in the temporary folder, done.json, then swap the folder in. ``closing``:
         the scores raster being finalised meanwhile (waited for before the timings)."""
         t0 = time.perf_counter()
-        # the input's thumbnail encodes beside the class table, preview and styling (PNG encodes
-        # release the GIL; 15-60 ms of a run's fixed cost at the end)
+        # the input's thumbnail encodes beside the class table, preview and styling (Pillow's
+        # encoders release the GIL; 15 ms of a run's fixed cost at the end, 52 ms as PNG)
         values = self.thumbnail.values if self.thumbnail is not None else None
         thumb_pool = ThreadPoolExecutor(1, thread_name_prefix="rsvl-thumbnail")
         thumb = thumb_pool.submit(input_thumbnail, self.sources, values)

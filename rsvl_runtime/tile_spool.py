@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_open
 from .parallel import WorkPool, split_range
 from .tile_codec import deflate_tile
 
@@ -96,8 +97,8 @@ class TileSpool:
 
         pool = pool or WorkPool(1)
         # a task per band, and per column range where there are fewer bands than workers (labels)
-        parts = [c for c in split_range(self.across, max(1, pool.workers // self.count)) if c.stop > c.start]
-        jobs = [(band, cols) for band in range(self.count) for cols in parts]
+        jobs = [(band, cols) for band in range(self.count)
+                for cols in split_range(self.across, max(1, pool.workers // self.count))]
         for (band, cols), tiles in zip(jobs, pool.map(encode, jobs)):
             for col, data in zip(range(cols.start, cols.stop), tiles):
                 os.pwrite(self._fd, data, self.end)
@@ -107,9 +108,8 @@ class TileSpool:
     def checkpoint(self) -> None:
         """Make the tiles written so far durable and save where they lie (atomically)."""
         os.fsync(self._fd)
-        tmp = Path(f"{self.index_path}.tmp.npz")
-        np.savez(tmp, offsets=self.offsets, sizes=self.sizes, end=np.int64(self.end))
-        os.replace(tmp, self.index_path)
+        with atomic_open(self.index_path, "wb") as f:
+            np.savez(f, offsets=self.offsets, sizes=self.sizes, end=np.int64(self.end))
 
     def tile_rows(self) -> Iterator[list[tuple[int, int]]]:
         """``(offset, nbytes)`` of every tile in TIFF order (band by band, row by row), one row of
