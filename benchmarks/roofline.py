@@ -143,8 +143,9 @@ def _best_seconds(fn: Callable[[], Any], repeats: int, budget_s: float,
     return best
 
 
-def _ort_one_node(op: str, n: int, threads: int | None) -> tuple[Any, dict[str, np.ndarray]]:
-    """A session of a one-node ``MatMul`` (FP32) or ``MatMulInteger`` (u8 x s8) graph and its feed."""
+def _ort_one_node(op: str, n: int, threads: int | None, weight_bits: int = 8) -> tuple[Any, dict[str, np.ndarray]]:
+    """A session of a one-node ``MatMul`` (FP32) or ``MatMulInteger`` (u8 x s8, the s8 weights
+    within ``weight_bits``: 7 is ``reduce_range``) graph and its feed."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -156,7 +157,8 @@ def _ort_one_node(op: str, n: int, threads: int | None) -> tuple[Any, dict[str, 
         ta, ty = TensorProto.FLOAT, TensorProto.FLOAT
     else:
         a = rng.integers(0, 255, (n, n), dtype=np.uint8)
-        b = rng.integers(-127, 127, (n, n), dtype=np.int8)
+        top = 2 ** (weight_bits - 1) - 1
+        b = rng.integers(-top, top, (n, n), dtype=np.int8)
         ta, ty = TensorProto.UINT8, TensorProto.INT32
     node = helper.make_node(op, ["A", "B"], ["Y"])
     graph = helper.make_graph([node], f"roofline_{op}", [helper.make_tensor_value_info("A", ta, [n, n])],

@@ -4,6 +4,7 @@ select real nodes, and the runtime's choice of ``text.ort.onnx``."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -119,6 +120,25 @@ def test_runtime_picks_text_ort_only_with_the_ort_image_graph_on_cpu():
     assert text_graph_precision(None, "ort", on_gpu=False) == "fp32"
 
 
+def test_int8_image_graph_runs_without_vnni_only_where_its_products_cannot_saturate(monkeypatch, caplog):
+    import rsvl_runtime.backends as backends
+    from rsvl_runtime.manifest import GraphEntry
+
+    def image(variant: str = "int8-all", **report: object) -> GraphEntry:
+        return GraphEntry(fp32="image.onnx", ort="image.ort.onnx", ort_report={"variant": variant, **report})
+
+    checked_with_vnni = image(cpu={"model": "EPYC", "vnni": True}, reduce_range=False)
+    monkeypatch.setattr("rsvl_runtime.cpu.has_vnni", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="rsvl"):
+        assert not backends._int8_safe(checked_with_vnni)
+    assert "this CPU has none" in caplog.text and "--ort-optimize" in caplog.text
+    assert backends._int8_safe(image("int8-all-reduce-range", cpu={"vnni": True}, reduce_range=True))
+    assert backends._int8_safe(image(cpu={"model": "Xeon", "vnni": False}, reduce_range=False))
+    assert backends._int8_safe(image("fused", cpu={"vnni": True}))
+    monkeypatch.setattr("rsvl_runtime.cpu.has_vnni", lambda: True)
+    assert backends._int8_safe(checked_with_vnni)
+
+
 # --------------------------------------------------------------------------- slow: the tiny models
 @pytest.fixture(scope="module")
 def tiny_model(tiny_bundle):
@@ -195,3 +215,6 @@ def test_export_step_writes_text_and_image_ort_variants(tiny_model, tmp_path):
     assert par["image"]["fusion_rules"]["skip_layer_normalization"] > 0
     assert par["image"]["cpu"]["vnni"] in (True, False) and par["image"]["int8_attempts"]
     assert par["image"]["int8_attempts"][0]["nodes"] > 10  # INT8 found the real weight MatMuls
+    image = graphs["image"]["ort_report"]
+    if image["variant"].startswith("int8"):  # what the runtime's guard on CPUs without VNNI reads
+        assert image["reduce_range"] is image["variant"].endswith("reduce-range"), image
