@@ -143,9 +143,10 @@ def _best_seconds(fn: Callable[[], Any], repeats: int, budget_s: float,
     return best
 
 
-def _ort_one_node(op: str, n: int, threads: int | None, weight_bits: int = 8) -> tuple[Any, dict[str, np.ndarray]]:
-    """A session of a one-node ``MatMul`` (FP32) or ``MatMulInteger`` (u8 x s8, the s8 weights
-    within ``weight_bits``: 7 is ``reduce_range``) graph and its feed."""
+def _ort_one_node(op: str, n: int, threads: int | None, weight_bits: int = 8,
+                  u8_weights: bool = False) -> tuple[Any, dict[str, np.ndarray]]:
+    """A session of a one-node ``MatMul`` (FP32) or ``MatMulInteger`` graph and its feed: u8 x s8,
+    the s8 weights within ``weight_bits`` (7 is ``reduce_range``), or u8 x u8 (``u8_weights``)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -158,7 +159,8 @@ def _ort_one_node(op: str, n: int, threads: int | None, weight_bits: int = 8) ->
     else:
         a = rng.integers(0, 255, (n, n), dtype=np.uint8)
         top = 2 ** (weight_bits - 1) - 1
-        b = rng.integers(-top, top, (n, n), dtype=np.int8)
+        b = (rng.integers(0, 255, (n, n), dtype=np.uint8) if u8_weights
+             else rng.integers(-top, top, (n, n), dtype=np.int8))
         ta, ty = TensorProto.UINT8, TensorProto.INT32
     node = helper.make_node(op, ["A", "B"], ["Y"])
     graph = helper.make_graph([node], f"roofline_{op}", [helper.make_tensor_value_info("A", ta, [n, n])],
@@ -173,8 +175,8 @@ def _ort_one_node(op: str, n: int, threads: int | None, weight_bits: int = 8) ->
     return sess, {"A": a}
 
 
-def _ort_gemm(op: str, n: int, threads: int | None, repeats: int, budget_s: float) -> float:
-    sess, feed = _ort_one_node(op, n, threads)
+def _ort_gemm(op: str, n: int, threads: int | None, repeats: int, budget_s: float, u8_weights: bool = False) -> float:
+    sess, feed = _ort_one_node(op, n, threads, u8_weights=u8_weights)
     return gflops_per_s(gemm_flops(n, n, n), _best_seconds(lambda: sess.run(None, feed), repeats, budget_s))
 
 
@@ -231,6 +233,9 @@ def measure_ceilings(threads: int | None = None, quick: bool = False, device: st
         ("torch-fp32-matmul", "fp32", "cpu", "torch a @ b", lambda: _torch_gemm("fp32", n, "cpu", repeats, budget_s)),
         ("ort-int8-matmulinteger", "int8", "cpu", f"onnxruntime MatMulInteger u8s8 ({vnni_note})",
          lambda: _ort_gemm("MatMulInteger", n, threads, repeats, budget_s)),
+        # what an INT8 graph with u8 weights runs (int8_plans' first plan without VNNI): exact everywhere
+        ("ort-int8-matmulinteger-u8u8", "int8", "cpu", "onnxruntime MatMulInteger u8u8 (no saturation, any CPU)",
+         lambda: _ort_gemm("MatMulInteger", n, threads, repeats, budget_s, u8_weights=True)),
         ("torch-int8-int_mm", "int8", "cpu", f"torch._int_mm ({vnni_note})",
          lambda: _torch_gemm("int8", n, "cpu", repeats, budget_s)),
     ]

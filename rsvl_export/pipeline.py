@@ -334,8 +334,9 @@ class Exporter:
             graphs[name]["ort_report"] = {k: rep[k] for k in ("variant", "parity", "speedup", "cpu", "cpu_flags",
                                                               "fused_ops") if k in rep}
             shipped = next((a for a in rep.get("attempts", []) if a.get("name") == rep.get("variant")), None)
-            if shipped is not None:  # 7-bit weights run without saturation on CPUs without VNNI too
-                graphs[name]["ort_report"]["reduce_range"] = bool(shipped.get("reduce_range"))
+            if shipped is not None:  # u8 or 7-bit weights run without saturation on CPUs without VNNI too
+                graphs[name]["ort_report"].update(reduce_range=bool(shipped.get("reduce_range")),
+                                                  weights=shipped.get("weights", "s8"))
             summary[name] = {"file": dst, "variant": rep.get("variant"), "fused_ops": rep.get("fused_ops"),
                              "fusion_rules": (rep.get("fusion") or {}).get("rules"), "cpu": rep.get("cpu"),
                              "parity_vs_source": rep.get("parity"),

@@ -24,9 +24,11 @@ from export_toy import example_inputs, exported_toy
 
 from rsvl_export.ort_optimize import (
     INT8_PLANS,
+    U8U8_PLAN,
     fuse,
     fused_op_counts,
     in_scopes,
+    int8_plans,
     module_path,
     optimize_for_ort,
     select_nodes,
@@ -34,7 +36,7 @@ from rsvl_export.ort_optimize import (
 )
 from rsvl_export.parity import compare
 
-PLAN = {p.name: p for p in INT8_PLANS}
+PLAN = {p.name: p for p in (*INT8_PLANS, U8U8_PLAN)}
 
 
 def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -107,6 +109,25 @@ def test_optimize_for_ort_ships_fused_or_int8_with_parity_and_records_the_cpu(tm
     assert meta["rsvl_ort_variant"] == rep["variant"] and meta["rsvl_ort_only"] == "true"
 
 
+def test_without_vnni_int8_tries_u8_weights_first_and_they_are_u8_in_the_graph(tmp_path):
+    from rsvl_export.ort_optimize import quantize_int8
+
+    assert int8_plans(vnni=True) == INT8_PLANS
+    assert int8_plans(vnni=False)[0] is U8U8_PLAN and int8_plans(vnni=False)[1:] == INT8_PLANS
+    res, _ = exported_toy()
+    info = quantize_int8(res.path, tmp_path / "u8u8.onnx", u8_weights=True)
+    assert info["nodes"] == 3 and info["weights"] == "u8" and info["ops"], info
+    q = onnx.load(str(tmp_path / "u8u8.onnx"))
+    inits = {i.name: i for i in q.graph.initializer}
+    b_inputs = [n.input[1] for n in q.graph.node if n.op_type == "MatMulInteger"]
+    assert len(b_inputs) == 3 and all(inits[b].data_type == onnx.TensorProto.UINT8 for b in b_inputs), b_inputs
+    # u8 x u8 cannot saturate on any CPU: only the quantisation error is left (s8 weights on this
+    # toy without VNNI: cosine 0.992, argmax 0.911; u8: cosine 0.99995, argmax 0.994)
+    feeds = {n: t.numpy() for n, t in example_inputs(b=2, k=5, seed=2).items()}
+    c = compare(_run(res.path, feeds)[0], _run(tmp_path / "u8u8.onnx", feeds)[0], kind="logits")
+    assert c.metrics["cosine"] >= 0.999 and c.metrics["argmax_agreement"] >= 0.98, c.metrics
+
+
 def test_runtime_picks_text_ort_only_with_the_ort_image_graph_on_cpu():
     from rsvl_runtime.backends.onnxruntime_backend import text_graph_precision
     from rsvl_runtime.manifest import GraphEntry
@@ -133,6 +154,7 @@ def test_int8_image_graph_runs_without_vnni_only_where_its_products_cannot_satur
         assert not backends._int8_safe(checked_with_vnni)
     assert "this CPU has none" in caplog.text and "--ort-optimize" in caplog.text
     assert backends._int8_safe(image("int8-all-reduce-range", cpu={"vnni": True}, reduce_range=True))
+    assert backends._int8_safe(image("int8-all-u8u8", cpu={"vnni": True}, reduce_range=False, weights="u8"))
     assert backends._int8_safe(image(cpu={"model": "Xeon", "vnni": False}, reduce_range=False))
     assert backends._int8_safe(image("fused", cpu={"vnni": True}))
     monkeypatch.setattr("rsvl_runtime.cpu.has_vnni", lambda: True)
@@ -218,3 +240,4 @@ def test_export_step_writes_text_and_image_ort_variants(tiny_model, tmp_path):
     image = graphs["image"]["ort_report"]
     if image["variant"].startswith("int8"):  # what the runtime's guard on CPUs without VNNI reads
         assert image["reduce_range"] is image["variant"].endswith("reduce-range"), image
+        assert image["weights"] == ("u8" if image["variant"].endswith("u8u8") else "s8"), image

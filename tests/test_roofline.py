@@ -134,8 +134,9 @@ def test_measure_ceilings_runs_small_gemms_and_names_the_cpu(monkeypatch):
     doc = rl.measure_ceilings(threads=1, quick=True, budget_s=0.05)
     assert doc["cpu"]["model"] and isinstance(doc["cpu"]["vnni"], bool)
     c = doc["ceilings"]
-    assert {"ort-fp32-matmul", "torch-fp32-matmul", "ort-int8-matmulinteger", "torch-int8-int_mm"} <= set(c)
-    for name in ("ort-fp32-matmul", "torch-fp32-matmul", "ort-int8-matmulinteger"):
+    assert {"ort-fp32-matmul", "torch-fp32-matmul", "ort-int8-matmulinteger", "ort-int8-matmulinteger-u8u8",
+            "torch-int8-int_mm"} <= set(c)
+    for name in ("ort-fp32-matmul", "torch-fp32-matmul", "ort-int8-matmulinteger", "ort-int8-matmulinteger-u8u8"):
         assert c[name]["status"] == "ok" and c[name]["gflops"] > 0 and c[name]["n"] == 64, c[name]
     assert c["ort-int8-matmulinteger"]["vnni"] == doc["cpu"]["vnni"]
     assert ("VNNI" in c["ort-int8-matmulinteger"]["engine"])
@@ -161,6 +162,11 @@ def test_ort_matmulinteger_ceiling_graph_is_exact_where_its_products_cannot_satu
         assert y.dtype == np.int32 and y.shape == (32, 32)
         if bits == 7 or has_vnni():
             assert np.array_equal(y, a.astype(np.int32) @ b.astype(np.int32)), bits
+    sess, feed = _ort_one_node("MatMulInteger", 32, threads=1, u8_weights=True)  # u8 x u8: exact on every CPU
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+    b = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+    assert np.array_equal(sess.run(None, feed)[0], a.astype(np.int32) @ b.astype(np.int32))
 
 
 # --------------------------------------------------------------------------- ORT profile summary

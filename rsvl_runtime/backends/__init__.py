@@ -37,17 +37,19 @@ def _int8_safe(image_graph: GraphEntry) -> bool:
     """Whether the INT8 ``image.ort.onnx`` keeps the parity it was validated with on this CPU.
 
     Without VNNI (AVX2's ``vpmaddubsw``) pairs of u8*s8 products saturate at int16, so a variant
-    validated on a VNNI CPU with 8-bit weights computes something else here. It is safe when this
-    CPU has VNNI, when its weights are 7-bit (``reduce_range``: the pair sums cannot saturate), or
-    when its parity was checked on a CPU without VNNI (the saturation was in the check)."""
+    validated on a VNNI CPU with s8 weights computes something else here. It is safe when this
+    CPU has VNNI, when its weights are u8 (ORT's u8 x u8 kernels widen before they multiply) or
+    7-bit (``reduce_range``: the pair sums cannot saturate), or when its parity was checked on a
+    CPU without VNNI (the saturation was in the check)."""
     rep = image_graph.ort_report or {}
     if not str(rep.get("variant", "")).startswith("int8"):
         return True
     from ..cpu import has_vnni
 
-    if has_vnni() or rep.get("reduce_range") is True or (rep.get("cpu") or {}).get("vnni") is False:
+    if (has_vnni() or rep.get("weights") == "u8" or rep.get("reduce_range") is True
+            or (rep.get("cpu") or {}).get("vnni") is False):
         return True
-    log.warning("image.ort.onnx is INT8 with 8-bit weights validated on a CPU with VNNI, and this CPU has "
+    log.warning("image.ort.onnx is INT8 with s8 weights validated on a CPU with VNNI, and this CPU has "
                 "none (its u8*s8 products saturate): using the FP32 graph. Re-export with --ort-optimize "
                 "on this kind of CPU to validate a variant for it")
     return False
