@@ -303,6 +303,13 @@ class GeoTiffRowWriter:
         """A COG's checkpointed rows of its open block (raw, band after band)."""
         return Path(f"{self.path}.partial")
 
+    @property
+    def _spools(self) -> tuple[TileSpool, OverviewPyramid]:
+        """A COG's tile spool and overview pyramid (both open while it is written)."""
+        if self._tiles is None or self._pyramid is None:
+            raise RuntimeError(f"{self.path}: the COG's spools are not open")
+        return self._tiles, self._pyramid
+
     def _new_tiles(self, resume: bool) -> TileSpool:
         return TileSpool(f"{self.path}.tiles", count=self.count, width=self.width, height=self.height,
                          block=self.block, level=self.zlevel, resume=resume)
@@ -362,9 +369,9 @@ class GeoTiffRowWriter:
         reopen the file so that it is a valid TIFF on disk; returns the crc32 of the buffer."""
         if self._filled:
             self._write(self._filled)
-        if self._tiles is not None and self._pyramid is not None:
-            self._tiles.checkpoint()
-            self._pyramid.checkpoint()
+        if self.cog:
+            for spool in self._spools:
+                spool.checkpoint()
         else:
             self._ds.close()
             self._ds = rasterio.open(self.path, "r+", NUM_THREADS="ALL_CPUS")
@@ -375,10 +382,10 @@ class GeoTiffRowWriter:
         """Store the first ``n`` rows of the open block: a COG's finished block as deflated tiles
         (a partial one, at a checkpoint, raw in its ``.partial`` file), a plain GeoTIFF's through GDAL."""
         rows = self._buf[:, :n]
-        if self._tiles is None:
+        if not self.cog:
             self._ds.write(rows, window=Window(0, self._buf_y0, self.width, n))
         elif n == self._buf.shape[1] or self._buf_y0 + n == self.height:
-            self._tiles.add(self._buf_y0, rows, self.pool)
+            self._spools[0].add(self._buf_y0, rows, self.pool)
         else:
             with atomic_open(self._partial_path, "wb") as f:
                 f.write(np.ascontiguousarray(rows).data)
@@ -427,10 +434,10 @@ class GeoTiffRowWriter:
         if self._buf_y0 + self._filled > self.height:
             raise ValueError(f"more rows written than the raster's height {self.height}")
         n, y0 = self._filled, self._buf_y0
-        if self._pyramid is None:
+        if not self.cog:
             self._write(n)
         else:  # the full-resolution write beside the band-split overview reduction (in turn: 1 worker)
-            pyramid, pool = self._pyramid, self.pool
+            pyramid, pool = self._spools[1], self.pool
             pool.map(lambda job: job(), [lambda: self._write(n), lambda: pyramid.add(y0, self._buf[:, :n], pool)])
         self._buf_y0 += self._filled
         self.rows_written = self._buf_y0
@@ -442,11 +449,12 @@ class GeoTiffRowWriter:
         if self.rows_written != self.height:
             self.abort()
             raise RuntimeError(f"{self.path}: only {self.rows_written} of {self.height} rows written")
-        if self._pyramid is not None:
-            self._pyramid.close()
-            self.timings["overviews_s"] = self._pyramid.seconds
+        if self.cog:
+            pyramid = self._spools[1]
+            pyramid.close()
+            self.timings["overviews_s"] = pyramid.seconds
             t0 = time.perf_counter()
-            self._to_cog(self._pyramid)
+            self._to_cog()
             self.timings["cog_write_s"] = time.perf_counter() - t0
         else:
             self._ds.update_tags(ns="rio_overview", resampling=self.overview_resampling.name)
@@ -458,13 +466,12 @@ class GeoTiffRowWriter:
         self._buf = np.empty((0, 0, 0), np.uint8)
         return self.path
 
-    def _to_cog(self, pyramid: OverviewPyramid) -> None:
+    def _to_cog(self) -> None:
         """Assemble the COG (:func:`rsvl_runtime.cog.write_cog`) from the deflated tiles, the overview
         levels (deflated now) and the metadata at :attr:`path`, which it replaces."""
         from .cog import write_cog
 
-        tiles = self._tiles
-        assert tiles is not None
+        tiles, pyramid = self._spools
         tmp = temp_path(self.path)
         # the spools' blocks are freed off this thread
         release = free_in_background([self.path, *tiles.paths, *pyramid.paths])
