@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .bundle import Bundle
-from .manifest import EngineEntry, TensorSpec
+from .manifest import EngineEntry, GraphEntry, TensorSpec
 
 
 def _profile_summary(profiles: Mapping[str, Any]) -> str:
@@ -62,6 +62,26 @@ def _tensors(specs: Mapping[str, TensorSpec]) -> str:
     return "; ".join(f"{n} {t.dtype}{list(t.shape)}" for n, t in specs.items())
 
 
+def ort_variant_row(name: str, graph: GraphEntry) -> tuple[str, ...] | None:
+    """One row of the ``ONNX Runtime CPU variants`` table (None: the graph has no ``.ort`` file):
+    graph, file, variant, INT8 weights, the CPU it was validated on, whether it runs here."""
+    if not graph.ort:
+        return None
+    from .backends import int8_refusal
+
+    rep = graph.ort_report or {}
+    variant = str(rep.get("variant", "?"))
+    cpu = rep.get("cpu") or {}
+    if variant.startswith("int8"):
+        weights = f"{rep.get('weights', 's8')}{' 7-bit' if rep.get('reduce_range') else ''}"
+    else:
+        weights = "-"
+    checked = f"{cpu.get('model', '?')}, {'VNNI' if cpu.get('vnni') else 'no VNNI'}" if cpu else "?"
+    why = int8_refusal(graph) if name == "image" else None
+    here = "yes" if why is None else f"[red]no[/red]: {why}; the runtime uses {graph.fp32}"
+    return name, graph.ort, variant, weights, checked, here
+
+
 def print_bundle(path: str | os.PathLike[str]) -> Bundle:
     """Verify ``path`` (every file's sha256) and print its manifest as tables."""
     from rich.console import Console
@@ -103,6 +123,15 @@ def print_bundle(path: str | os.PathLike[str]) -> Bundle:
         files = ", ".join(f for f in (graph.fp32, graph.fp16) if f)
         g.add_row(gname, files, _tensors(graph.inputs), _tensors(graph.outputs), graph.exporter or "")
     con.print(g)
+
+    rows = [r for r in (ort_variant_row(n, gr) for n, gr in m.graphs.items()) if r is not None]
+    if rows:
+        v = Table(title="ONNX Runtime CPU variants (--ort-optimize)")
+        for col in ("graph", "file", "variant", "INT8 weights", "validated on", "used on this CPU"):
+            v.add_column(col)
+        for r in rows:
+            v.add_row(*r)
+        con.print(v)
 
     for table in engine_tables(b):
         con.print(table)

@@ -157,8 +157,17 @@ def test_int8_image_graph_runs_without_vnni_only_where_its_products_cannot_satur
     assert backends._int8_safe(image("int8-all-u8u8", cpu={"vnni": True}, reduce_range=False, weights="u8"))
     assert backends._int8_safe(image(cpu={"model": "Xeon", "vnni": False}, reduce_range=False))
     assert backends._int8_safe(image("fused", cpu={"vnni": True}))
+    from rsvl_runtime.inspect import ort_variant_row
+
+    row = ort_variant_row("image", checked_with_vnni)  # what `rsvl-export inspect` shows here
+    assert row is not None and row[:5] == ("image", "image.ort.onnx", "int8-all", "s8", "EPYC, VNNI")
+    assert "no" in row[5] and "this CPU has none" in row[5] and "image.onnx" in row[5]
+    u8 = ort_variant_row("image", image("int8-all-u8u8", cpu={"model": "EPYC", "vnni": False}, weights="u8"))
+    assert u8 == ("image", "image.ort.onnx", "int8-all-u8u8", "u8", "EPYC, no VNNI", "yes")
+    assert ort_variant_row("image", GraphEntry(fp32="image.onnx")) is None
     monkeypatch.setattr("rsvl_runtime.cpu.has_vnni", lambda: True)
     assert backends._int8_safe(checked_with_vnni)
+    assert ort_variant_row("image", checked_with_vnni)[5] == "yes"
 
 
 # --------------------------------------------------------------------------- slow: the tiny models

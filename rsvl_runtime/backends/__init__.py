@@ -33,8 +33,9 @@ def _tensorrt_ready(bundle: Bundle) -> tuple[bool, str]:
     return check.ok, check.reason
 
 
-def _int8_safe(image_graph: GraphEntry) -> bool:
-    """Whether the INT8 ``image.ort.onnx`` keeps the parity it was validated with on this CPU.
+def int8_refusal(image_graph: GraphEntry) -> str | None:
+    """Why the INT8 ``image.ort.onnx`` would compute something else on this CPU than where its
+    parity was checked; None when it is not INT8 or is safe here.
 
     Without VNNI (AVX2's ``vpmaddubsw``) pairs of u8*s8 products saturate at int16, so a variant
     validated on a VNNI CPU with s8 weights computes something else here. It is safe when this
@@ -43,16 +44,23 @@ def _int8_safe(image_graph: GraphEntry) -> bool:
     CPU without VNNI (the saturation was in the check)."""
     rep = image_graph.ort_report or {}
     if not str(rep.get("variant", "")).startswith("int8"):
-        return True
+        return None
     from ..cpu import has_vnni
 
     if (has_vnni() or rep.get("weights") == "u8" or rep.get("reduce_range") is True
             or (rep.get("cpu") or {}).get("vnni") is False):
-        return True
-    log.warning("image.ort.onnx is INT8 with s8 weights validated on a CPU with VNNI, and this CPU has "
-                "none (its u8*s8 products saturate): using the FP32 graph. Re-export with --ort-optimize "
-                "on this kind of CPU to validate a variant for it")
-    return False
+        return None
+    return ("image.ort.onnx is INT8 with s8 weights validated on a CPU with VNNI, and this CPU has none "
+            "(its u8*s8 products saturate)")
+
+
+def _int8_safe(image_graph: GraphEntry) -> bool:
+    """:func:`int8_refusal` is None; else a warning that names the fallback and the fix."""
+    why = int8_refusal(image_graph)
+    if why is not None:
+        log.warning("%s: using the FP32 graph. Re-export with --ort-optimize on this kind of CPU to "
+                    "validate a variant for it", why)
+    return why is None
 
 
 def _ort(bundle: Bundle, device: str, precision: str, threads: int | None) -> Sessions:
