@@ -64,13 +64,16 @@ def row_precision_class(row: Mapping[str, Any]) -> str:
 
 
 def ceiling_for(row: Mapping[str, Any], ceilings: Mapping[str, Mapping[str, Any]]) -> tuple[str, float] | None:
-    """The best measured ceiling (name, GFLOP/s) of the row's precision class on the row's device."""
+    """The best measured ceiling (name, GFLOP/s) of the row's precision class on the row's device;
+    a kernel marked ``exact: False`` (u8 x s8 without VNNI: its products saturate) is no ceiling,
+    since no graph that holds parity can use it."""
     want = row_precision_class(row)
     on_gpu = str(row.get("device", "cpu")).startswith("cuda")
     best: tuple[str, float] | None = None
     for name, c in ceilings.items():
         g = c.get("gflops")
-        if c.get("status") != "ok" or not g or c.get("class") != want or (c.get("device") == "cuda") != on_gpu:
+        if (c.get("status") != "ok" or not g or c.get("class") != want or (c.get("device") == "cuda") != on_gpu
+                or c.get("exact") is False):
             continue
         if best is None or g > best[1]:
             best = (name, float(g))
@@ -226,12 +229,14 @@ def measure_ceilings(threads: int | None = None, quick: bool = False, device: st
     cpu = cpu_description()
     n = CPU_GEMM_N_QUICK if quick else CPU_GEMM_N
     repeats = 5 if quick else 10
-    vnni_note = "VNNI" if cpu["vnni"] else "no VNNI on this CPU: u8s8 without VNNI (not the VNNI ceiling)"
+    vnni_note = "VNNI" if cpu["vnni"] else "no VNNI on this CPU"
     plan: list[tuple[str, str, str, str, Callable[[], float]]] = [
         ("ort-fp32-matmul", "fp32", "cpu", "onnxruntime MatMul", lambda: _ort_gemm("MatMul", n, threads, repeats,
                                                                                     budget_s)),
         ("torch-fp32-matmul", "fp32", "cpu", "torch a @ b", lambda: _torch_gemm("fp32", n, "cpu", repeats, budget_s)),
-        ("ort-int8-matmulinteger", "int8", "cpu", f"onnxruntime MatMulInteger u8s8 ({vnni_note})",
+        ("ort-int8-matmulinteger", "int8", "cpu",
+         "onnxruntime MatMulInteger u8s8 (" + ("VNNI" if cpu["vnni"] else
+                                               "no VNNI on this CPU: its products saturate, not a ceiling") + ")",
          lambda: _ort_gemm("MatMulInteger", n, threads, repeats, budget_s)),
         # what an INT8 graph with u8 weights runs (int8_plans' first plan without VNNI): exact everywhere
         ("ort-int8-matmulinteger-u8u8", "int8", "cpu", "onnxruntime MatMulInteger u8u8 (no saturation, any CPU)",
@@ -252,6 +257,8 @@ def measure_ceilings(threads: int | None = None, quick: bool = False, device: st
                                                                                       else n)}
         if cls == "int8":
             entry["vnni"] = cpu["vnni"]
+        if name == "ort-int8-matmulinteger":  # u8 x s8 pairs saturate at int16 without VNNI
+            entry["exact"] = bool(cpu["vnni"])
         try:
             entry.update(status="ok", gflops=float(f"{fn():.4g}"))
         except Exception as e:  # noqa: BLE001 - a missing kernel (e.g. _int_mm on this CPU build) is a result

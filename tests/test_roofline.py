@@ -118,6 +118,10 @@ def test_each_row_is_held_against_its_own_ceiling():
     assert ceiling_for(int8, CEILINGS) == ("ort-int8-matmulinteger", 600.0)  # failed ceilings are ignored
     assert ceiling_for(trt, CEILINGS) == ("cuda-fp16-matmul", 700000.0)
     assert ceiling_for(cuda32, CEILINGS) == ("cuda-fp32-matmul", 50000.0)
+    # without VNNI the u8s8 kernel saturates: the exact u8u8 one is the INT8 ceiling
+    no_vnni = {**CEILINGS, "ort-int8-matmulinteger": {**CEILINGS["ort-int8-matmulinteger"], "exact": False},
+               "ort-int8-matmulinteger-u8u8": {"class": "int8", "device": "cpu", "status": "ok", "gflops": 450.0}}
+    assert ceiling_for(int8, no_vnni) == ("ort-int8-matmulinteger-u8u8", 450.0)
     rows = [{**fp32, "status": "ok", "tiles_per_s": 2.0}, {**int8, "status": "ok", "tiles_per_s": 4.0},
             {**fp32, "status": "error"}]
     annotate_rows(rows, 30e9, CEILINGS)
@@ -138,7 +142,7 @@ def test_measure_ceilings_runs_small_gemms_and_names_the_cpu(monkeypatch):
             "torch-int8-int_mm"} <= set(c)
     for name in ("ort-fp32-matmul", "torch-fp32-matmul", "ort-int8-matmulinteger", "ort-int8-matmulinteger-u8u8"):
         assert c[name]["status"] == "ok" and c[name]["gflops"] > 0 and c[name]["n"] == 64, c[name]
-    assert c["ort-int8-matmulinteger"]["vnni"] == doc["cpu"]["vnni"]
+    assert c["ort-int8-matmulinteger"]["vnni"] == doc["cpu"]["vnni"] == c["ort-int8-matmulinteger"]["exact"]
     assert ("VNNI" in c["ort-int8-matmulinteger"]["engine"])
 
 
