@@ -34,7 +34,7 @@ The result uses ``com.microsoft`` contrib ops, so it is for ONNX Runtime's CPU p
 integer GEMMs: exact on CPUs with AVX512-VNNI/AVX-VNNI; on older AVX2 CPUs without VNNI the
 u8s8 products can saturate, so the runtime uses the FP32 graph there unless the variant cannot
 saturate (u8 or 7-bit weights) or was validated on a CPU without VNNI
-(``rsvl_runtime.backends._int8_safe``).
+(``rsvl_runtime.backends.int8_refusal``).
 
 Command line (for experiments)::
 
@@ -523,7 +523,8 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
         (engine, rules applied, ``fused_ops`` counts, parity), ``attempts`` (each INT8 plan with
         node count, parity and latency), ``parity`` of the written file against the source,
         ``latency_ms`` per candidate at the first check input, ``speedup`` of the written file
-        over the source, ``fused_ops`` of the written file, ``cpu`` (model, vnni), ``cpu_flags``.
+        over the source, ``fused_ops`` of the written file, ``cpu`` (model, vnni), ``cpu_flags``;
+        for an INT8 variant also ``weights`` (``u8``/``s8``) and ``reduce_range``.
     """
     import onnxruntime as ort
 
@@ -599,6 +600,8 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
             if lat[q_name] * min_speedup <= fastest_fp32:
                 att["result"] = "accepted"
                 best_name = q_name
+                # what the runtime's guard reads: u8 or 7-bit weights cannot saturate without VNNI
+                report.update(weights=att["weights"], reduce_range=att["reduce_range"])
             else:
                 att["result"] = f"rejected: not faster ({lat[q_name]:.1f} ms vs {fastest_fp32:.1f} ms FP32)"
         best_path, _, best_parity = cands[best_name]

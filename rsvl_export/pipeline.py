@@ -332,11 +332,7 @@ class Exporter:
                                    if name == "image" else "bert", feeds, int8=int8, output_kind=kind)
             graphs[name]["ort"] = dst
             graphs[name]["ort_report"] = {k: rep[k] for k in ("variant", "parity", "speedup", "cpu", "cpu_flags",
-                                                              "fused_ops") if k in rep}
-            shipped = next((a for a in rep.get("attempts", []) if a.get("name") == rep.get("variant")), None)
-            if shipped is not None:  # u8 or 7-bit weights run without saturation on CPUs without VNNI too
-                graphs[name]["ort_report"].update(reduce_range=bool(shipped.get("reduce_range")),
-                                                  weights=shipped.get("weights", "s8"))
+                                                              "fused_ops", "weights", "reduce_range") if k in rep}
             summary[name] = {"file": dst, "variant": rep.get("variant"), "fused_ops": rep.get("fused_ops"),
                              "fusion_rules": (rep.get("fusion") or {}).get("rules"), "cpu": rep.get("cpu"),
                              "parity_vs_source": rep.get("parity"),

@@ -102,6 +102,10 @@ def test_optimize_for_ort_ships_fused_or_int8_with_parity_and_records_the_cpu(tm
     rep = optimize_for_ort(res.path, tmp_path / "image.ort.onnx", "cnn", feeds, threads=2, timing_budget_s=0.2,
                            plans=[PLAN["int8-all"]])
     assert rep["variant"] in ("source", "fused", "int8-all") and rep["parity"]["passed"]
+    if rep["variant"] == "int8-all":  # the shipped INT8 variant's weights, for the runtime's guard
+        assert rep["weights"] == "s8" and rep["reduce_range"] is False, rep
+    else:
+        assert "weights" not in rep and "reduce_range" not in rep, rep
     assert rep["fusion"]["fused_ops"].get("MultiHeadAttention", 0) >= 1
     assert rep["cpu"]["model"] and isinstance(rep["cpu"]["vnni"], bool)
     assert rep["attempts"][0]["nodes"] == 3  # every weight MatMul found and tried

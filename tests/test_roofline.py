@@ -149,7 +149,7 @@ def test_measure_ceilings_runs_small_gemms_and_names_the_cpu(monkeypatch):
 def test_ort_matmulinteger_ceiling_graph_is_exact_where_its_products_cannot_saturate():
     """The ceiling's u8 x s8 GEMM is exact with VNNI; without it (AVX2 ``vpmaddubsw``) pairs of
     8-bit products saturate at int16, so only 7-bit (``reduce_range``) weights are exact there —
-    the reason the runtime's INT8 guard exists (``backends._int8_safe``)."""
+    the reason the runtime's INT8 guard exists (``backends.int8_refusal``)."""
     import numpy as np
 
     from benchmarks.roofline import _ort_one_node
