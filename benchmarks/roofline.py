@@ -146,14 +146,20 @@ def _best_seconds(fn: Callable[[], Any], repeats: int, budget_s: float,
     return best
 
 
-def _ort_one_node(op: str, n: int, threads: int | None, weight_bits: int = 8,
-                  u8_weights: bool = False) -> tuple[Any, dict[str, np.ndarray]]:
-    """A session of a one-node ``MatMul`` (FP32) or ``MatMulInteger`` graph and its feed: u8 x s8,
-    the s8 weights within ``weight_bits`` (7 is ``reduce_range``), or u8 x u8 (``u8_weights``)."""
+#: ``MatMulInteger`` weight kinds of the ceiling graphs: s8 (what ``quantize_dynamic`` writes),
+#: s8 within 7 bits (``reduce_range``) and u8 (the u8u8 plan).
+WEIGHT_KINDS = ("s8", "s7", "u8")
+
+
+def _ort_one_node(op: str, n: int, threads: int | None, weights: str = "s8") -> tuple[Any, dict[str, np.ndarray]]:
+    """A session of a one-node ``MatMul`` (FP32) or ``MatMulInteger`` graph and its feed: u8
+    activations times ``weights`` (one of :data:`WEIGHT_KINDS`)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
+    if weights not in WEIGHT_KINDS:
+        raise ValueError(f"weights={weights!r}; expected one of {WEIGHT_KINDS}")
     rng = np.random.default_rng(0)
     if op == "MatMul":
         a = rng.standard_normal((n, n), dtype=np.float32)
@@ -161,8 +167,8 @@ def _ort_one_node(op: str, n: int, threads: int | None, weight_bits: int = 8,
         ta, ty = TensorProto.FLOAT, TensorProto.FLOAT
     else:
         a = rng.integers(0, 255, (n, n), dtype=np.uint8)
-        top = 2 ** (weight_bits - 1) - 1
-        b = (rng.integers(0, 255, (n, n), dtype=np.uint8) if u8_weights
+        top = 63 if weights == "s7" else 127
+        b = (rng.integers(0, 255, (n, n), dtype=np.uint8) if weights == "u8"
              else rng.integers(-top, top, (n, n), dtype=np.int8))
         ta, ty = TensorProto.UINT8, TensorProto.INT32
     node = helper.make_node(op, ["A", "B"], ["Y"])
@@ -178,8 +184,8 @@ def _ort_one_node(op: str, n: int, threads: int | None, weight_bits: int = 8,
     return sess, {"A": a}
 
 
-def _ort_gemm(op: str, n: int, threads: int | None, repeats: int, budget_s: float, u8_weights: bool = False) -> float:
-    sess, feed = _ort_one_node(op, n, threads, u8_weights=u8_weights)
+def _ort_gemm(op: str, n: int, threads: int | None, repeats: int, budget_s: float, weights: str = "s8") -> float:
+    sess, feed = _ort_one_node(op, n, threads, weights)
     return gflops_per_s(gemm_flops(n, n, n), _best_seconds(lambda: sess.run(None, feed), repeats, budget_s))
 
 
@@ -230,35 +236,38 @@ def measure_ceilings(threads: int | None = None, quick: bool = False, device: st
     n = CPU_GEMM_N_QUICK if quick else CPU_GEMM_N
     repeats = 5 if quick else 10
     vnni_note = "VNNI" if cpu["vnni"] else "no VNNI on this CPU"
-    plan: list[tuple[str, str, str, str, Callable[[], float]]] = [
-        ("ort-fp32-matmul", "fp32", "cpu", "onnxruntime MatMul", lambda: _ort_gemm("MatMul", n, threads, repeats,
-                                                                                    budget_s)),
-        ("torch-fp32-matmul", "fp32", "cpu", "torch a @ b", lambda: _torch_gemm("fp32", n, "cpu", repeats, budget_s)),
+    # (name, class, device, engine, measure, exact): ``exact`` False marks a kernel whose products
+    # saturate on this CPU (u8 x s8 pairs at int16 without VNNI): measured, but no ceiling
+    plan: list[tuple[str, str, str, str, Callable[[], float], bool | None]] = [
+        ("ort-fp32-matmul", "fp32", "cpu", "onnxruntime MatMul",
+         lambda: _ort_gemm("MatMul", n, threads, repeats, budget_s), None),
+        ("torch-fp32-matmul", "fp32", "cpu", "torch a @ b",
+         lambda: _torch_gemm("fp32", n, "cpu", repeats, budget_s), None),
         ("ort-int8-matmulinteger", "int8", "cpu",
          "onnxruntime MatMulInteger u8s8 (" + ("VNNI" if cpu["vnni"] else
                                                "no VNNI on this CPU: its products saturate, not a ceiling") + ")",
-         lambda: _ort_gemm("MatMulInteger", n, threads, repeats, budget_s)),
+         lambda: _ort_gemm("MatMulInteger", n, threads, repeats, budget_s), bool(cpu["vnni"])),
         # what an INT8 graph with u8 weights runs (int8_plans' first plan without VNNI): exact everywhere
         ("ort-int8-matmulinteger-u8u8", "int8", "cpu", "onnxruntime MatMulInteger u8u8 (no saturation, any CPU)",
-         lambda: _ort_gemm("MatMulInteger", n, threads, repeats, budget_s, u8_weights=True)),
+         lambda: _ort_gemm("MatMulInteger", n, threads, repeats, budget_s, "u8"), None),
         ("torch-int8-int_mm", "int8", "cpu", f"torch._int_mm ({vnni_note})",
-         lambda: _torch_gemm("int8", n, "cpu", repeats, budget_s)),
+         lambda: _torch_gemm("int8", n, "cpu", repeats, budget_s), None),
     ]
     if device.startswith("cuda") and torch.cuda.is_available():
         gn = GPU_GEMM_N // 2 if quick else GPU_GEMM_N
         plan += [(f"cuda-{dt}-matmul", "fp16", "cuda", f"torch a @ b {dt.upper()} tensor cores",
-                  (lambda dt=dt: _torch_gemm(dt, gn, "cuda", repeats, budget_s))) for dt in ("fp16", "bf16")]
+                  (lambda dt=dt: _torch_gemm(dt, gn, "cuda", repeats, budget_s)), None) for dt in ("fp16", "bf16")]
         plan.append(("cuda-fp32-matmul", "fp32", "cuda", "torch a @ b FP32 (TF32 off)",
-                     lambda: _torch_gemm("fp32", gn, "cuda", repeats, budget_s)))
+                     lambda: _torch_gemm("fp32", gn, "cuda", repeats, budget_s), None))
     out: dict[str, Any] = {}
-    for name, cls, dev, engine, fn in plan:
+    for name, cls, dev, engine, fn, exact in plan:
         entry: dict[str, Any] = {"class": cls, "device": dev, "engine": engine,
                                  "n": GPU_GEMM_N if dev == "cuda" and not quick else (GPU_GEMM_N // 2 if dev == "cuda"
                                                                                       else n)}
         if cls == "int8":
             entry["vnni"] = cpu["vnni"]
-        if name == "ort-int8-matmulinteger":  # u8 x s8 pairs saturate at int16 without VNNI
-            entry["exact"] = bool(cpu["vnni"])
+        if exact is not None:
+            entry["exact"] = exact
         try:
             entry.update(status="ok", gflops=float(f"{fn():.4g}"))
         except Exception as e:  # noqa: BLE001 - a missing kernel (e.g. _int_mm on this CPU build) is a result

@@ -11,7 +11,7 @@
    1, hardware-agnostic — never the NCHWc layout ops of ``ORT_ENABLE_ALL``, see
    docs/export-notes.md) is tried instead. The report lists how many of each fused op the graph
    holds (``fusion.fused_ops``) and what the rewriter applied (``fusion.rules``);
-2. optionally (image graphs) quantises weight MatMul/Gemm nodes to INT8 with dynamic activation
+2. optionally quantises weight MatMul/Gemm nodes to INT8 with dynamic activation
    scales (``onnxruntime.quantization.quantize_dynamic``, per-channel weights), trying node
    selections from the widest to the narrowest (:func:`int8_plans`): every weight MatMul; the
    same with ``reduce_range`` (7-bit, no u8s8 saturation without VNNI); on a CPU without VNNI,
@@ -24,7 +24,11 @@
 
 and keeps a candidate **only where parity holds** against the FP32 graph on the given inputs:
 the fused FP32 graph must pass our FP32 gate (``fp32_logits`` / ``fp32_embeddings``), an INT8
-graph the ``int8_logits`` gate (cosine >= 0.999 and argmax agreement >= 0.995), and an INT8
+image graph the ``int8_logits`` gate (cosine >= 0.999 and argmax agreement >= 0.995), an INT8
+text graph the ``int8_embeddings`` gate (cosine >= 0.999 for the flattened and the mean
+per-prompt embedding) and, where the caller gives a ``downstream`` check, the ``int8_logits``
+gate on the image logits computed from its embeddings (the export does: a text embedding close
+in cosine can still flip the class of pixels whose margins are small), and an INT8
 graph must also be faster than the fused FP32 one, or it is not worth shipping. The returned
 report says what was tried, what was accepted and why, and on which CPU (``cpu``: model name
 and VNNI flag) — the shipped INT8 variant is valid for that kind of CPU.
@@ -51,7 +55,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +69,16 @@ from .parity import Gate, compare, gate_for
 
 log = logging.getLogger("rsvl.export.ort")
 
-#: The gate an INT8 candidate must pass against the FP32 graph.
+#: The gate an INT8 image graph must pass against the FP32 graph.
 INT8_GATE = Gate("int8_logits", cosine=0.999, argmax_agreement=0.995)
+
+#: The gate an INT8 text graph must pass against the FP32 one (its embeddings); the export also
+#: asks the image logits computed from them to pass :data:`INT8_GATE` (``downstream``).
+INT8_TEXT_GATE = Gate("int8_embeddings", cosine=0.999, mean_vector_cosine=0.999)
+
+#: A candidate's outputs (one list per check input) -> a parity dict with ``passed``: a check
+#: beyond the graph's own gate (for a text graph: the image logits computed from its embeddings).
+DownstreamCheck = Callable[[list[list[np.ndarray]]], dict[str, Any]]
 
 #: Contrib ops the fusions produce (counted in the report, the export log and parity.json).
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
@@ -440,7 +452,8 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str],
 
 
 def sensitivity(base: Path, refs: list[list[np.ndarray]], feeds: list[dict[str, np.ndarray]], tmp: Path,
-                threads: int | None, max_groups: int = 24) -> list[dict[str, Any]]:
+                threads: int | None, max_groups: int = 24, gate: Gate = INT8_GATE,
+                kind: str = "logits") -> list[dict[str, Any]]:
     """Per module group: the parity drop (1 - cosine, 1 - argmax agreement) at the first check
     input when only that group is quantised; most sensitive first."""
     model = onnx.load(str(base))
@@ -449,21 +462,53 @@ def sensitivity(base: Path, refs: list[list[np.ndarray]], feeds: list[dict[str, 
     for i, (g, names) in enumerate(gmap.items()):
         q = tmp / f"sens_{i}.onnx"
         quantize_int8(base, q, nodes=names)
-        par = _parity(refs[:1], _run_all(_session(q, threads), feeds[:1]), INT8_GATE)
+        par = _parity(refs[:1], _run_all(_session(q, threads), feeds[:1]), gate, kind)
         out.append({"group": g, "nodes": len(names), "cosine_drop": 1 - par.get("cosine", 1.0),
                     "argmax_drop": 1 - par.get("argmax_agreement", 1.0)})
         q.unlink(missing_ok=True)
     return sorted(out, key=lambda r: (r["argmax_drop"], r["cosine_drop"]), reverse=True)
 
 
+def logits_downstream(image_onnx: str | os.PathLike[str],
+                      feeds_for: Callable[[list[np.ndarray]], list[dict[str, np.ndarray]]],
+                      reference: Sequence[np.ndarray], threads: int | None = None,
+                      gate: Gate = INT8_GATE) -> DownstreamCheck:
+    """The downstream check of a text-graph candidate: the image graph's logits from its outputs
+    at the first check input (``feeds_for(outputs)``: the image feeds holding them) against the
+    logits from ``reference`` (the FP32 text graph's outputs there), under ``gate``."""
+    sess = _session(image_onnx, threads)
+    ref = _run_all(sess, feeds_for(list(reference)))
+
+    def check(outs: list[list[np.ndarray]]) -> dict[str, Any]:
+        return _parity(ref, _run_all(sess, feeds_for(outs[0])), gate)
+
+    return check
+
+
 # --------------------------------------------------------------------------- main entry
+def _check(q: Path, threads: int | None, refs: list[list[np.ndarray]], feeds: list[dict[str, np.ndarray]],
+           gate: Gate, kind: str, downstream: DownstreamCheck | None) -> tuple[Any, dict[str, Any]]:
+    """A quantised graph's session and parity: its own gate, then ``downstream`` where given."""
+    sess = _session(q, threads)
+    outs = _run_all(sess, feeds)
+    par = _parity(refs, outs, gate, kind)
+    if par["passed"] and downstream is not None:
+        down = downstream(outs)
+        par["downstream"] = down
+        if not down["passed"]:
+            par["passed"] = False
+            par["failed_checks"] = [f"downstream {c}" for c in down.get("failed_checks", ["failed"])]
+    return sess, par
+
+
 def _try_plan(plan: Int8Plan, base: Path, tmp: Path, refs: list[list[np.ndarray]],
               feeds: list[dict[str, np.ndarray]], threads: int | None, gate: Gate,
-              attempt: dict[str, Any]) -> tuple[Path, Any, dict[str, Any]] | None:
+              attempt: dict[str, Any], kind: str = "logits",
+              downstream: DownstreamCheck | None = None) -> tuple[Path, Any, dict[str, Any]] | None:
     """Quantise ``base`` by ``plan`` and check parity; (path, session, parity) when it holds."""
     q = tmp / f"{plan.name}.onnx"
     if plan.sensitivity:
-        sens = sensitivity(base, refs, feeds, tmp, threads)
+        sens = sensitivity(base, refs, feeds, tmp, threads, gate=gate, kind=kind)
         attempt["sensitivity"] = [{**r, "cosine_drop": float(f"{r['cosine_drop']:.3g}"),
                                    "argmax_drop": float(f"{r['argmax_drop']:.3g}")} for r in sens[:8]]
         gmap = groups(weight_matmul_paths(onnx.load(str(base))))
@@ -474,8 +519,7 @@ def _try_plan(plan: Int8Plan, base: Path, tmp: Path, refs: list[list[np.ndarray]
             kept = set(order[:keep])
             names = [n for g, ns in gmap.items() if g not in kept for n in ns]
             attempt.update(quantize_int8(base, q, nodes=names), fp32_groups=sorted(kept))
-            sess = _session(q, threads)
-            par = _parity(refs, _run_all(sess, feeds), gate)
+            sess, par = _check(q, threads, refs, feeds, gate, kind, downstream)
             attempt["parity"] = par
             if par["passed"]:
                 return q, sess, par
@@ -484,8 +528,7 @@ def _try_plan(plan: Int8Plan, base: Path, tmp: Path, refs: list[list[np.ndarray]
     if not attempt["nodes"]:
         attempt["result"] = "no weight MatMul/Gemm in scope"
         return None
-    sess = _session(q, threads)
-    par = _parity(refs, _run_all(sess, feeds), gate)
+    sess, par = _check(q, threads, refs, feeds, gate, kind, downstream)
     attempt["parity"] = par
     return (q, sess, par) if par["passed"] else None
 
@@ -493,9 +536,10 @@ def _try_plan(plan: Int8Plan, base: Path, tmp: Path, refs: list[list[np.ndarray]
 def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLike[str], model_kind: str = "auto",
                      check_inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
                      *, int8: bool = True, threads: int | None = None, min_speedup: float = 1.05,
-                     int8_gate: Gate = INT8_GATE, opt_level: int = 1, timing_budget_s: float = 6.0,
+                     int8_gate: Gate | None = None, opt_level: int = 1, timing_budget_s: float = 6.0,
                      output_kind: str = "logits", plans: Sequence[Int8Plan] | None = None,
-                     fusion_engine: str = "onnxscript", fused_tolerance: float = 1.0) -> dict[str, Any]:
+                     fusion_engine: str = "onnxscript", fused_tolerance: float = 1.0,
+                     downstream: DownstreamCheck | None = None) -> dict[str, Any]:
     """Write the fastest ONNX-Runtime CPU variant of ``src_onnx`` that keeps parity to ``dst_onnx``.
 
     Args:
@@ -508,6 +552,7 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
             will run batched.
         int8: try dynamic INT8 (accepted only where ``int8_gate`` holds and it is at least
             ``min_speedup`` x faster than the fused FP32 graph at the first check input).
+        int8_gate: None: :data:`INT8_GATE` for logits, :data:`INT8_TEXT_GATE` for embeddings.
         threads: ONNX Runtime intra-op threads for the checks (None: ORT's default).
         timing_budget_s: seconds for the round-robin latency comparison of the candidates.
         output_kind: ``logits`` (image graphs) or ``embedding`` (text graphs): the parity gates.
@@ -517,6 +562,8 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
             most the source's times this factor (default 1.0: not slower). The runtime prefers
             ``image.ort.onnx`` on the CPU, so a fused graph that measures slower must not be it (paper
             ``tsmnet`` at stop 19: fused 923 ms vs source 890 ms here, 818 vs 745 ms in the bench).
+        downstream: a further check of each INT8 candidate's outputs (see :data:`DownstreamCheck`);
+            its result is ``parity.downstream`` of the attempt.
 
     Returns:
         a JSON-serialisable report: ``variant`` (``source`` | ``fused`` | ``int8-...``), ``fusion``
@@ -529,6 +576,9 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
     import onnxruntime as ort
 
     t_start = time.perf_counter()
+    kind = "embeddings" if output_kind in ("embedding", "embeddings") else output_kind
+    if int8_gate is None:
+        int8_gate = INT8_TEXT_GATE if kind == "embeddings" else INT8_GATE
     src, dst = Path(src_onnx), Path(dst_onnx)
     if not src.is_file():
         raise OrtOptimizeError(f"{src}: no such ONNX file")
@@ -556,7 +606,7 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
         try:
             report["fusion"] = fuse(src, fused, model_kind, opt_level, engine=fusion_engine)
             sess = _session(fused, threads)
-            par = _parity(refs, _run_all(sess, feeds), gate_for("fp32", output_kind), output_kind)
+            par = _parity(refs, _run_all(sess, feeds), gate_for("fp32", kind), kind)
             report["fusion"]["parity"] = par
             if par["passed"]:
                 cands["fused"] = (fused, sess, par)
@@ -573,7 +623,7 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
                 attempt: dict[str, Any] = {"name": plan.name, "scopes": list(plan.scopes) if plan.scopes else None}
                 report["attempts"].append(attempt)
                 try:
-                    got = _try_plan(plan, base, tmp, refs, feeds, threads, int8_gate, attempt)
+                    got = _try_plan(plan, base, tmp, refs, feeds, threads, int8_gate, attempt, kind, downstream)
                 except Exception as e:  # noqa: BLE001
                     attempt["result"] = f"error: {type(e).__name__}: {e}"
                     log.warning("INT8 plan %s failed: %s", plan.name, e)

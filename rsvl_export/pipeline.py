@@ -313,9 +313,9 @@ class Exporter:
 
     def _ort_variant(self, model: nn.Module, work: Path, graphs: dict[str, Any], task: str) -> None:
         """``image.ort.onnx`` and ``text.ort.onnx``: the fastest ORT-CPU graphs that keep parity
-        with ``image.onnx`` / ``text.onnx`` (fused attention/normalisation; INT8 for the image
-        graph where parity holds). Used by the runtime on the CPU provider only (they hold
-        CPU-specific contrib/INT8 ops). What shipped, its fused-op counts and the CPU it was
+        with ``image.onnx`` / ``text.onnx`` (fused attention/normalisation; INT8 where parity
+        holds: for the text graph also on the image logits computed from its embeddings). Used
+        by the runtime on the CPU provider only (they hold CPU-specific contrib/INT8 ops). What shipped, its fused-op counts and the CPU it was
         validated on (model name, VNNI) go into the manifest's ``ort_report`` and ``parity.json``
         (``meta.ort_variants``); each variant is gated against its source graph, which itself
         passed the gates against eager."""
@@ -324,20 +324,22 @@ class Exporter:
         from .ort_optimize import model_kind_for, optimize_for_ort
 
         text_feeds, image_feeds = self._ort_check_inputs(model, graphs, task)
+        downstream = self._text_downstream(work, graphs, text_feeds[0], image_feeds, task)
         summary: dict[str, Any] = {}
-        for name, feeds, kind, int8 in (("image", image_feeds, "logits", True), ("text", text_feeds, "embeddings",
-                                                                                   False)):
+        for name, feeds, kind, check in (("image", image_feeds, "logits", None),
+                                         ("text", text_feeds, "embeddings", downstream)):
             dst = f"{name}.ort.onnx"
             rep = optimize_for_ort(work / graphs[name]["fp32"], work / dst, model_kind_for(model.config)
-                                   if name == "image" else "bert", feeds, int8=int8, output_kind=kind)
+                                   if name == "image" else "bert", feeds, output_kind=kind, downstream=check)
             graphs[name]["ort"] = dst
             graphs[name]["ort_report"] = {k: rep[k] for k in ("variant", "parity", "speedup", "cpu", "cpu_flags",
                                                               "fused_ops", "weights", "reduce_range") if k in rep}
             summary[name] = {"file": dst, "variant": rep.get("variant"), "fused_ops": rep.get("fused_ops"),
                              "fusion_rules": (rep.get("fusion") or {}).get("rules"), "cpu": rep.get("cpu"),
                              "parity_vs_source": rep.get("parity"),
-                             "int8_attempts": [{k: a.get(k) for k in ("name", "nodes", "result", "fp32_groups")
-                                                if k in a} for a in rep.get("attempts", [])]}
+                             "int8_attempts": [{k: a.get(k) for k in ("name", "nodes", "result", "fp32_groups",
+                                                                     "parity") if k in a}
+                                               for a in rep.get("attempts", [])]}
             log.info("  %s: %s, fused ops %s, %.2fx faster than %s here", dst, rep.get("variant"),
                      rep.get("fused_ops"), float(rep.get("speedup") or 1.0), graphs[name]["fp32"])
         parity_file = work / "parity.json"
@@ -345,6 +347,33 @@ class Exporter:
             doc = json.loads(parity_file.read_text(encoding="utf-8"))
             doc.setdefault("meta", {})["ort_variants"] = summary
             parity_file.write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
+
+    @staticmethod
+    def _text_downstream(work: Path, graphs: dict[str, Any], text_feed: dict[str, np.ndarray],
+                         image_feeds: list[dict[str, np.ndarray]], task: str) -> Any:
+        """The check of an INT8 text graph beyond its embeddings' cosine: ``image.onnx``'s logits
+        from its outputs at ``text_feed`` must pass the INT8 logits gate against those from
+        ``text.onnx``'s (:func:`rsvl_export.ort_optimize.logits_downstream`)."""
+        from .ort_optimize import logits_downstream
+        from .parity import ort_session
+
+        text = ort_session(work / graphs["text"]["fp32"], providers=["CPUExecutionProvider"])
+        names = [o.name for o in text.get_outputs()]
+        reference = text.run(None, text_feed)
+        del text
+
+        def feeds_for(outputs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+            by_name = dict(zip(names, outputs))
+            out = []
+            for f in image_feeds:
+                b = next(v for k, v in f.items() if k not in by_name).shape[0]
+                # semantic: the whole vocabulary per tile; referring: expression i % n for tile i
+                sel = [i % len(outputs[0]) for i in range(b)]
+                out.append({k: (by_name[k] if task == "semantic" else by_name[k][sel]) if k in by_name else v
+                            for k, v in f.items()})
+            return out
+
+        return logits_downstream(work / graphs["image"]["fp32"], feeds_for, reference)
 
     @staticmethod
     def _ort_check_inputs(model: nn.Module, graphs: dict[str, Any], task: str

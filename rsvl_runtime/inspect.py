@@ -77,7 +77,7 @@ def ort_variant_row(name: str, graph: GraphEntry) -> tuple[str, ...] | None:
     else:
         weights = "-"
     checked = f"{cpu.get('model', '?')}, {'VNNI' if cpu.get('vnni') else 'no VNNI'}" if cpu else "?"
-    why = int8_refusal(graph) if name == "image" else None
+    why = int8_refusal(graph)
     here = "yes" if why is None else f"[red]no[/red]: {why}; the runtime uses {graph.fp32}"
     return name, graph.ort, variant, weights, checked, here
 

@@ -34,7 +34,7 @@ from rsvl_export.ort_optimize import (
     select_nodes,
     weight_matmul_paths,
 )
-from rsvl_export.parity import compare
+from rsvl_export.parity import Gate, compare
 
 PLAN = {p.name: p for p in (*INT8_PLANS, U8U8_PLAN)}
 
@@ -132,6 +132,43 @@ def test_without_vnni_int8_tries_u8_weights_first_and_they_are_u8_in_the_graph(t
     assert c.metrics["cosine"] >= 0.999 and c.metrics["argmax_agreement"] >= 0.98, c.metrics
 
 
+def test_an_int8_candidate_ships_only_where_its_downstream_check_passes_too(tmp_path):
+    from rsvl_export.ort_optimize import logits_downstream
+
+    res, _ = exported_toy()
+    feeds = [{n: t.numpy() for n, t in example_inputs(b=b, k=5, seed=b).items()} for b in (1, 2)]
+    seen: list[int] = []
+
+    def refuse(outs: list[list[np.ndarray]]) -> dict:
+        seen.append(len(outs))
+        return {"gate": "int8_logits", "passed": False, "failed_checks": ["argmax_agreement=0.9 < 0.995"]}
+
+    rep = optimize_for_ort(res.path, tmp_path / "a.onnx", "cnn", feeds, threads=2, timing_budget_s=0.2,
+                           plans=[PLAN["int8-all"]], downstream=refuse, int8_gate=Gate("loose", cosine=0.9))
+    att = rep["attempts"][0]
+    assert seen == [2], seen  # called once, with the candidate's outputs at both check inputs
+    assert not rep["variant"].startswith("int8"), rep["variant"]
+    assert att["parity"]["downstream"]["passed"] is False
+    assert att["result"] == "rejected: parity downstream argmax_agreement=0.9 < 0.995", att["result"]
+
+    # the real check (the export's, for a text graph): the image logits from the candidate's
+    # outputs against those from the reference outputs, here the toy's text_emb input itself
+    text = feeds[0]["text_emb"]
+
+    def feeds_for(outputs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return [{**f, "text_emb": outputs[0]} for f in feeds]
+
+    check = logits_downstream(res.path, feeds_for, [text])
+    same = check([[text.copy()]])
+    assert same["passed"] and same["argmax_agreement"] == 1.0 and same["cosine"] > 0.999999, same
+    rng = np.random.default_rng(0)
+    moved = text + rng.normal(0, 0.3 * text.std(), text.shape).astype(np.float32)
+    emb = compare(text, moved, kind="embeddings").metrics
+    other = check([[moved]])
+    assert not other["passed"] and other["argmax_agreement"] < 0.995, (emb, other)
+    assert emb["mean_vector_cosine"] > 0.9, emb  # close embeddings, other classes for some pixels
+
+
 def test_runtime_picks_text_ort_only_with_the_ort_image_graph_on_cpu():
     from rsvl_runtime.backends.onnxruntime_backend import text_graph_precision
     from rsvl_runtime.manifest import GraphEntry
@@ -155,12 +192,12 @@ def test_int8_image_graph_runs_without_vnni_only_where_its_products_cannot_satur
     checked_with_vnni = image(cpu={"model": "EPYC", "vnni": True}, reduce_range=False)
     monkeypatch.setattr("rsvl_runtime.cpu.has_vnni", lambda: False)
     with caplog.at_level(logging.WARNING, logger="rsvl"):
-        assert not backends._int8_safe(checked_with_vnni)
+        assert not backends.int8_safe(checked_with_vnni)
     assert "this CPU has none" in caplog.text and "--ort-optimize" in caplog.text
-    assert backends._int8_safe(image("int8-all-reduce-range", cpu={"vnni": True}, reduce_range=True))
-    assert backends._int8_safe(image("int8-all-u8u8", cpu={"vnni": True}, reduce_range=False, weights="u8"))
-    assert backends._int8_safe(image(cpu={"model": "Xeon", "vnni": False}, reduce_range=False))
-    assert backends._int8_safe(image("fused", cpu={"vnni": True}))
+    assert backends.int8_safe(image("int8-all-reduce-range", cpu={"vnni": True}, reduce_range=True))
+    assert backends.int8_safe(image("int8-all-u8u8", cpu={"vnni": True}, reduce_range=False, weights="u8"))
+    assert backends.int8_safe(image(cpu={"model": "Xeon", "vnni": False}, reduce_range=False))
+    assert backends.int8_safe(image("fused", cpu={"vnni": True}))
     from rsvl_runtime.inspect import ort_variant_row
 
     row = ort_variant_row("image", checked_with_vnni)  # what `rsvl-export inspect` shows here
@@ -170,7 +207,7 @@ def test_int8_image_graph_runs_without_vnni_only_where_its_products_cannot_satur
     assert u8 == ("image", "image.ort.onnx", "int8-all-u8u8", "u8", "EPYC, no VNNI", "yes")
     assert ort_variant_row("image", GraphEntry(fp32="image.onnx")) is None
     monkeypatch.setattr("rsvl_runtime.cpu.has_vnni", lambda: True)
-    assert backends._int8_safe(checked_with_vnni)
+    assert backends.int8_safe(checked_with_vnni)
     assert ort_variant_row("image", checked_with_vnni)[5] == "yes"
 
 
@@ -246,7 +283,16 @@ def test_export_step_writes_text_and_image_ort_variants(tiny_model, tmp_path):
         if g.ort_report["variant"] != "source":
             assert g.ort_report["fused_ops"].get("SkipLayerNormalization", 0) > 0, g.ort_report
     par = json.loads((work / "parity.json").read_text())["meta"]["ort_variants"]
-    assert par["text"]["variant"] in ("fused", "source") and par["text"]["fusion_rules"]["skip_layer_normalization"] > 0
+    assert par["text"]["fusion_rules"]["skip_layer_normalization"] > 0
+    text_attempts = par["text"]["int8_attempts"]
+    assert text_attempts and text_attempts[0]["nodes"] > 5  # INT8 tried on the text graph's weight MatMuls
+    for a in text_attempts:  # every text candidate that held its own gate met the image-logits check
+        p = a.get("parity") or {}
+        if p.get("gate") == "int8_embeddings" and "downstream" in p:
+            assert p["downstream"]["gate"] == "int8_logits" and "argmax_agreement" in p["downstream"], p
+    if par["text"]["variant"].startswith("int8"):
+        shipped = next(a for a in text_attempts if a["result"] == "accepted")
+        assert shipped["parity"]["downstream"]["passed"], shipped
     assert par["image"]["fusion_rules"]["skip_layer_normalization"] > 0
     assert par["image"]["cpu"]["vnni"] in (True, False) and par["image"]["int8_attempts"]
     assert par["image"]["int8_attempts"][0]["nodes"] > 10  # INT8 found the real weight MatMuls

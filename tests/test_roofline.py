@@ -155,8 +155,8 @@ def test_ort_matmulinteger_ceiling_graph_is_exact_where_its_products_cannot_satu
     from benchmarks.roofline import _ort_one_node
     from rsvl_runtime.cpu import has_vnni
 
-    for bits in (8, 7):
-        sess, feed = _ort_one_node("MatMulInteger", 32, threads=1, weight_bits=bits)
+    for bits, weights in ((8, "s8"), (7, "s7")):
+        sess, feed = _ort_one_node("MatMulInteger", 32, threads=1, weights=weights)
         y = sess.run(None, feed)[0]
         rng = np.random.default_rng(0)  # the generator the ceiling graph uses: B is its initializer
         a = rng.integers(0, 255, (32, 32), dtype=np.uint8)
@@ -166,11 +166,13 @@ def test_ort_matmulinteger_ceiling_graph_is_exact_where_its_products_cannot_satu
         assert y.dtype == np.int32 and y.shape == (32, 32)
         if bits == 7 or has_vnni():
             assert np.array_equal(y, a.astype(np.int32) @ b.astype(np.int32)), bits
-    sess, feed = _ort_one_node("MatMulInteger", 32, threads=1, u8_weights=True)  # u8 x u8: exact on every CPU
+    sess, feed = _ort_one_node("MatMulInteger", 32, threads=1, weights="u8")  # u8 x u8: exact on every CPU
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (32, 32), dtype=np.uint8)
     b = rng.integers(0, 255, (32, 32), dtype=np.uint8)
     assert np.array_equal(sess.run(None, feed)[0], a.astype(np.int32) @ b.astype(np.int32))
+    with pytest.raises(ValueError, match="expected one of"):
+        _ort_one_node("MatMulInteger", 32, threads=1, weights="u7")
 
 
 # --------------------------------------------------------------------------- ORT profile summary

@@ -33,16 +33,17 @@ def _tensorrt_ready(bundle: Bundle) -> tuple[bool, str]:
     return check.ok, check.reason
 
 
-def int8_refusal(image_graph: GraphEntry) -> str | None:
-    """Why the INT8 ``image.ort.onnx`` would compute something else on this CPU than where its
-    parity was checked; None when it is not INT8 or is safe here.
+def int8_refusal(graph: GraphEntry) -> str | None:
+    """Why a graph's INT8 ``.ort.onnx`` variant (``image.ort.onnx``, ``text.ort.onnx``) would
+    compute something else on this CPU than where its parity was checked; None when it is not
+    INT8 or is safe here.
 
     Without VNNI (AVX2's ``vpmaddubsw``) pairs of u8*s8 products saturate at int16, so a variant
     validated on a VNNI CPU with s8 weights computes something else here. It is safe when this
     CPU has VNNI, when its weights are u8 (ORT's u8 x u8 kernels widen before they multiply) or
     7-bit (``reduce_range``: the pair sums cannot saturate), or when its parity was checked on a
     CPU without VNNI (the saturation was in the check)."""
-    rep = image_graph.ort_report or {}
+    rep = graph.ort_report or {}
     if not str(rep.get("variant", "")).startswith("int8"):
         return None
     from ..cpu import has_vnni
@@ -50,16 +51,16 @@ def int8_refusal(image_graph: GraphEntry) -> str | None:
     if (has_vnni() or rep.get("weights") == "u8" or rep.get("reduce_range") is True
             or (rep.get("cpu") or {}).get("vnni") is False):
         return None
-    return ("image.ort.onnx is INT8 with s8 weights validated on a CPU with VNNI, and this CPU has none "
+    return (f"{graph.ort} is INT8 with s8 weights validated on a CPU with VNNI, and this CPU has none "
             "(its u8*s8 products saturate)")
 
 
-def _int8_safe(image_graph: GraphEntry) -> bool:
+def int8_safe(graph: GraphEntry) -> bool:
     """:func:`int8_refusal` is None; else a warning that names the fallback and the fix."""
-    why = int8_refusal(image_graph)
+    why = int8_refusal(graph)
     if why is not None:
-        log.warning("%s: using the FP32 graph. Re-export with --ort-optimize on this kind of CPU to "
-                    "validate a variant for it", why)
+        log.warning("%s: using %s. Re-export with --ort-optimize on this kind of CPU to "
+                    "validate a variant for it", why, graph.fp32)
     return why is None
 
 
@@ -75,7 +76,7 @@ def _ort(bundle: Bundle, device: str, precision: str, threads: int | None) -> Se
         if on_gpu:
             precision = "fp16" if image_graph.fp16 else "fp32"
         else:
-            precision = "ort" if image_graph.ort and _int8_safe(image_graph) else "fp32"
+            precision = "ort" if image_graph.ort and int8_safe(image_graph) else "fp32"
     if precision == "ort" and on_gpu:
         raise BackendError("the 'ort' image graph holds CPU-specific ops; use --precision fp16/fp32 on a GPU")
     text_precision = text_graph_precision(bundle.meta.graph("text"), precision, on_gpu)
