@@ -58,9 +58,9 @@ def text_graph_precision(text_graph: GraphEntry | None, image_precision: str, on
     """The text graph's file to open next to an image graph of ``image_precision``: its ORT CPU
     variant (``text.ort.onnx``, fused attention/normalisation, parity-checked at export) when the
     image graph runs its ``ort`` variant on the CPU provider and the bundle has one that is safe on
-    this CPU (an INT8 one: :func:`rsvl_runtime.backends.int8_safe`); else ``fp32``."""
+    this CPU (an INT8 one: :func:`rsvl_runtime.backends.int8_guard.int8_safe`); else ``fp32``."""
     if image_precision == "ort" and not on_gpu and text_graph is not None and text_graph.ort:
-        from . import int8_safe
+        from .int8_guard import int8_safe
 
         return "ort" if int8_safe(text_graph) else "fp32"
     return "fp32"
