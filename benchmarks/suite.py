@@ -410,7 +410,8 @@ def run_text(ctx: BenchContext, inputs: Inputs, budget: Budget) -> list[dict[str
     if "text" in ctx.bundle.meta.graphs and ctx.bundle.meta.graphs["text"].ort:
         from rsvl_runtime.backends.onnxruntime_backend import OrtSession
 
-        label = "ONNX Runtime text.ort.onnx (fused)"
+        variant = (ctx.bundle.meta.graphs["text"].ort_report or {}).get("variant", "fused")
+        label = f"ONNX Runtime text.ort.onnx ({variant})"
         try:
             sess = OrtSession(ctx.bundle.graph_file("text", "ort"), providers=["CPUExecutionProvider"],
                               threads=ctx.threads)

@@ -137,6 +137,14 @@ def int8_plans(vnni: bool | None = None) -> tuple[Int8Plan, ...]:
     return INT8_PLANS if vnni else (U8U8_PLAN, *INT8_PLANS)
 
 
+def whole_graph_plans(vnni: bool | None = None) -> tuple[Int8Plan, ...]:
+    """The plans of :func:`int8_plans` that quantise every weight MatMul (no scopes, no
+    sensitivity search): what the export tries on a text graph, which runs once per vocabulary
+    (its embeddings are cached), so only a whole-graph speed-up is worth the export's time (the
+    five plans took 165 s on paper ``tsmnet``'s CLIP text tower at stop 25, none held parity)."""
+    return tuple(p for p in int8_plans(vnni) if p.scopes is None and not p.sensitivity)
+
+
 class OrtOptimizeError(RuntimeError):
     """The source graph cannot be optimised (missing input, unreadable file)."""
 

@@ -321,16 +321,17 @@ class Exporter:
         passed the gates against eager."""
         import json
 
-        from .ort_optimize import model_kind_for, optimize_for_ort
+        from .ort_optimize import model_kind_for, optimize_for_ort, whole_graph_plans
 
         text_feeds, image_feeds = self._ort_check_inputs(model, graphs, task)
         downstream = self._text_downstream(work, graphs, text_feeds[0], image_feeds, task)
         summary: dict[str, Any] = {}
-        for name, feeds, kind, check in (("image", image_feeds, "logits", None),
-                                         ("text", text_feeds, "embeddings", downstream)):
+        for name, feeds, kind, check, plans in (("image", image_feeds, "logits", None, None),
+                                                ("text", text_feeds, "embeddings", downstream, whole_graph_plans())):
             dst = f"{name}.ort.onnx"
             rep = optimize_for_ort(work / graphs[name]["fp32"], work / dst, model_kind_for(model.config)
-                                   if name == "image" else "bert", feeds, output_kind=kind, downstream=check)
+                                   if name == "image" else "bert", feeds, output_kind=kind, downstream=check,
+                                   plans=plans)
             graphs[name]["ort"] = dst
             graphs[name]["ort_report"] = {k: rep[k] for k in ("variant", "parity", "speedup", "cpu", "cpu_flags",
                                                               "fused_ops", "weights", "reduce_range") if k in rep}

@@ -33,6 +33,7 @@ from rsvl_export.ort_optimize import (
     optimize_for_ort,
     select_nodes,
     weight_matmul_paths,
+    whole_graph_plans,
 )
 from rsvl_export.parity import Gate, compare
 
@@ -118,6 +119,9 @@ def test_without_vnni_int8_tries_u8_weights_first_and_they_are_u8_in_the_graph(t
 
     assert int8_plans(vnni=True) == INT8_PLANS
     assert int8_plans(vnni=False)[0] is U8U8_PLAN and int8_plans(vnni=False)[1:] == INT8_PLANS
+    # a text graph gets the whole-graph plans only
+    assert [p.name for p in whole_graph_plans(vnni=True)] == ["int8-all", "int8-all-reduce-range"]
+    assert [p.name for p in whole_graph_plans(vnni=False)] == ["int8-all-u8u8", "int8-all", "int8-all-reduce-range"]
     res, _ = exported_toy()
     info = quantize_int8(res.path, tmp_path / "u8u8.onnx", u8_weights=True)
     assert info["nodes"] == 3 and info["weights"] == "u8" and info["ops"], info
@@ -286,6 +290,7 @@ def test_export_step_writes_text_and_image_ort_variants(tiny_model, tmp_path):
     assert par["text"]["fusion_rules"]["skip_layer_normalization"] > 0
     text_attempts = par["text"]["int8_attempts"]
     assert text_attempts and text_attempts[0]["nodes"] > 5  # INT8 tried on the text graph's weight MatMuls
+    assert [a["name"] for a in text_attempts] == [p.name for p in whole_graph_plans()][:len(text_attempts)]
     for a in text_attempts:  # every text candidate that held its own gate met the image-logits check
         p = a.get("parity") or {}
         if p.get("gate") == "int8_embeddings" and "downstream" in p:
