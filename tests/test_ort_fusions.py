@@ -118,7 +118,11 @@ def test_without_vnni_int8_tries_u8_weights_first_and_they_are_u8_in_the_graph(t
     from rsvl_export.ort_optimize import quantize_int8
 
     assert int8_plans(vnni=True) == INT8_PLANS
-    assert int8_plans(vnni=False)[0] is U8U8_PLAN and int8_plans(vnni=False)[1:] == INT8_PLANS
+    no_vnni = int8_plans(vnni=False)
+    assert no_vnni[0] is U8U8_PLAN and len(no_vnni) == len(INT8_PLANS) + 1
+    for p, q in zip(no_vnni[1:], INT8_PLANS):  # the partial plans keep u8 weights there too
+        assert p == q or (p.keep_fp32 == q.keep_fp32 and p.u8_weights and p.name == f"{q.name}-u8u8"), (p, q)
+    assert sum(p.u8_weights for p in no_vnni) == 1 + sum(bool(p.keep_fp32) for p in INT8_PLANS) == 3
     # a text graph gets the whole-graph plans only
     assert [p.name for p in whole_graph_plans(vnni=True)] == ["int8-all", "int8-all-reduce-range"]
     assert [p.name for p in whole_graph_plans(vnni=False)] == ["int8-all-u8u8", "int8-all", "int8-all-reduce-range"]
@@ -134,6 +138,28 @@ def test_without_vnni_int8_tries_u8_weights_first_and_they_are_u8_in_the_graph(t
     feeds = {n: t.numpy() for n, t in example_inputs(b=2, k=5, seed=2).items()}
     c = compare(_run(res.path, feeds)[0], _run(tmp_path / "u8u8.onnx", feeds)[0], kind="logits")
     assert c.metrics["cosine"] >= 0.999 and c.metrics["argmax_agreement"] >= 0.98, c.metrics
+
+
+def test_keep_fp32_plans_leave_the_named_projections_fp32(tmp_path):
+    from rsvl_export.ort_optimize import Int8Plan, quantize_int8
+
+    res, _ = exported_toy()
+    model = onnx.load(str(res.path))
+    every = select_nodes(model)
+    kept = set(every) - set(select_nodes(model, keep_fp32=("out",)))
+    assert len(every) == 3 and len(kept) == 1
+    assert [weight_matmul_paths(model)[n] for n in kept] == ["out"] or all(
+        weight_matmul_paths(model)[n].endswith(".out") for n in kept)
+    info = quantize_int8(res.path, tmp_path / "q.onnx", keep_fp32=("out",))
+    assert info["nodes"] == 2 and info["fp32_nodes"] == 1, info
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert sum(n.op_type == "MatMulInteger" for n in q.graph.node) == 2
+    # a plan whose FP32 scopes match nothing would be int8-all again: skipped, not timed
+    feeds = [{n: t.numpy() for n, t in example_inputs(b=1, k=5, seed=1).items()}]
+    rep = optimize_for_ort(res.path, tmp_path / "a.onnx", "cnn", feeds, threads=2, timing_budget_s=0.2,
+                           plans=[Int8Plan("int8-mlp-out-fp32", keep_fp32=("mlp.c_proj",))])
+    att = rep["attempts"][0]
+    assert att["keep_fp32"] == ["mlp.c_proj"] and att["result"].startswith("no weight MatMul/Gemm matches"), att
 
 
 def test_an_int8_candidate_ships_only_where_its_downstream_check_passes_too(tmp_path):
@@ -263,6 +289,11 @@ def test_int8_scoped_plans_select_real_nodes_of_tsmnet_tiny(tiny_model, tmp_path
         assert len(every) > 10
         assert 0 < len(backbone) < len(every) and 0 < len(mlp) < len(every), (len(every), backbone, mlp)
         assert set(mlp) <= set(every)
+        paths = weight_matmul_paths(model)
+        for plan in ("int8-attn-out-fp32", "int8-mlp-out-fp32"):  # real projections stay FP32
+            kept = set(every) - set(select_nodes(model, keep_fp32=PLAN[plan].keep_fp32))
+            assert 0 < len(kept) < len(every) // 3, (plan, len(kept))
+            assert all(p.endswith(("proj", ".2")) for p in (paths[n] for n in kept)), [paths[n] for n in kept]
 
 
 @pytest.mark.slow
