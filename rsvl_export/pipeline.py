@@ -315,10 +315,10 @@ class Exporter:
         """``image.ort.onnx`` and ``text.ort.onnx``: the fastest ORT-CPU graphs that keep parity
         with ``image.onnx`` / ``text.onnx`` (fused attention/normalisation; INT8 where parity
         holds: for the text graph also on the image logits computed from its embeddings). Used
-        by the runtime on the CPU provider only (they hold CPU-specific contrib/INT8 ops). What shipped, its fused-op counts and the CPU it was
-        validated on (model name, VNNI) go into the manifest's ``ort_report`` and ``parity.json``
-        (``meta.ort_variants``); each variant is gated against its source graph, which itself
-        passed the gates against eager."""
+        by the runtime on the CPU provider only (they hold CPU-specific contrib/INT8 ops). What
+        shipped, its fused-op counts and the CPU it was validated on (model name, VNNI) go into
+        the manifest's ``ort_report`` and ``parity.json`` (``meta.ort_variants``); each variant
+        is gated against its source graph, which itself passed the gates against eager."""
         import json
 
         from .ort_optimize import model_kind_for, optimize_for_ort, whole_graph_plans
