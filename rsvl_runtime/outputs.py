@@ -199,11 +199,16 @@ def spool_creation(nbytes: int | None = None) -> dict[str, Any]:
 
 @functools.cache
 def _gtiff_has_zstd() -> bool:
+    """Whether GDAL's GTiff driver writes ZSTD here (a 1 x 1 probe in memory; georeferenced, so
+    that rasterio warns nothing: a ``NotGeoreferencedWarning`` on a user's run would read as if
+    the outputs had no georeferencing)."""
     from rasterio.io import MemoryFile
+    from rasterio.transform import from_origin
 
     try:
         with MemoryFile() as mem, mem.open(driver="GTiff", width=1, height=1, count=1, dtype="uint8",
-                                           compress="zstd") as ds:
+                                           compress="zstd", crs="EPSG:4326",
+                                           transform=from_origin(0.0, 1.0, 1.0, 1.0)) as ds:
             ds.write(np.zeros((1, 1, 1), np.uint8))
         return True
     except Exception:  # noqa: BLE001 - any refusal means no ZSTD here

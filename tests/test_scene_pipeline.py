@@ -181,6 +181,21 @@ def test_cog_is_encoded_once_from_a_spool(tmp_path: Path, monkeypatch: pytest.Mo
         assert abs(float(ov.mean()) - full.mean()) < 1.0
 
 
+def test_the_zstd_probe_warns_nothing_on_a_users_run() -> None:
+    """rasterio's ``NotGeoreferencedWarning`` from the 1 x 1 probe reached the stderr of every
+    run (it read as if the outputs had no georeferencing)."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    out._gtiff_has_zstd.cache_clear()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        has = out._gtiff_has_zstd()
+    assert not [w for w in seen if issubclass(w.category, NotGeoreferencedWarning)], [str(w.message) for w in seen]
+    assert has is True  # the rasterio wheels' GDAL has ZSTD (the big-scene spool relies on it)
+
+
 def test_zstd_spool_gives_the_same_files_as_a_raw_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A spool bigger than RAW_SPOOL_MEMORY_FRACTION of the available memory is ZSTD-1 (forced
     here with a fraction of 0); the finished COGs are byte for byte those of a raw spool."""
