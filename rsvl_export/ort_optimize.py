@@ -504,12 +504,16 @@ def logits_downstream(image_onnx: str | os.PathLike[str],
                       gate: Gate = INT8_GATE) -> DownstreamCheck:
     """The downstream check of a text-graph candidate: the image graph's logits from its outputs
     at the first check input (``feeds_for(outputs)``: the image feeds holding them) against the
-    logits from ``reference`` (the FP32 text graph's outputs there), under ``gate``."""
-    sess = _session(image_onnx, threads)
-    ref = _run_all(sess, feeds_for(list(reference)))
+    logits from ``reference`` (the FP32 text graph's outputs there), under ``gate``. The image
+    session and its reference logits are made at the first call: only a candidate that passed its
+    own gate pays for them (paper models: a GB-sized graph, seconds per tile)."""
+    state: dict[str, Any] = {}
 
     def check(outs: list[list[np.ndarray]]) -> dict[str, Any]:
-        return _parity(ref, _run_all(sess, feeds_for(outs[0])), gate)
+        if not state:
+            state["sess"] = _session(image_onnx, threads)
+            state["ref"] = _run_all(state["sess"], feeds_for(list(reference)))
+        return _parity(state["ref"], _run_all(state["sess"], feeds_for(outs[0])), gate)
 
     return check
 
