@@ -345,3 +345,30 @@ def test_export_step_writes_text_and_image_ort_variants(tiny_model, tmp_path):
     if image["variant"].startswith("int8"):  # what the runtime's guard on CPUs without VNNI reads
         assert image["reduce_range"] is image["variant"].endswith("reduce-range"), image
         assert image["weights"] == ("u8" if image["variant"].endswith("u8u8") else "s8"), image
+
+
+@pytest.mark.slow
+def test_referring_text_downstream_check_feeds_each_tile_its_expression(tmp_path):
+    """The downstream check of a referring text graph: tile i of a batch gets expression i % n's
+    word features, sentence embedding and mask, as the runtime feeds them."""
+    import json
+
+    from rsvl_export.pipeline import Exporter, ExportOptions, export_bundle
+    from rsvl_runtime.bundle import Bundle
+    from rsvl_train.checkpoint import load_checkpoint
+
+    root = export_bundle(ExportOptions(model="cadformer-tiny", tile=64, precision="fp32", engine="none",
+                                       max_batch=4, parity_batches=(1, 2), out=str(tmp_path / "cad")))
+    bundle = Bundle.load(root)
+    model = load_checkpoint(bundle.path(bundle.meta.weights.file)).eval()
+    graphs = json.loads((root / "manifest.json").read_text())["graphs"]
+    text_feeds, image_feeds = Exporter._ort_check_inputs(model, graphs, "referring")
+    check = Exporter._text_downstream(root, graphs, text_feeds[0], image_feeds, "referring")
+    text = _run(root / graphs["text"]["fp32"], text_feeds[0])  # [word_feats, sentence_emb] of 2 expressions
+    assert len(text) == 2 and text[0].shape[0] == 2
+    same = check([text])
+    assert same["passed"] and same["argmax_agreement"] == 1.0, same
+    # swapping the two expressions gives every tile the other expression's features
+    swapped = check([[t[::-1].copy() for t in text]])
+    assert swapped["argmax_agreement"] < 0.999, swapped
+
