@@ -265,7 +265,7 @@ def prepare_ort_variant(opts: BenchOptions, bundle: Any, inputs: Inputs, out: Pa
                         model_config: dict[str, Any]) -> tuple[Path | None, dict[str, Any] | None]:
     """The bundle's ``image.ort.onnx`` when it has one; else optimise ``image.onnx`` into OUT
     (reused when OUT holds one made from the same source file and settings)."""
-    from rsvl_export.ort_optimize import model_kind_for, optimize_for_ort
+    from rsvl_export.ort_optimize import CHECK_BATCHES, model_kind_for, optimize_for_ort
 
     g = bundle.meta.graphs["image"]
     if g.ort:
@@ -285,7 +285,7 @@ def prepare_ort_variant(opts: BenchOptions, bundle: Any, inputs: Inputs, out: Pa
         except json.JSONDecodeError:
             pass
     log.info("optimising the image graph for ONNX Runtime CPU (kind %s, INT8 %s) ...", kind, opts.int8)
-    checks = [inputs.feeds(1), inputs.feeds(2)]
+    checks = [inputs.feeds(b) for b in CHECK_BATCHES]
     try:
         rep = optimize_for_ort(src, dst, kind, checks, int8=opts.int8, threads=threads)
     except Exception as e:  # noqa: BLE001

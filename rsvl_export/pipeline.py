@@ -380,7 +380,10 @@ class Exporter:
     def _ort_check_inputs(model: nn.Module, graphs: dict[str, Any], task: str
                           ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
         """Parity inputs of the ORT variants: text feeds at two vocabulary sizes, image feeds at
-        B = 1 and 2 (synthetic tiles, the real text features)."""
+        B = 1, 2 and 4 (:data:`~rsvl_export.ort_optimize.CHECK_BATCHES`: seven synthetic tiles,
+        the real text features; the INT8 gates pool them)."""
+        from .ort_optimize import CHECK_BATCHES
+
         tile = graphs["image"]["inputs"]["optical"]["shape"][-1]
         names = list(graphs["image"]["inputs"])
         texts = parity_vocabulary(model, 7) if task == "semantic" else REFERRING_EXAMPLES[:2]
@@ -392,7 +395,7 @@ class Exporter:
         with torch.no_grad():
             out = model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))
         image_feeds = []
-        for b in (1, 2):
+        for b in CHECK_BATCHES:
             tiles = synthetic_tiles(model, b, tile, seed=300 + b)
             if task == "semantic":
                 extra = {"text_emb": out.numpy()}

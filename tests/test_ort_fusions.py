@@ -140,6 +140,29 @@ def test_without_vnni_int8_tries_u8_weights_first_and_they_are_u8_in_the_graph(t
     assert c.metrics["cosine"] >= 0.999 and c.metrics["argmax_agreement"] >= 0.98, c.metrics
 
 
+def test_int8_gates_pool_the_check_tiles_and_fp32_gates_take_the_worst():
+    from rsvl_export.ort_optimize import INT8_GATE, _parity
+
+    rng = np.random.default_rng(0)
+    refs = [[rng.normal(size=(b, 4, 32, 32)).astype(np.float32)] for b in (1, 2, 4)]
+    gots = [[r[0].copy()] for r in refs]
+    flip = refs[0][0].argmax(1) == 0  # change the class of ~1/4 of tile 0's 1024 pixels
+    g = gots[0][0]
+    g[:, 1][flip] = g[:, 0][flip] + 1.0
+    per_tile = float((refs[0][0].argmax(1) == g.argmax(1)).mean())
+    assert 0.6 < per_tile < 0.9
+    worst = _parity(refs, gots, INT8_GATE)
+    pooled = _parity(refs, gots, INT8_GATE, pooled=True)
+    assert worst["argmax_agreement"] == pytest.approx(per_tile)
+    assert pooled["argmax_agreement"] == pytest.approx(1 - (1 - per_tile) / 7)  # one tile in seven
+    assert not worst["passed"] and not pooled["passed"]  # 0.96 < 0.995 either way
+    # outputs whose other axes differ cannot be joined: the worst case stays
+    from rsvl_export.ort_optimize import _pool
+
+    mixed = [[np.ones((2, 3), np.float32)], [np.ones((2, 5), np.float32)]]
+    assert _pool(mixed) is mixed and len(_pool(refs)) == 1 and _pool(refs)[0][0].shape == (7, 4, 32, 32)
+
+
 def test_keep_fp32_plans_leave_the_named_projections_fp32(tmp_path):
     from rsvl_export.ort_optimize import Int8Plan, quantize_int8
 
