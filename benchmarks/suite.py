@@ -137,15 +137,6 @@ def reference_model(opts: BenchOptions, bundle: Any, device: str) -> tuple[Any, 
     return model.to(device).eval(), src
 
 
-def scene_tiles(model: Any, batch: int, tile: int, seed: int) -> dict[str, np.ndarray]:
-    """``batch`` normalised synthetic tiles (realistic classes, not noise) for ``model``'s
-    modalities, from the generator the export's parity gate uses
-    (:func:`rsvl_train.data.synthetic.tiles.synthetic_tiles`)."""
-    from rsvl_train.data.synthetic.tiles import synthetic_tiles
-
-    return synthetic_tiles(model.config["preprocess"], batch, tile, seed)
-
-
 class Inputs:
     """Text inputs (tokenised once) and image feeds per batch, shared by every runner."""
 
@@ -183,7 +174,9 @@ class Inputs:
 
     def feeds(self, batch: int) -> dict[str, np.ndarray]:
         if batch not in self._cache:
-            tiles = scene_tiles(self.model, batch, self.tile, self.seed + batch)
+            from rsvl_export.pipeline import synthetic_tiles  # the export's parity tiles' generator
+
+            tiles = synthetic_tiles(self.model, batch, self.tile, self.seed + batch)
             if self.task == "semantic":
                 f = {"text_emb": self.text_emb.astype(np.float32)}
                 for n in ("optical", "sar"):
