@@ -86,9 +86,10 @@ CHECK_BATCHES = (1, 2, 4)
 #: asks the image logits computed from them to pass :data:`INT8_GATE` (``downstream``).
 INT8_TEXT_GATE = Gate("int8_embeddings", cosine=0.999, mean_vector_cosine=0.999)
 
-#: A candidate's outputs (one list per check input) -> a parity dict with ``passed``: a check
-#: beyond the graph's own gate (for a text graph: the image logits computed from its embeddings).
-DownstreamCheck = Callable[[list[list[np.ndarray]]], dict[str, Any]]
+#: (a candidate's outputs, the source graph's outputs; one list per check input) -> a parity dict
+#: with ``passed``: a check beyond the graph's own gate (for a text graph: the image logits
+#: computed from its embeddings against those from the source's).
+DownstreamCheck = Callable[[list[list[np.ndarray]], list[list[np.ndarray]]], dict[str, Any]]
 
 #: Contrib ops the fusions produce (counted in the report, the export log and parity.json).
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
@@ -525,19 +526,18 @@ def sensitivity(base: Path, refs: list[list[np.ndarray]], feeds: list[dict[str, 
 
 def logits_downstream(image_onnx: str | os.PathLike[str],
                       feeds_for: Callable[[list[np.ndarray]], list[dict[str, np.ndarray]]],
-                      reference: Sequence[np.ndarray], threads: int | None = None,
-                      gate: Gate = INT8_GATE) -> DownstreamCheck:
+                      threads: int | None = None, gate: Gate = INT8_GATE) -> DownstreamCheck:
     """The downstream check of a text-graph candidate: the image graph's logits from its outputs
     at the first check input (``feeds_for(outputs)``: the image feeds holding them) against the
-    logits from ``reference`` (the FP32 text graph's outputs there), under ``gate``. The image
-    session and its reference logits are made at the first call: only a candidate that passed its
-    own gate pays for them (paper models: a GB-sized graph, seconds per tile)."""
+    logits from the source text graph's outputs there, under ``gate``. The image session and the
+    reference logits are made at the first call: only a candidate that passed its own gate pays
+    for them (paper models: a GB-sized graph, seconds per tile)."""
     state: dict[str, Any] = {}
 
-    def check(outs: list[list[np.ndarray]]) -> dict[str, Any]:
+    def check(outs: list[list[np.ndarray]], refs: list[list[np.ndarray]]) -> dict[str, Any]:
         if not state:
             state["sess"] = _session(image_onnx, threads)
-            state["ref"] = _run_all(state["sess"], feeds_for(list(reference)))
+            state["ref"] = _run_all(state["sess"], feeds_for(refs[0]))
         return _parity(state["ref"], _run_all(state["sess"], feeds_for(outs[0])), gate, pooled=True)
 
     return check
@@ -551,7 +551,7 @@ def _check(q: Path, threads: int | None, refs: list[list[np.ndarray]], feeds: li
     outs = _run_all(sess, feeds)
     par = _parity(refs, outs, gate, kind, pooled=True)
     if par["passed"] and downstream is not None:
-        down = downstream(outs)
+        down = downstream(outs, refs)
         par["downstream"] = down
         if not down["passed"]:
             par["passed"] = False
@@ -582,8 +582,8 @@ def _try_plan(plan: Int8Plan, base: Path, tmp: Path, refs: list[list[np.ndarray]
             if par["passed"]:
                 return q, sess, par
         return None
-    paths = weight_matmul_paths(onnx.load(str(base), load_external_data=False)).values()
-    if plan.keep_fp32 and not any(in_scopes(p, plan.keep_fp32) for p in paths):
+    if plan.keep_fp32 and not any(in_scopes(p, plan.keep_fp32) for p in
+                                  weight_matmul_paths(onnx.load(str(base), load_external_data=False)).values()):
         attempt["result"] = "no weight MatMul/Gemm matches keep_fp32 (the same graph as int8-all)"
         return None
     attempt.update(quantize_int8(base, q, plan.scopes, reduce_range=plan.reduce_range, u8_weights=plan.u8_weights,

@@ -190,8 +190,9 @@ def test_an_int8_candidate_ships_only_where_its_downstream_check_passes_too(tmp_
     feeds = [{n: t.numpy() for n, t in example_inputs(b=b, k=5, seed=b).items()} for b in (1, 2)]
     seen: list[int] = []
 
-    def refuse(outs: list[list[np.ndarray]]) -> dict:
+    def refuse(outs: list[list[np.ndarray]], refs: list[list[np.ndarray]]) -> dict:
         seen.append(len(outs))
+        assert len(refs) == len(outs) and refs[0][0].shape == outs[0][0].shape  # the source's outputs
         return {"gate": "int8_logits", "passed": False, "failed_checks": ["argmax_agreement=0.9 < 0.995"]}
 
     rep = optimize_for_ort(res.path, tmp_path / "a.onnx", "cnn", feeds, threads=2, timing_budget_s=0.2,
@@ -209,13 +210,13 @@ def test_an_int8_candidate_ships_only_where_its_downstream_check_passes_too(tmp_
     def feeds_for(outputs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         return [{**f, "text_emb": outputs[0]} for f in feeds]
 
-    check = logits_downstream(res.path, feeds_for, [text])
-    same = check([[text.copy()]])
+    check = logits_downstream(res.path, feeds_for)
+    same = check([[text.copy()]], [[text]])
     assert same["passed"] and same["argmax_agreement"] == 1.0 and same["cosine"] > 0.999999, same
     rng = np.random.default_rng(0)
     moved = text + rng.normal(0, 0.3 * text.std(), text.shape).astype(np.float32)
     emb = compare(text, moved, kind="embeddings").metrics
-    other = check([[moved]])
+    other = check([[moved]], [[text]])
     assert not other["passed"] and other["argmax_agreement"] < 0.995, (emb, other)
     assert emb["mean_vector_cosine"] > 0.9, emb  # close embeddings, other classes for some pixels
 
@@ -386,12 +387,12 @@ def test_referring_text_downstream_check_feeds_each_tile_its_expression(tmp_path
     model = load_checkpoint(bundle.path(bundle.meta.weights.file)).eval()
     graphs = json.loads((root / "manifest.json").read_text())["graphs"]
     text_feeds, image_feeds = Exporter._ort_check_inputs(model, graphs, "referring")
-    check = Exporter._text_downstream(root, graphs, text_feeds[0], image_feeds, "referring")
+    check = Exporter._text_downstream(root, graphs, image_feeds, "referring")
     text = _run(root / graphs["text"]["fp32"], text_feeds[0])  # [word_feats, sentence_emb] of 2 expressions
     assert len(text) == 2 and text[0].shape[0] == 2
-    same = check([text])
+    same = check([text], [text])
     assert same["passed"] and same["argmax_agreement"] == 1.0, same
     # swapping the two expressions gives every tile the other expression's features
-    swapped = check([[t[::-1].copy() for t in text]])
+    swapped = check([[t[::-1].copy() for t in text]], [text])
     assert swapped["argmax_agreement"] < 0.999, swapped
 
