@@ -15,4 +15,7 @@ fi
 # The real Triton server for tests/test_triton.py (its own numpy<2 environment).
 bash scripts/setup_triton_env.sh || echo "warning: no Triton environment; tests/test_triton.py will skip with the reason"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+# The suite writes paper-scale checkpoints (up to 1.8 GB for one test, removed when it passes):
+# say how much room there is, so that a full disk reads as a full disk and not as failing tests.
+df -h . "${TMPDIR:-/tmp}" | awk 'NR == 1 || !seen[$0]++' || true
 python -m pytest -q -ra "$@"

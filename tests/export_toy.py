@@ -71,12 +71,15 @@ _CACHE: dict[str, object] = {}
 def exported_toy():
     """Export the toy model once per test process (dynamo, ~5 s); returns (ExportResult, model)."""
     if "fp32" not in _CACHE:
+        import atexit
+        import shutil
         import tempfile
         from pathlib import Path
 
         from rsvl_export.onnx_export import export_onnx
 
         root = Path(tempfile.mkdtemp(prefix="rsvl-toy-export-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)  # one per test process, not left in /tmp
         model = make_model()
         res = export_onnx(model, example_inputs(b=2, k=3), ["logits"], DYNAMIC_AXES, root / "image.onnx",
                           opset=18, dim_ranges=DIM_RANGES,

@@ -356,7 +356,8 @@ def official_file(tmp_path_factory):
             sd[k] = torch.randn(shape, generator=g) * 0.05
     path = tmp_path_factory.mktemp("official") / "TSMNet_vit-b_SWJTU_iter_100.pth"
     torch.save({"meta": {"mmseg_version": "0.20.2", "CLASSES": ["background"] * 7}, "state_dict": sd}, path)
-    return path, sd
+    yield path, sd
+    path.unlink(missing_ok=True)  # 1.1 GB: not kept for the rest of the session
 
 
 def test_official_checkpoint_every_key_lands(official_file):

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,7 @@ def test_rtx_build_refuses_a_wrong_precision_or_profile(fp16_graph, tmp_path: Pa
 
 
 @pytest.fixture(scope="module")
-def rtx_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def rtx_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A copy of the session test bundle with real TensorRT-RTX engines for its image and text graphs,
     built through ``rsvl-export rebuild-engine --engine auto`` (which picks RTX on a machine without
     enterprise TensorRT)."""
@@ -203,7 +204,8 @@ def rtx_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     # `auto` must pick TensorRT-RTX where enterprise TensorRT cannot build (CI); name it where it can
     engine = "tensorrt-rtx" if can_build("tensorrt")[0] else "auto"
     assert main(["rebuild-engine", str(dst), "--engine", engine]) == 0
-    return dst
+    yield dst
+    shutil.rmtree(dst.parent, ignore_errors=True)  # 270 MB of engines: not kept for the rest of the session
 
 
 @pytest.mark.tensorrt
