@@ -197,8 +197,10 @@ def markdown(doc: dict[str, Any]) -> str:
                 lines.append(f"- fusion failed: {fus['error']}")
             for a in ort.get("attempts", []):
                 p = a.get("parity", {})
+                low = (f" (lower bound {_f(p['argmax_agreement_lower'], 4)} at {p.get('argmax_confidence', 0.95):.0%} "
+                       f"over {int(p.get('tiles', 0))} tiles)" if p.get("argmax_agreement_lower") is not None else "")
                 lines.append(f"- {a['name']}: {a.get('nodes')} nodes, cosine {_f(p.get('cosine'), 6)}, argmax "
-                             f"{_f(p.get('argmax_agreement'), 4)}, {_f(a.get('latency_ms'))} ms — {a.get('result')}")
+                             f"{_f(p.get('argmax_agreement'), 4)}{low}, {_f(a.get('latency_ms'))} ms — {a.get('result')}")
         lines.append("")
     text = doc.get("text")
     if text:

@@ -27,7 +27,9 @@
 and keeps a candidate **only where parity holds** against the FP32 graph on the given inputs:
 the fused FP32 graph must pass our FP32 gate (``fp32_logits`` / ``fp32_embeddings``), an INT8
 image graph the ``int8_logits`` gate (cosine >= 0.999 and argmax agreement >= 0.995, over all
-the check tiles at once: the share of pixels that keep their class), an INT8
+the check tiles at once: the share of pixels that keep their class; the agreement at 95 %
+confidence over the tiles, so a candidate must clear the threshold by the margin their spread
+calls for), an INT8
 text graph the ``int8_embeddings`` gate (cosine >= 0.999 for the flattened and the mean
 per-prompt embedding) and, where the caller gives a ``downstream`` check, the ``int8_logits``
 gate on the image logits computed from its embeddings (the export does: a text embedding close
@@ -68,15 +70,18 @@ import onnx
 
 from .fp16 import NAME_SCOPES
 from .onnx_export import op_counts
-from .parity import Gate, compare, gate_for
+from .parity import Gate, argmax_lower_bound, compare, gate_for
 
 log = logging.getLogger("rsvl.export.ort")
 
 #: The gate an INT8 image graph must pass against the FP32 graph, over all the check tiles at once
-#: (pooled: the share of pixels that keep their class, as over a scene). Per tile the agreement is
-#: a noisy sample: paper tsmnet's random-weight tiles spread 0.9934-0.9963 under one plan (stop
-#: 25), so the worst of three tiles decided by which tiles were drawn.
-INT8_GATE = Gate("int8_logits", cosine=0.999, argmax_agreement=0.995)
+#: (pooled: the share of pixels that keep their class, as over a scene), with the argmax agreement
+#: held at 95 % confidence over the tiles. Per tile the agreement is a noisy sample: paper tsmnet's
+#: random-weight tiles spread 0.9934-0.9963 under one plan (stop 25), so the worst of three tiles
+#: decided by which tiles were drawn; and a variant shipped at a pooled 0.99500, exactly the
+#: threshold, agreed on 0.9934 of the bench's own tiles. The bound asks the margin that the tiles'
+#: spread calls for.
+INT8_GATE = Gate("int8_logits", cosine=0.999, argmax_agreement=0.995, argmax_confidence=0.95)
 
 #: Batch sizes of the image check inputs (seven tiles): B >= 2 checks batching, the INT8 gates pool
 #: the tiles.
@@ -326,8 +331,14 @@ def _parity(refs: list[list[np.ndarray]], gots: list[list[np.ndarray]], gate: Ga
             for k, v in c.metrics.items():
                 if k in ("max_abs", "max_abs_rel_to_range", "nonfinite"):
                     worst[k] = max(worst.get(k, -np.inf), float(v))
-                elif k in ("cosine", "argmax_agreement", "mean_vector_cosine", "min_vector_cosine"):
+                elif k in ("cosine", "argmax_agreement", "mean_vector_cosine", "min_vector_cosine",
+                           "argmax_tile_min"):
                     worst[k] = min(worst.get(k, np.inf), float(v))
+            low = argmax_lower_bound(c.metrics, gate.argmax_confidence) if gate.argmax_confidence else None
+            if low is not None:
+                if low < worst.get("argmax_agreement_lower", np.inf):
+                    worst.update(argmax_agreement_lower=low, tiles=c.metrics["tiles"],
+                                 argmax_confidence=gate.argmax_confidence)
     return {"gate": gate.name, "passed": not fails, "failed_checks": sorted(set(fails)), **worst}
 
 
@@ -652,7 +663,8 @@ def optimize_for_ort(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLi
     report: dict[str, Any] = {"source": str(src), "output": str(dst), "onnxruntime": ort.__version__,
                               "cpu": cpu_identity(), "cpu_flags": cpu_flags(),
                               "int8_gate": {"cosine": int8_gate.cosine,
-                                            "argmax_agreement": int8_gate.argmax_agreement},
+                                            "argmax_agreement": int8_gate.argmax_agreement,
+                                            "argmax_confidence": int8_gate.argmax_confidence},
                               "check_inputs": [{k: list(v.shape) for k, v in f.items()} for f in feeds],
                               "attempts": [], "latency_ms": {}}
     src_sess = _session(src, threads)

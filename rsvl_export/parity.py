@@ -102,10 +102,41 @@ def compare_metrics(reference: np.ndarray, candidate: np.ndarray, kind: str = "g
         if r.ndim <= class_axis:
             raise ValueError(f"logits of shape {r.shape} have no class axis {class_axis}")
         if r.shape[class_axis] > 1:
-            out["argmax_agreement"] = float(np.mean(np.argmax(r, axis=class_axis) == np.argmax(c, axis=class_axis)))
+            agree = np.argmax(r, axis=class_axis) == np.argmax(c, axis=class_axis)
         else:  # one class (referring masks): agreement of the sign, i.e. of the thresholded mask
-            out["argmax_agreement"] = float(np.mean((r > 0) == (c > 0)))
+            agree = (r > 0) == (c > 0)
+        out["argmax_agreement"] = float(np.mean(agree))
+        if class_axis > 0 and agree.ndim >= 2:  # axis 0 holds tiles: the per-tile spread
+            per_tile = agree.reshape(agree.shape[0], -1).mean(axis=1)
+            out["tiles"] = float(per_tile.size)
+            out["argmax_tile_min"] = float(per_tile.min())
+            out["argmax_tile_sd"] = float(per_tile.std(ddof=1)) if per_tile.size > 1 else 0.0
     return out
+
+
+def t_quantile(confidence: float, dof: int) -> float:
+    """Student's t quantile at ``confidence`` (one-sided) for ``dof`` degrees of freedom, by the
+    Cornish-Fisher expansion about the normal quantile (within 0.05 % of the exact value at 95 %
+    for dof >= 6, 0.3 % at dof = 3; the standard library only)."""
+    if dof < 1:
+        raise ValueError(f"dof={dof}: needs at least 2 samples")
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(confidence)
+    v = float(dof)
+    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3))
+
+
+def argmax_lower_bound(metrics: Mapping[str, float], confidence: float) -> float | None:
+    """The one-sided lower confidence bound of the argmax agreement, tiles as the sampling unit
+    (the pixels of a tile are not independent draws): ``mean - t * sd / sqrt(n)`` over the
+    ``tiles`` of :func:`compare_metrics`; None with fewer than two tiles."""
+    n = int(metrics.get("tiles", 0))
+    if n < 2 or "argmax_agreement" not in metrics:
+        return None
+    sd = float(metrics.get("argmax_tile_sd", 0.0))
+    return float(metrics["argmax_agreement"]) - t_quantile(confidence, n - 1) * sd / math.sqrt(n)
 
 
 @dataclass
@@ -155,7 +186,11 @@ def compare(reference: np.ndarray, candidate: np.ndarray, kind: str = "generic",
 class Gate:
     """Thresholds a case must meet. ``None`` = not checked.
 
-    ``max_abs_rel`` and ``max_abs`` are upper bounds; the others lower bounds."""
+    ``max_abs_rel`` and ``max_abs`` are upper bounds; the others lower bounds. With
+    ``argmax_confidence`` the argmax agreement must hold at that one-sided confidence over the
+    tiles, not only on the sample (:func:`argmax_lower_bound`; it needs two tiles or more): a
+    candidate whose measured agreement sits at the threshold is as likely as not below it on
+    other tiles of the same scene."""
 
     name: str
     max_abs_rel: float | None = None
@@ -163,6 +198,7 @@ class Gate:
     cosine: float | None = None
     mean_vector_cosine: float | None = None
     argmax_agreement: float | None = None
+    argmax_confidence: float | None = None
 
     def check(self, metrics: dict[str, float]) -> list[str]:
         """Human-readable reasons this gate fails on ``metrics`` (empty list = pass)."""
@@ -185,6 +221,14 @@ class Gate:
                                  f"{'embeddings' if key == 'mean_vector_cosine' else 'logits'})")
                 elif not (v >= lim):
                     fails.append(f"{key}={_fmt(v)} < {lim:g}")
+        if self.argmax_confidence is not None and self.argmax_agreement is not None and "argmax_agreement" in metrics:
+            low = argmax_lower_bound(metrics, self.argmax_confidence)
+            if low is None:
+                fails.append(f"argmax agreement at {self.argmax_confidence:.0%} confidence needs >= 2 tiles "
+                             f"(have {int(metrics.get('tiles', 0))}): check on more tiles")
+            elif not (low >= self.argmax_agreement):
+                fails.append(f"argmax_agreement lower bound ({self.argmax_confidence:.0%}, "
+                             f"{int(metrics['tiles'])} tiles)={_fmt(low)} < {self.argmax_agreement:g}")
         return fails
 
 

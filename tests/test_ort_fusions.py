@@ -156,6 +156,13 @@ def test_int8_gates_pool_the_check_tiles_and_fp32_gates_take_the_worst():
     assert worst["argmax_agreement"] == pytest.approx(per_tile)
     assert pooled["argmax_agreement"] == pytest.approx(1 - (1 - per_tile) / 7)  # one tile in seven
     assert not worst["passed"] and not pooled["passed"]  # 0.96 < 0.995 either way
+    # the pooled INT8 verdict carries its lower bound over the seven tiles (t = 1.943, 6 dof)
+    per = np.array([per_tile] + [1.0] * 6)
+    assert pooled["tiles"] == 7 and pooled["argmax_tile_min"] == pytest.approx(per_tile)
+    assert pooled["argmax_agreement_lower"] == pytest.approx(per.mean() - 1.9432 * per.std(ddof=1) / 7**0.5,
+                                                             abs=1e-4)
+    # one tile alone has no spread to bound: the INT8 gate refuses to judge it
+    assert any("needs >= 2 tiles (have 1)" in f for f in worst["failed_checks"])
     # outputs whose other axes differ cannot be joined: the worst case stays
     from rsvl_export.ort_optimize import _pool
 

@@ -15,10 +15,12 @@ from rsvl_export.parity import (
     Gate,
     ParityError,
     ParityReport,
+    argmax_lower_bound,
     compare,
     compare_metrics,
     gate_for,
     ort_session,
+    t_quantile,
 )
 
 
@@ -159,3 +161,53 @@ def test_ort_session_picks_cpu_here(tmp_path) -> None:
 def test_parity_module_is_torch_free() -> None:
     code = "import sys, rsvl_export.parity; assert 'torch' not in sys.modules, 'parity imported torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_t_quantile_matches_the_tables() -> None:
+    # Student's t, one-sided 95 %: 1.943 (6 dof), 1.812 (10), 1.697 (30); the normal 1.645 beyond
+    assert t_quantile(0.95, 6) == pytest.approx(1.9432, abs=1e-3)
+    assert t_quantile(0.95, 10) == pytest.approx(1.8125, abs=1e-3)
+    assert t_quantile(0.95, 30) == pytest.approx(1.6973, abs=1e-3)
+    assert t_quantile(0.95, 10_000) == pytest.approx(1.6449, abs=1e-3)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        t_quantile(0.95, 0)
+
+
+def _flip(ref: np.ndarray, per_tile: list[int]) -> np.ndarray:
+    """``ref`` with the top class swapped to the runner-up at the first ``per_tile[b]`` pixels of tile b."""
+    cand = ref.copy()
+    b_, k, h, w = ref.shape
+    for b, n in enumerate(per_tile):
+        flat = cand[b].reshape(k, h * w)
+        for p in range(n):
+            order = np.argsort(flat[:, p])
+            flat[order[-1], p], flat[order[-2], p] = flat[order[-2], p], flat[order[-1], p]
+    return cand
+
+
+def test_per_tile_spread_and_the_lower_bound_on_known_flips() -> None:
+    ref = _logits(b=4, k=3, hw=10, seed=3)                     # 100 pixels a tile
+    cand = _flip(ref, [0, 1, 2, 5])                            # agreements 1.00, 0.99, 0.98, 0.95
+    m = compare_metrics(ref, cand, kind="logits")
+    per = np.array([1.0, 0.99, 0.98, 0.95])
+    assert m["argmax_agreement"] == pytest.approx(per.mean())  # equal tiles: pooled = mean of tiles
+    assert m["tiles"] == 4 and m["argmax_tile_min"] == pytest.approx(0.95)
+    assert m["argmax_tile_sd"] == pytest.approx(per.std(ddof=1))
+    low = argmax_lower_bound(m, 0.95)
+    assert low == pytest.approx(per.mean() - 2.3534 * per.std(ddof=1) / 2, abs=2e-4)  # t(0.95, 3 dof)
+    assert argmax_lower_bound(compare_metrics(ref[:1], cand[:1], kind="logits"), 0.95) is None
+
+
+def test_confidence_gate_refuses_a_sample_at_the_threshold() -> None:
+    ref = _logits(b=7, k=3, hw=20, seed=4)                     # 400 pixels a tile
+    plain = Gate("g", argmax_agreement=0.995)
+    sure = Gate("g", argmax_agreement=0.995, argmax_confidence=0.95)
+    spread = _flip(ref, [0, 4, 1, 3, 2, 3, 1])                 # pooled 1 - 14/2800 = 0.995, tiles 0.99-1.0
+    assert compare(ref, spread, kind="logits", gate=plain).passed
+    c = compare(ref, spread, kind="logits", gate=sure)
+    assert not c.passed
+    assert "argmax_agreement lower bound (95%, 7 tiles)=0.9924" in c.failed_checks[0]
+    even = _flip(ref, [1, 1, 1, 1, 1, 1, 1])                   # 0.9975 on every tile: no spread
+    assert compare(ref, even, kind="logits", gate=sure).passed
+    one = compare(ref[:1], even[:1], kind="logits", gate=sure)
+    assert not one.passed and "needs >= 2 tiles (have 1)" in one.failed_checks[0]

@@ -235,3 +235,17 @@ def test_headroom_is_each_ceiling_over_eagers_achieved_rate():
     table = "\n".join(lines)
     assert "**Headroom**" in table and "| image | 1 | 80.0 | 2.50× | 7.50× |" in table
     assert "| text | 7 | 100.0 | 2.00× | 6.00× |" in table
+
+
+def test_bench_markdown_names_the_int8_attempts_lower_bound():
+    from benchmarks.report import markdown
+
+    attempt = {"name": "int8-all", "nodes": 12, "latency_ms": 5.0, "result": "rejected",
+               "parity": {"cosine": 0.9995, "argmax_agreement": 0.995, "argmax_agreement_lower": 0.99240,
+                          "argmax_confidence": 0.95, "tiles": 7}}
+    doc = {"ort_optimize": {"variant": "fused", "latency_ms": {"source": 10.0, "fused": 9.0}, "speedup": 1.11,
+                            "attempts": [attempt, {**attempt, "name": "old", "parity": {"argmax_agreement": 0.99}}]}}
+    lines = markdown(doc).splitlines()
+    assert ("- int8-all: 12 nodes, cosine 0.999500, argmax 0.9950 (lower bound 0.9924 at 95% over 7 tiles), "
+            "5.00 ms — rejected") in lines
+    assert any(line.startswith("- old: 12 nodes, cosine –, argmax 0.9900, 5.00 ms") for line in lines)
